@@ -115,6 +115,7 @@ def simulate(maze: str, num_steps: int, seed: int = 0, num_chains: int = 256, pr
         for t in range(horizon):
             action, _ = controller.act(qpos[:, t], qvel[:, t])
             action = np.clip(action + rng.normal(0.0, ACTION_NOISE, size=action.shape), -1.0, 1.0)
+            action = action.astype(np.float32).astype(np.float64)  # simulate exactly the float32 action we store
             qpos[:, t + 1], qvel[:, t + 1] = sim.step(qpos[:, t], qvel[:, t], action)
             actions[:, t], goals[:, t] = action, goal
             episode_length += 1
@@ -237,6 +238,10 @@ def load_local(dataset_id: str) -> minari.MinariDataset:
         dataset = minari.load_dataset(dataset_id, download=False)
         if dataset.total_steps < 1 or dataset.total_episodes < 1:
             raise ValueError("it holds no steps")
+        # Minari reads only metadata.json on load; open the first and last episodes to catch a damaged data file.
+        for episode in dataset.iterate_episodes([0, dataset.total_episodes - 1]):
+            if len(episode.actions) < 1:
+                raise ValueError(f"episode {episode.id} is empty")
     except Exception as error:  # Minari/h5py raise many kinds of errors on a damaged folder
         raise DatasetError(
             f"dataset {dataset_id} at {path} is corrupt or incomplete ({type(error).__name__}: {error}); "

@@ -1,0 +1,109 @@
+import os
+
+import minari
+import numpy as np
+import pytest
+from minari.dataset._storages.hdf5_storage import HDF5Storage
+from minari.storage.datasets_root_dir import get_dataset_path
+
+import envs
+from envs import datasets
+from envs.datasets import DatasetError, generate_dataset, load_dataset, local_dataset_id, public_dataset_id
+from envs.tasks import GOAL_RADIUS
+
+NUM_STEPS = 3000
+
+
+@pytest.fixture(scope="module")
+def umaze_dataset():
+    return generate_dataset("umaze", num_steps=NUM_STEPS, seed=1, num_chains=4, overwrite=True, progress=False)
+
+
+def test_generated_dataset_loads_with_minari(umaze_dataset):
+    dataset = minari.load_dataset(local_dataset_id("umaze"))
+    assert dataset.total_steps == NUM_STEPS
+    assert dataset.total_episodes == umaze_dataset.total_episodes > 4
+    assert dataset.storage.metadata["ref_min_score"] == envs.get_task("maze2d-umaze").ref_min_score
+    assert dataset.storage.metadata["ref_max_score"] == envs.get_task("maze2d-umaze").ref_max_score
+    assert minari.get_normalized_score(dataset, np.array([161.86])) == pytest.approx(1.0)
+    assert dataset.spec.env_spec.id == "maze2d-umaze-v1"
+
+
+def test_episodes_are_split_at_the_goals(umaze_dataset):
+    cut_short = 0
+    for episode in umaze_dataset.iterate_episodes():
+        obs = episode.observations
+        n = len(episode.actions)
+        assert obs["observation"].shape == (n + 1, 4) and len(episode.rewards) == n
+        assert episode.truncations[-1] and not episode.truncations[:-1].any() and not episode.terminations.any()
+        assert (np.abs(episode.actions) <= 1).all()
+        goal = obs["desired_goal"][0]
+        np.testing.assert_array_equal(obs["desired_goal"], np.tile(goal, (n + 1, 1)))
+        distance = np.linalg.norm(obs["achieved_goal"] - goal, axis=-1)
+        np.testing.assert_array_equal(episode.rewards, (distance[1:] <= GOAL_RADIUS).astype(float))
+        # An episode ends when the goal is reached (Minari's 0.45), at the task's length, or at the end of a run;
+        # never earlier.
+        assert (distance[1:-1] > datasets.SPLIT_RADIUS).all()
+        if distance[-1] > datasets.SPLIT_RADIUS and n < envs.get_task("maze2d-umaze").max_episode_steps:
+            cut_short += 1
+    assert cut_short <= 4  # only where one of the 4 runs ends
+
+
+def test_observations_follow_from_actions_through_the_simulator(umaze_dataset):
+    env = envs.make("maze2d-umaze").unwrapped
+    env.reset(seed=0)
+    for episode in umaze_dataset.sample_episodes(3):
+        states = episode.observations["observation"]
+        for t in range(0, len(episode.actions), 7):
+            env.point_env.set_state(states[t, :2], states[t, 2:])
+            obs, *_ = env.step(episode.actions[t])
+            np.testing.assert_allclose(obs["observation"], states[t + 1], atol=1e-9)
+
+
+def test_loader_returns_the_local_dataset_and_never_downloads(umaze_dataset):
+    assert load_dataset("maze2d-umaze-multi", generate=False).spec.dataset_id == local_dataset_id("umaze")
+    with pytest.raises(DatasetError, match="does not download.*python -m envs.datasets --maze umaze"):
+        load_dataset("maze2d-umaze", source="public")
+    with pytest.raises(DatasetError, match="python -m envs.datasets --maze medium"):
+        load_dataset("maze2d-medium", generate=False)
+    with pytest.raises(DatasetError, match="already exists"):
+        generate_dataset("umaze", num_steps=10, progress=False)
+
+
+def test_loader_prefers_a_public_dataset_on_disk():
+    generate_dataset("large", num_steps=500, num_chains=2, dataset_id=public_dataset_id("large"), progress=False)
+    assert load_dataset("maze2d-large", generate=False).spec.dataset_id == public_dataset_id("large")
+    with pytest.raises(DatasetError, match="missing"):
+        load_dataset("maze2d-large", source="local", generate=False)
+
+
+def test_an_interrupted_generation_leaves_nothing_that_loads(monkeypatch):
+    real_update = HDF5Storage.update_episodes
+
+    def update_then_die(self, episodes):
+        real_update(self, list(episodes)[:3])  # part of the data reaches the disk, then the user hits Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(HDF5Storage, "update_episodes", update_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        generate_dataset("medium", num_steps=800, num_chains=2, progress=False)
+    assert not get_dataset_path(local_dataset_id("medium")).exists()
+    assert local_dataset_id("medium") not in minari.list_local_datasets()
+    scratch = get_dataset_path().parent / f".{get_dataset_path().name}.partial"
+    assert not scratch.exists() or not os.listdir(scratch)
+    with pytest.raises(DatasetError, match="missing"):
+        load_dataset("maze2d-medium", generate=False)
+
+
+def test_a_corrupt_dataset_gives_a_clear_error():
+    dataset_id = "df-agent/pointmaze/corrupt-v2"
+    generate_dataset("umaze", num_steps=200, num_chains=1, dataset_id=dataset_id, progress=False)
+    data_file = get_dataset_path(dataset_id) / "data" / "main_data.hdf5"
+    data_file.write_bytes(data_file.read_bytes()[:1000])
+    with pytest.raises(DatasetError, match="corrupt.*--overwrite"):
+        datasets.load_local(dataset_id)
+
+
+def test_unknown_maze_is_refused():
+    with pytest.raises(ValueError, match="valid mazes"):
+        generate_dataset("huge", num_steps=10)
