@@ -22,7 +22,9 @@ WAYPOINT_JITTER = 0.2
 class WaypointController:
     """Batched waypoint controller. Call ``set_targets`` for the points whose goal changes, then ``act``."""
 
-    def __init__(self, maze: Maze | str, batch_size: int, rng: np.random.Generator | None = None, jitter=WAYPOINT_JITTER):
+    def __init__(
+        self, maze: Maze | str, batch_size: int, rng: np.random.Generator | None = None, jitter=WAYPOINT_JITTER
+    ):
         self.maze = Maze.from_name(maze) if isinstance(maze, str) else maze
         self.rng = rng if rng is not None else np.random.default_rng()
         self.jitter = jitter

@@ -68,8 +68,8 @@ def get_task(env_id: str) -> TaskSpec:
 def get_normalized_score(env_id: str, returns) -> np.ndarray:
     """D4RL normalized score, 100 * (return - ref_min) / (ref_max - ref_min), for one return or an array."""
     task = get_task(env_id)
-    return 100.0 * (np.asarray(returns, dtype=np.float64) - task.ref_min_score) / (
-        task.ref_max_score - task.ref_min_score
+    return (
+        100.0 * (np.asarray(returns, dtype=np.float64) - task.ref_min_score) / (task.ref_max_score - task.ref_min_score)
     )
 
 

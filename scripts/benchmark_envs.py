@@ -1,7 +1,7 @@
 """Benchmark of the maze2d tasks and datasets: expert and random scores per task, and dataset generation speed.
 
-    python scripts/benchmark_envs.py                      # everything (about 10 minutes on 2 CPU cores)
-    python scripts/benchmark_envs.py --no-generation      # scores only
+python scripts/benchmark_envs.py                      # everything (about 10 minutes on 2 CPU cores)
+python scripts/benchmark_envs.py --no-generation      # scores only
 """
 
 from __future__ import annotations
@@ -46,12 +46,16 @@ class RandomPolicy:
 
 def main(args: Args) -> None:
     if args.scores:
-        print(f"| task | expert normalized | expert success | expert time to goal | random normalized | "
-              f"random success | episodes/s (expert) |")
+        print(
+            "| task | expert normalized | expert success | expert time to goal | random normalized | "
+            "random success | episodes/s (expert) |"
+        )
         print("|---|---|---|---|---|---|---|")
         for env_id in args.tasks:
             maze = envs.get_task(env_id).maze
-            expert = evaluate(WaypointExpert(maze, seed=args.seed), env_id, args.num_episodes, args.seed, progress=False)
+            expert = evaluate(
+                WaypointExpert(maze, seed=args.seed), env_id, args.num_episodes, args.seed, progress=False
+            )
             random = evaluate(RandomPolicy(args.seed), env_id, args.num_episodes, args.seed, progress=False)
             print(
                 f"| {env_id} | {expert.normalized_score:.1f} ± {expert.normalized_score_stderr:.1f} | "

@@ -43,7 +43,7 @@ def test_evaluation_is_deterministic_and_independent_of_batching():
 def test_metrics_are_consistent_per_episode():
     result = evaluate(WaypointExpert("medium"), "maze2d-medium-multi", num_episodes=6, progress=False)
     horizon = envs.get_task("maze2d-medium").max_episode_steps
-    for ret, ok, ttg in zip(result.returns, result.success, result.time_to_goal):
+    for ret, ok, ttg in zip(result.returns, result.success, result.time_to_goal, strict=False):
         if ok:  # no reward before the goal is first reached
             assert 1 <= ttg <= horizon and ret <= horizon - ttg + 1
         else:

@@ -102,7 +102,9 @@ def test_bad_actions_and_cells_are_refused():
 
 def test_normalized_score_uses_d4rl_references():
     task = envs.get_task("maze2d-large")
-    np.testing.assert_allclose(envs.get_normalized_score("maze2d-large", [task.ref_min_score, task.ref_max_score]), [0, 100])
+    np.testing.assert_allclose(
+        envs.get_normalized_score("maze2d-large", [task.ref_min_score, task.ref_max_score]), [0, 100]
+    )
     np.testing.assert_allclose(envs.get_normalized_score("maze2d-umaze-multi", 161.86), 100.0)
 
 
