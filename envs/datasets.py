@@ -283,6 +283,83 @@ def load_dataset(env_id: str, source: str = "auto", generate: bool = True, progr
 
 
 @dataclass
+class Transitions:
+    """A dataset flattened into arrays, for learners that sample transitions or windows (float32 throughout).
+
+    Episode k covers rows ``episode_starts[k] : episode_starts[k] + episode_lengths[k]``. Episodes of one continuous
+    run of the point follow each other; ``segment_ids`` numbers the maximal stretches of episodes where each one
+    starts exactly where the previous one ended, so that windows longer than an episode can be cut within them.
+    """
+
+    observations: np.ndarray  # (N, 4): x, y, vx, vy before the action
+    actions: np.ndarray  # (N, 2)
+    next_observations: np.ndarray  # (N, 4)
+    goals: np.ndarray  # (N, 2): the goal of the episode the step belongs to
+    rewards: np.ndarray  # (N,): sparse, against that goal
+    episode_ids: np.ndarray  # (N,)
+    segment_ids: np.ndarray  # (N,)
+    episode_starts: np.ndarray  # (E,)
+    episode_lengths: np.ndarray  # (E,)
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+_CACHE_NAME = "df_agent_transitions.npz"
+
+
+def load_transitions(env_id: str, source: str = "auto", generate: bool = True, progress: bool = True) -> Transitions:
+    """``load_dataset`` flattened into ``Transitions``; cached as one .npz file inside the dataset's folder.
+
+    Reading a Minari HDF5 file episode by episode takes minutes for millions of steps; the cache makes later
+    loads take about a second. Regenerating the dataset replaces its folder, and the cache with it.
+    """
+    dataset = load_dataset(env_id, source=source, generate=generate, progress=progress)
+    cache = get_dataset_path(dataset.spec.dataset_id) / _CACHE_NAME
+    if cache.exists():
+        try:
+            with np.load(cache) as data:
+                return Transitions(**{name: data[name] for name in Transitions.__dataclass_fields__})
+        except Exception:  # a cache from an interrupted write or an older layout: rebuild it
+            cache.unlink(missing_ok=True)
+    transitions = _flatten(dataset, progress)
+    partial = cache.with_suffix(f".{uuid.uuid4().hex}.partial.npz")
+    np.savez(partial, **{name: getattr(transitions, name) for name in Transitions.__dataclass_fields__})
+    os.replace(partial, cache)
+    return transitions
+
+
+def _flatten(dataset: minari.MinariDataset, progress: bool) -> Transitions:
+    parts: dict[str, list] = {name: [] for name in ("observations", "actions", "next_observations", "goals", "rewards")}
+    lengths, segment_of_episode = [], []
+    previous_last_state = None
+    segment = -1
+    episodes = dataset.iterate_episodes()
+    for episode in tqdm(episodes, total=dataset.total_episodes, desc="read dataset", disable=not progress):
+        states = np.asarray(episode.observations["observation"], dtype=np.float32)
+        n = len(episode.actions)
+        continuous = previous_last_state is not None and np.array_equal(states[0], previous_last_state)
+        segment += 0 if continuous else 1
+        previous_last_state = states[-1]
+        parts["observations"].append(states[:-1])
+        parts["next_observations"].append(states[1:])
+        parts["actions"].append(np.asarray(episode.actions, dtype=np.float32))
+        parts["goals"].append(np.asarray(episode.observations["desired_goal"][:-1], dtype=np.float32))
+        parts["rewards"].append(np.asarray(episode.rewards, dtype=np.float32))
+        lengths.append(n)
+        segment_of_episode.append(segment)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return Transitions(
+        **{name: np.concatenate(chunks) for name, chunks in parts.items()},
+        episode_ids=np.repeat(np.arange(len(lengths)), lengths),
+        segment_ids=np.repeat(np.asarray(segment_of_episode), lengths),
+        episode_starts=starts,
+        episode_lengths=lengths,
+    )
+
+
+@dataclass
 class GenerateArgs:
     """Regenerate a maze2d offline dataset locally, in Minari's format."""
 

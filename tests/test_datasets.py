@@ -107,3 +107,22 @@ def test_a_corrupt_dataset_gives_a_clear_error():
 def test_unknown_maze_is_refused():
     with pytest.raises(ValueError, match="valid mazes"):
         generate_dataset("huge", num_steps=10)
+
+
+def test_transitions_flatten_the_dataset_and_are_cached(umaze_dataset):
+    from envs.datasets import load_transitions
+
+    data = load_transitions("maze2d-umaze", generate=False, progress=False)
+    assert len(data) == NUM_STEPS and data.observations.shape == (NUM_STEPS, 4)
+    assert len(data.episode_lengths) == umaze_dataset.total_episodes
+    episode = next(umaze_dataset.iterate_episodes([5]))
+    rows = slice(data.episode_starts[5], data.episode_starts[5] + data.episode_lengths[5])
+    np.testing.assert_allclose(data.actions[rows], episode.actions)
+    np.testing.assert_allclose(data.next_observations[rows], episode.observations["observation"][1:], rtol=1e-6)
+    # Episodes of one run continue each other: 4 runs give 4 continuous segments.
+    assert len(np.unique(data.segment_ids)) == 4
+    same_segment = data.segment_ids[1:] == data.segment_ids[:-1]
+    np.testing.assert_array_equal(data.observations[1:][same_segment], data.next_observations[:-1][same_segment])
+    assert (get_dataset_path(local_dataset_id("umaze")) / "df_agent_transitions.npz").exists()
+    again = load_transitions("maze2d-umaze", generate=False, progress=False)
+    np.testing.assert_array_equal(again.observations, data.observations)
