@@ -67,15 +67,15 @@ def validate_schedule(matrix, num_tokens: int, num_steps: int) -> np.ndarray:
     """Check a user's scheduling matrix and return it as an int array; a clear ValueError names what is wrong."""
     matrix = np.asarray(matrix)
     if matrix.ndim != 2 or matrix.shape[1] != num_tokens or matrix.shape[0] < 2:
-        raise ValueError(
-            f"scheduling matrix must have shape (rows >= 2, {num_tokens} tokens), got {matrix.shape}"
-        )
+        raise ValueError(f"scheduling matrix must have shape (rows >= 2, {num_tokens} tokens), got {matrix.shape}")
     if not np.issubdtype(matrix.dtype, np.integer):
         if not np.all(np.isfinite(matrix)) or not np.all(matrix == np.round(matrix)):
             raise ValueError("scheduling matrix entries must be integers (denoising-step indices)")
         matrix = matrix.astype(np.int64)
     if matrix.min() < 0 or matrix.max() > num_steps:
-        raise ValueError(f"scheduling matrix entries must lie in [0, {num_steps}], got [{matrix.min()}, {matrix.max()}]")
+        raise ValueError(
+            f"scheduling matrix entries must lie in [0, {num_steps}], got [{matrix.min()}, {matrix.max()}]"
+        )
     if np.any(np.diff(matrix, axis=0) > 0):
         row = int(np.argwhere(np.diff(matrix, axis=0) > 0)[0, 0]) + 1
         raise ValueError(f"scheduling matrix row {row} raises a token's noise; rows must be non-increasing")

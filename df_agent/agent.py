@@ -1,0 +1,260 @@
+"""The Diffusion Forcing agent: plans with guided sampling and acts in an ordinary Gymnasium loop.
+
+``act(obs)`` plans from the current observation, executes the plan's own diffused actions (clipped to the action
+range) and replans every ``replan_every`` tokens, the horizon shrinking to the episode's end (paper Section 4.2,
+Appendix D). Observations are Gymnasium-Robotics dicts (``observation``, ``desired_goal``) or flat observations
+with a separate goal, one or a batch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from df_agent.diffusion import NoiseSchedule
+from df_agent.guidance import GoalCost
+from df_agent.model import DiffusionForcingModel, ModelConfig
+from df_agent.sampler import sample
+from df_agent.schedules import make_schedule, to_noise_levels, validate_schedule
+from df_agent.tokens import Tokenizer
+from df_agent.training import TrainConfig, Trainer, default_device, load_checkpoint
+
+
+@dataclass
+class PlannerConfig:
+    """How the agent plans (every field can be overridden per call of ``plan``)."""
+
+    ddim_steps: int = 20
+    """denoising steps per token (the paper uses 50)"""
+    schedule: str = "pyramid"
+    """scheduling matrix: pyramid, full_sequence, autoregressive or stabilized_autoregressive"""
+    uncertainty_scale: float = 1.0
+    """pyramid only: extra denoising steps by which each token lags the one before it"""
+    guidance_scale: float = 1.0
+    """step size of the goal guidance (0: unguided)"""
+    mcg_samples: int = 4
+    """futures averaged by Monte Carlo Guidance (1: plain guidance)"""
+    horizon_tokens: int | None = None
+    """longest plan in tokens (None: to the episode's end)"""
+    replan_every: int = 1
+    """tokens executed between two plans"""
+    episode_length: int = 800
+    """steps in an episode, for the shrinking horizon"""
+    ddim_eta: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class Plan:
+    actions: np.ndarray  # (B, H, action_dim), clipped to [-1, 1]
+    positions: np.ndarray  # (B, H, 2) predicted (x, y) after each action
+    observations: np.ndarray  # (B, H, obs_dim) predicted next observations
+    level_history: np.ndarray  # (rows, T) noise level of each token after each sampling row
+    tokens: np.ndarray  # (B, T, token_dim) normalized clean tokens
+
+
+class Agent:
+    """A trained Diffusion Forcing model with its tokenizer and planner settings."""
+
+    def __init__(
+        self,
+        model: DiffusionForcingModel,
+        tokenizer: Tokenizer,
+        schedule: NoiseSchedule,
+        planner: PlannerConfig | None = None,
+        prediction: str = "x0",
+        device: torch.device | str | None = None,
+    ):
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.schedule = schedule.to(self.device)
+        self.planner = planner or PlannerConfig()
+        self.prediction = prediction
+        self.generator = torch.Generator(device=self.device).manual_seed(self.planner.seed)
+        self.reset()
+
+    # --- construction and persistence ---
+    @classmethod
+    def from_trainer(cls, trainer: Trainer, planner: PlannerConfig | None = None) -> Agent:
+        return cls(
+            trainer.sampling_model,
+            trainer.tokenizer,
+            trainer.schedule,
+            planner,
+            trainer.config.prediction,
+            trainer.device,
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Everything needed to rebuild the agent alone (weights, tokenizer statistics, configs), atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "version": 1,
+            "kind": "agent",
+            "model_config": self.model.config.to_dict(),
+            "model": self.model.state_dict(),
+            "tokenizer": self.tokenizer.state_dict(),
+            "noise": {"num_levels": self.schedule.num_levels, "kind": self.schedule.kind},
+            "prediction": self.prediction,
+            "planner": asdict(self.planner),
+        }
+        partial = path.with_name(path.name + ".partial")
+        torch.save(state, partial)
+        os.replace(partial, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device | str | None = None, **planner_overrides) -> Agent:
+        """Load an agent saved by ``save`` or a training checkpoint (which plans with its EMA weights if any)."""
+        state = load_checkpoint(path, device)
+        model = DiffusionForcingModel(ModelConfig(**state["model_config"]))
+        tokenizer = Tokenizer.from_state_dict(state["tokenizer"])
+        if state.get("kind") == "agent":
+            model.load_state_dict(state["model"])
+            schedule = NoiseSchedule(state["noise"]["num_levels"], state["noise"]["kind"])
+            planner = PlannerConfig(**state["planner"])
+            prediction = state["prediction"]
+        else:  # a Trainer checkpoint
+            train = TrainConfig(**state["train_config"])
+            model.load_state_dict(state["ema_model"] if state.get("ema_model") else state["model"])
+            schedule = NoiseSchedule(train.num_levels, train.noise_schedule)
+            planner = PlannerConfig()
+            prediction = train.prediction
+        planner = replace(planner, **planner_overrides)
+        return cls(model, tokenizer, schedule, planner, prediction, device)
+
+    # --- episode state ---
+    def reset(self, num_envs: int | None = None) -> None:
+        """Forget plans and step counts (call at each episode start; the shared evaluation does)."""
+        self._queues: list[np.ndarray] = []  # per env: planned actions not yet executed
+        self._elapsed = np.zeros(0, dtype=np.int64)  # per env: steps since its episode started
+
+    def _parse(self, obs, goal) -> tuple[np.ndarray, np.ndarray, bool]:
+        obs_dim = self.tokenizer.layout.obs_dim
+        if isinstance(obs, dict):
+            if "observation" not in obs:
+                raise ValueError("dict observations need an 'observation' key (Gymnasium-Robotics layout)")
+            if goal is None:
+                goal = obs.get("desired_goal")
+            obs = obs["observation"]
+        if goal is None:
+            raise ValueError("no goal: pass a dict observation with 'desired_goal' or goal=(x, y)")
+        obs = np.asarray(obs, dtype=np.float32)
+        goal = np.asarray(goal, dtype=np.float32)
+        single = obs.ndim == 1
+        obs, goal = np.atleast_2d(obs), np.atleast_2d(goal)
+        if obs.ndim != 2 or obs.shape[1] != obs_dim:
+            raise ValueError(f"observation must have shape ({obs_dim},) or (batch, {obs_dim}), got {obs.shape}")
+        if goal.shape[1] != 2 or len(goal) not in (1, len(obs)):
+            raise ValueError(f"goal must have shape (2,) or ({len(obs)}, 2), got {goal.shape}")
+        if not (np.all(np.isfinite(obs)) and np.all(np.isfinite(goal))):
+            raise ValueError("observation or goal contains NaN or infinity")
+        return obs, np.broadcast_to(goal, (len(obs), 2)).copy(), single
+
+    # --- planning ---
+    def plan(
+        self,
+        obs,
+        goal=None,
+        horizon: int | None = None,
+        schedule: str | np.ndarray | None = None,
+        mcg_samples: int | None = None,
+        guidance_scale: float | None = None,
+        ddim_steps: int | None = None,
+    ) -> Plan:
+        """Plan ``horizon`` steps (rounded up to whole tokens) from observations toward goals.
+
+        ``schedule`` is a name (see ``df_agent.schedules``) or a matrix of denoising-step indices
+        (rows, tokens) with entries in [0, ddim_steps], validated.
+        """
+        obs, goal, _ = self._parse(obs, goal)
+        p = self.planner
+        frame_stack = self.tokenizer.layout.frame_stack
+        horizon = horizon or (p.horizon_tokens or math.ceil(p.episode_length / frame_stack)) * frame_stack
+        num_tokens = max(1, math.ceil(horizon / frame_stack))
+        steps = ddim_steps or p.ddim_steps
+        if schedule is None:
+            schedule = p.schedule
+        if isinstance(schedule, str):
+            kwargs = {"uncertainty_scale": p.uncertainty_scale} if schedule == "pyramid" else {}
+            matrix = make_schedule(schedule, num_tokens, steps, **kwargs)
+        else:
+            matrix = validate_schedule(schedule, num_tokens, steps)
+        levels = to_noise_levels(matrix, steps, self.schedule.num_levels)
+        scale = p.guidance_scale if guidance_scale is None else guidance_scale
+        device = self.device
+        step_mask = (torch.arange(num_tokens * frame_stack, device=device) < horizon).float()[None].expand(len(obs), -1)
+        cost = GoalCost(self.tokenizer, torch.as_tensor(goal, device=device), step_mask) if scale > 0 else None
+        with torch.no_grad():
+            z0 = self.model.initial_latent(torch.as_tensor(self.tokenizer.normalize_obs(obs), device=device))
+        result = sample(
+            self.model,
+            self.schedule,
+            z0,
+            levels,
+            cost=cost,
+            guidance_scale=scale,
+            mcg_samples=mcg_samples or p.mcg_samples,
+            prediction=self.prediction,
+            eta=p.ddim_eta,
+            generator=self.generator,
+        )
+        decoded = self.tokenizer.decode(result.tokens.cpu().numpy())
+        next_obs = decoded["next_observations"][:, :horizon]
+        return Plan(
+            actions=np.clip(decoded["actions"][:, :horizon], -1.0, 1.0),
+            positions=next_obs[..., :2],
+            observations=next_obs,
+            level_history=levels,
+            tokens=result.tokens.cpu().numpy(),
+        )
+
+    # --- acting ---
+    def act(self, obs, goal=None) -> np.ndarray:
+        """The next action for one observation (returns (2,)) or a batch (returns (B, 2))."""
+        obs_arr, goal_arr, single = self._parse(obs, goal)
+        batch = len(obs_arr)
+        if len(self._queues) != batch:
+            self._queues = [np.zeros((0, self.tokenizer.layout.action_dim), np.float32) for _ in range(batch)]
+            self._elapsed = np.zeros(batch, dtype=np.int64)
+        need = np.array([len(q) == 0 for q in self._queues])
+        if need.any():
+            self._replan(np.flatnonzero(need), obs_arr, goal_arr)
+        actions = np.stack([q[0] for q in self._queues])
+        self._queues = [q[1:] for q in self._queues]
+        self._elapsed += 1
+        return actions[0] if single else actions
+
+    def _replan(self, envs: np.ndarray, obs: np.ndarray, goal: np.ndarray) -> None:
+        """Plan for the envs whose queue ran out, together, to the furthest of their episode ends."""
+        p = self.planner
+        frame_stack = self.tokenizer.layout.frame_stack
+        remaining = int(max(1, (p.episode_length - self._elapsed[envs]).max()))
+        horizon = remaining if p.horizon_tokens is None else min(remaining, p.horizon_tokens * frame_stack)
+        plan = self.plan(obs[envs], goal[envs], horizon=horizon)
+        execute = min(horizon, p.replan_every * frame_stack)
+        for i, env in enumerate(envs):
+            self._queues[env] = plan.actions[i, :execute]
+
+    def __call__(self, obs) -> np.ndarray:
+        """Batch policy for ``envs.evaluation.evaluate``."""
+        return self.act(obs)
+
+    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
+        """Stable-Baselines3-style ``predict`` (for ``evaluate_policy`` and VecEnvs): returns (actions, state)."""
+        if episode_start is not None and np.any(episode_start):
+            starts = np.atleast_1d(np.asarray(episode_start, dtype=bool))
+            if len(starts) == len(self._queues):
+                for env in np.flatnonzero(starts):  # a new episode in that env: fresh plan, fresh clock
+                    self._queues[env] = self._queues[env][:0]
+                    self._elapsed[env] = 0
+            else:
+                self.reset()
+        return self.act(observation), state

@@ -1,0 +1,111 @@
+"""Tokens for decision making (paper Section 3.4, Appendix D.6): each step is [a_t, r_t, o_{t+1}], the reward slot
+optional, ``frame_stack`` consecutive steps stacked into one token, every dimension z-scored with dataset
+statistics. The inverse maps tokens back to actions, rewards and next observations exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Shape of a token: ``frame_stack`` steps of [action, (reward), next observation]."""
+
+    action_dim: int = 2
+    obs_dim: int = 4
+    frame_stack: int = 10
+    use_reward: bool = False
+
+    @property
+    def step_dim(self) -> int:
+        return self.action_dim + int(self.use_reward) + self.obs_dim
+
+    @property
+    def token_dim(self) -> int:
+        return self.frame_stack * self.step_dim
+
+
+class Tokenizer:
+    """Builds normalized tokens from steps and decodes them back; holds the dataset statistics.
+
+    Works on numpy arrays and on torch tensors (differentiably, for guidance costs).
+    """
+
+    def __init__(self, layout: TokenLayout, step_mean: np.ndarray, step_std: np.ndarray):
+        self.layout = layout
+        self.step_mean = np.asarray(step_mean, dtype=np.float32)
+        self.step_std = np.asarray(step_std, dtype=np.float32)
+        if self.step_mean.shape != (layout.step_dim,) or self.step_std.shape != (layout.step_dim,):
+            raise ValueError(f"statistics must have shape ({layout.step_dim},) for {layout}")
+        if not np.all(self.step_std > 0):
+            raise ValueError("every standard deviation must be positive")
+
+    @classmethod
+    def fit(cls, layout: TokenLayout, actions, next_observations, rewards=None) -> Tokenizer:
+        """Per-dimension mean and std of the steps in a dataset (std floored to avoid dividing by ~0)."""
+        steps = cls._concat(layout, np.asarray(actions), np.asarray(next_observations), rewards)
+        return cls(layout, steps.mean(axis=0), np.maximum(steps.std(axis=0), 1e-3))
+
+    @staticmethod
+    def _concat(layout: TokenLayout, actions, next_observations, rewards):
+        lib = torch if isinstance(actions, torch.Tensor) else np
+        parts = [actions]
+        if layout.use_reward:
+            if rewards is None:
+                raise ValueError("this layout has a reward slot: pass rewards")
+            parts.append(rewards[..., None])
+        parts.append(next_observations)
+        return lib.concatenate(parts, axis=-1) if lib is np else torch.cat(parts, dim=-1)
+
+    # --- observations (the current observation feeds the z0 encoder with the same statistics as o_{t+1}) ---
+    def _obs_stats(self, like):
+        mean, std = self.step_mean[-self.layout.obs_dim :], self.step_std[-self.layout.obs_dim :]
+        if isinstance(like, torch.Tensor):
+            return torch.as_tensor(mean, device=like.device), torch.as_tensor(std, device=like.device)
+        return mean, std
+
+    def normalize_obs(self, obs):
+        mean, std = self._obs_stats(obs)
+        return (obs - mean) / std
+
+    # --- steps <-> tokens ---
+    def encode(self, actions, next_observations, rewards=None):
+        """Steps (..., L, ·) with L a multiple of ``frame_stack`` -> normalized tokens (..., L / F, token_dim)."""
+        steps = self._concat(self.layout, actions, next_observations, rewards)
+        length = steps.shape[-2]
+        if length % self.layout.frame_stack:
+            raise ValueError(f"{length} steps do not fill tokens of {self.layout.frame_stack} steps")
+        mean, std = self._stats(steps)
+        steps = (steps - mean) / std
+        return steps.reshape(*steps.shape[:-2], length // self.layout.frame_stack, self.layout.token_dim)
+
+    def decode(self, tokens) -> dict:
+        """Normalized tokens (..., T, token_dim) -> dict of actions, next_observations (and rewards), (..., T*F, ·)."""
+        layout = self.layout
+        steps = tokens.reshape(*tokens.shape[:-2], tokens.shape[-2] * layout.frame_stack, layout.step_dim)
+        mean, std = self._stats(steps)
+        steps = steps * std + mean
+        out = {"actions": steps[..., : layout.action_dim], "next_observations": steps[..., -layout.obs_dim :]}
+        if layout.use_reward:
+            out["rewards"] = steps[..., layout.action_dim]
+        return out
+
+    def _stats(self, like):
+        if isinstance(like, torch.Tensor):
+            return (
+                torch.as_tensor(self.step_mean, device=like.device, dtype=like.dtype),
+                torch.as_tensor(self.step_std, device=like.device, dtype=like.dtype),
+            )
+        return self.step_mean, self.step_std
+
+    # --- persistence (travels inside checkpoints) ---
+    def state_dict(self) -> dict:
+        return {"layout": asdict(self.layout), "step_mean": self.step_mean.tolist(), "step_std": self.step_std.tolist()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> Tokenizer:
+        return cls(TokenLayout(**state["layout"]), np.asarray(state["step_mean"]), np.asarray(state["step_std"]))

@@ -1,0 +1,214 @@
+"""Training Diffusion Forcing (paper Algorithm 1): windows of tokens, an independent noise level per token drawn
+uniformly from {0, ..., K}, MSE on the clean-token target, AdamW with linear warm-up, optional EMA, checkpoints
+that resume exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from df_agent.diffusion import NoiseSchedule
+from df_agent.model import DiffusionForcingModel, ModelConfig
+from df_agent.tokens import Tokenizer, TokenLayout
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    window_tokens: int = 30
+    """tokens per training window (each token is frame_stack steps)"""
+    batch_size: int = 128
+    learning_rate: float = 2e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0
+    """0 disables EMA"""
+    prediction: str = "x0"
+    noise_schedule: str = "linear"
+    num_levels: int = 1000
+
+
+class WindowSampler:
+    """Random windows of ``num_steps`` consecutive steps from a dataset's continuous segments.
+
+    ``observations``/``actions``/``next_observations``/``rewards`` are the flat arrays of ``envs.Transitions``;
+    ``segment_ids`` marks stretches where each row follows the previous one in time.
+    """
+
+    def __init__(self, observations, actions, next_observations, rewards, segment_ids, num_steps: int):
+        self.observations = np.asarray(observations, dtype=np.float32)
+        self.actions = np.asarray(actions, dtype=np.float32)
+        self.next_observations = np.asarray(next_observations, dtype=np.float32)
+        self.rewards = np.asarray(rewards, dtype=np.float32)
+        self.num_steps = num_steps
+        segment_ids = np.asarray(segment_ids)
+        # A window starting at i is valid when rows i .. i + num_steps - 1 share one segment.
+        n = len(segment_ids)
+        if n < num_steps:
+            raise ValueError(f"the dataset has {n} steps, fewer than one window of {num_steps}")
+        ends_same = segment_ids[num_steps - 1 :] == segment_ids[: n - num_steps + 1]
+        self.starts = np.flatnonzero(ends_same)
+        if len(self.starts) == 0:
+            raise ValueError(f"no continuous stretch of the dataset is {num_steps} steps long; use shorter windows")
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        starts = self.starts[rng.integers(len(self.starts), size=batch_size)]
+        rows = starts[:, None] + np.arange(self.num_steps)[None, :]
+        return {
+            "obs": self.observations[starts],
+            "actions": self.actions[rows],
+            "next_observations": self.next_observations[rows],
+            "rewards": self.rewards[rows],
+        }
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Trainer:
+    """Owns the model, its EMA copy, the optimizer and the step count; ``save``/``load`` resume exactly."""
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        tokenizer: Tokenizer,
+        config: TrainConfig,
+        device: torch.device | str | None = None,
+        seed: int = 0,
+    ):
+        if config.prediction not in ("x0", "epsilon", "v"):
+            raise ValueError(f"prediction must be 'x0', 'epsilon' or 'v', got {config.prediction!r}")
+        if model_config.token_dim != tokenizer.layout.token_dim:
+            raise ValueError("model token_dim does not match the tokenizer's layout")
+        self.device = torch.device(device) if device is not None else default_device()
+        self.config = config
+        self.tokenizer = tokenizer
+        torch.manual_seed(seed)
+        self.model = DiffusionForcingModel(model_config).to(self.device)
+        self.ema_model = copy.deepcopy(self.model).requires_grad_(False) if config.ema_decay > 0 else None
+        self.schedule = NoiseSchedule(config.num_levels, config.noise_schedule).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.step = 0
+        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    @property
+    def sampling_model(self) -> DiffusionForcingModel:
+        """The weights to plan with: the EMA copy when EMA is on."""
+        return self.ema_model if self.ema_model is not None else self.model
+
+    def learning_rate(self) -> float:
+        warm = min(1.0, (self.step + 1) / max(1, self.config.warmup_steps))
+        return self.config.learning_rate * warm
+
+    def loss(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        """Algorithm 1 on one batch: noise every token to its own uniformly drawn level, predict, MSE."""
+        device = self.device
+        tokens = torch.as_tensor(
+            self.tokenizer.encode(batch["actions"], batch["next_observations"], batch["rewards"]), device=device
+        )
+        obs = torch.as_tensor(self.tokenizer.normalize_obs(batch["obs"]), device=device)
+        levels = torch.randint(0, self.config.num_levels + 1, tokens.shape[:2], device=device, generator=self.generator)
+        noise = torch.randn(tokens.shape, device=device, generator=self.generator)
+        noisy = self.schedule.add_noise(tokens, levels, noise)
+        z0 = self.model.initial_latent(obs)
+        output, _ = self.model(z0, noisy, levels)
+        target = self.schedule.target(tokens, levels, noise, self.config.prediction)
+        return torch.nn.functional.mse_loss(output, target)
+
+    def train_step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate()
+        loss = self.loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()} at step {self.step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        if self.ema_model is not None:
+            with torch.no_grad():
+                for ema, p in zip(self.ema_model.parameters(), self.model.parameters(), strict=True):
+                    ema.lerp_(p, 1 - self.config.ema_decay)
+        self.step += 1
+        return {"loss": loss.item(), "grad_norm": float(grad_norm), "learning_rate": self.learning_rate()}
+
+    # --- checkpoints ---
+    def checkpoint(self) -> dict:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "model_config": self.model.config.to_dict(),
+            "train_config": asdict(self.config),
+            "tokenizer": self.tokenizer.state_dict(),
+            "model": self.model.state_dict(),
+            "ema_model": self.ema_model.state_dict() if self.ema_model is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_generator": self.generator.get_state(),
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a checkpoint atomically (a crash mid-write never leaves a truncated file under ``path``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        torch.save(self.checkpoint(), partial)
+        os.replace(partial, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device | str | None = None) -> Trainer:
+        """Rebuild a trainer from a checkpoint and continue exactly where it stopped."""
+        state = load_checkpoint(path, device)
+        trainer = cls(
+            ModelConfig(**state["model_config"]),
+            Tokenizer.from_state_dict(state["tokenizer"]),
+            TrainConfig(**state["train_config"]),
+            device=device,
+        )
+        trainer.model.load_state_dict(state["model"])
+        if trainer.ema_model is not None and state["ema_model"] is not None:
+            trainer.ema_model.load_state_dict(state["ema_model"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.step = state["step"]
+        trainer.rng.bit_generator.state = state["numpy_rng"]
+        trainer.generator.set_state(
+            state["torch_generator"].cpu() if trainer.device.type == "cpu" else state["torch_generator"]
+        )
+        return trainer
+
+
+def load_checkpoint(path: str | os.PathLike, device: torch.device | str | None = None) -> dict:
+    """Read a df-agent checkpoint with clear errors for a missing, corrupt or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; train one with `python scripts/df_maze2d.py`")
+    try:
+        state = torch.load(path, map_location=device or "cpu", weights_only=False)
+    except Exception as error:
+        raise ValueError(
+            f"checkpoint {path} is corrupt or not a torch file ({type(error).__name__}: {error})"
+        ) from error
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or "model_config" not in state:
+        raise ValueError(f"{path} is not a df-agent checkpoint (version {CHECKPOINT_VERSION})")
+    return state
+
+
+def make_trainer(transitions, layout: TokenLayout, model_config: dict, config: TrainConfig, device=None, seed=0):
+    """A fresh trainer whose tokenizer statistics come from a dataset (``envs.Transitions``-like)."""
+    tokenizer = Tokenizer.fit(layout, transitions.actions, transitions.next_observations, transitions.rewards)
+    model_config = ModelConfig(token_dim=layout.token_dim, obs_dim=layout.obs_dim, **model_config)
+    return Trainer(model_config, tokenizer, config, device=device, seed=seed)

@@ -1,0 +1,245 @@
+"""Diffusion Forcing on D4RL maze2d: train on the offline dataset, then plan with the pyramid schedule and Monte
+Carlo Guidance, evaluated on the single-goal and the multi-goal task with the shared evaluation.
+
+    python scripts/df_maze2d.py --env maze2d-large
+    python scripts/df_maze2d.py --env maze2d-large --eval-only --checkpoint runs/<run>/agent.pt
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+import envs
+from df_agent.agent import Agent, PlannerConfig
+from df_agent.tokens import TokenLayout
+from df_agent.training import TrainConfig, Trainer, WindowSampler, make_trainer
+from envs.datasets import load_transitions
+from envs.evaluation import evaluate, log_evaluation
+
+# Training window per maze, in tokens of frame_stack steps (the paper cuts 300 / 600 / 600 steps).
+DEFAULT_WINDOW_TOKENS = {"umaze": 30, "medium": 60, "large": 60}
+
+
+@dataclass
+class Args:
+    env: str = "maze2d-large"
+    """task id (short forms like maze2d-large work); its single- and multi-goal versions are both evaluated"""
+    exp_name: str = "df"
+    """name of this experiment, part of the run name"""
+    seed: int = 1
+    """seed of training, planning and evaluation"""
+    torch_deterministic: bool = True
+    """make torch's CPU kernels deterministic"""
+    device: str = "auto"
+    """'auto' (the GPU when there is one), 'cpu' or 'cuda'"""
+    num_threads: int | None = None
+    """torch CPU threads (default: torch's choice, all cores)"""
+    dataset_source: str = "auto"
+    """'auto' (the public Minari dataset if on disk, else the local one, generated on first use), 'public', 'local'"""
+
+    # model and tokens
+    frame_stack: int = 10
+    """steps per token"""
+    use_reward: bool = False
+    """keep the reward slot in tokens (maze2d guides by goal, so the paper drops it)"""
+    latent_dim: int = 128
+    """size of the GRU latent z_t"""
+    width: int = 128
+    """width of the residual MLPs"""
+    depth: int = 2
+    """residual blocks per MLP"""
+
+    # training
+    total_steps: int = 20_000
+    """gradient steps"""
+    train_minutes: float | None = None
+    """stop training after this many minutes even if total_steps is not reached"""
+    batch_size: int = 128
+    """windows per batch"""
+    window_tokens: int | None = None
+    """tokens per training window (default: 30 on umaze, 60 on medium and large)"""
+    learning_rate: float = 2e-4
+    """AdamW learning rate"""
+    weight_decay: float = 1e-4
+    """AdamW weight decay"""
+    warmup_steps: int = 500
+    """linear learning-rate warm-up"""
+    ema_decay: float = 0.0
+    """EMA of the weights used for planning (0: off)"""
+    prediction: str = "x0"
+    """network output: x0 (the paper's choice for planning), epsilon or v"""
+    noise_schedule: str = "linear"
+    """linear (the paper's for mazes) or cosine"""
+    log_every: int = 100
+    """steps between TensorBoard scalars"""
+    checkpoint_every: int = 2000
+    """steps between checkpoints (written atomically; resume with --resume)"""
+    resume: str | None = None
+    """training checkpoint to continue from"""
+
+    # planning and evaluation
+    schedule: str = "pyramid"
+    """scheduling matrix: pyramid, full_sequence, autoregressive, stabilized_autoregressive"""
+    uncertainty_scale: float = 1.0
+    """pyramid: extra denoising steps by which each token lags the previous one"""
+    ddim_steps: int = 20
+    """DDIM steps per token"""
+    guidance_scale: float = 1.0
+    """goal guidance step size (0: unguided)"""
+    mcg_samples: int = 4
+    """Monte Carlo Guidance futures per plan"""
+    no_mcg: bool = False
+    """plain guidance (same as --mcg-samples 1)"""
+    horizon_tokens: int | None = None
+    """longest plan in tokens (default: to the episode's end)"""
+    replan_every: int = 1
+    """tokens executed between replans"""
+    eval_episodes: int = 100
+    """episodes per evaluated task (0: skip evaluation)"""
+    eval_multi: bool = True
+    """also evaluate the multi-goal version of the task"""
+    eval_only: bool = False
+    """skip training: evaluate --checkpoint"""
+    checkpoint: str | None = None
+    """agent or training checkpoint for --eval-only"""
+    save_model: bool = True
+    """save the agent to runs/<run name>/agent.pt"""
+    runs_dir: str = "runs"
+    """folder of TensorBoard runs and checkpoints"""
+
+
+def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
+    return PlannerConfig(
+        ddim_steps=args.ddim_steps,
+        schedule=args.schedule,
+        uncertainty_scale=args.uncertainty_scale,
+        guidance_scale=args.guidance_scale,
+        mcg_samples=1 if args.no_mcg else args.mcg_samples,
+        horizon_tokens=args.horizon_tokens,
+        replan_every=args.replan_every,
+        episode_length=task.max_episode_steps,
+        seed=args.seed,
+    )
+
+
+def train(args: Args, task: envs.TaskSpec, writer: SummaryWriter, run_dir: Path, device: torch.device) -> Trainer:
+    data = load_transitions(task.env_id, source=args.dataset_source)
+    layout = TokenLayout(frame_stack=args.frame_stack, use_reward=args.use_reward)
+    window = args.window_tokens or DEFAULT_WINDOW_TOKENS[task.maze]
+    if args.resume:
+        trainer = Trainer.load(args.resume, device=device)
+        print(f"resumed from {args.resume} at step {trainer.step}")
+    else:
+        config = TrainConfig(
+            window_tokens=window,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            weight_decay=args.weight_decay,
+            warmup_steps=args.warmup_steps,
+            ema_decay=args.ema_decay,
+            prediction=args.prediction,
+            noise_schedule=args.noise_schedule,
+        )
+        model_config = {"latent_dim": args.latent_dim, "width": args.width, "depth": args.depth}
+        trainer = make_trainer(data, layout, model_config, config, device=device, seed=args.seed)
+    config = trainer.config
+    sampler = WindowSampler(
+        data.observations,
+        data.actions,
+        data.next_observations,
+        data.rewards,
+        data.segment_ids,
+        config.window_tokens * trainer.tokenizer.layout.frame_stack,
+    )
+    print(f"model: {trainer.model.num_parameters():,} parameters; {len(sampler.starts):,} training windows")
+    checkpoint_path = run_dir / "checkpoint.pt"
+    start, last_log = time.perf_counter(), time.perf_counter()
+    bar = tqdm(total=args.total_steps, initial=trainer.step, desc="train", unit="step")
+    while trainer.step < args.total_steps:
+        metrics = trainer.train_step(sampler.sample(config.batch_size, trainer.rng))
+        bar.update(1)
+        if trainer.step % args.log_every == 0:
+            now = time.perf_counter()
+            steps_per_second = args.log_every / (now - last_log)
+            last_log = now
+            writer.add_scalar("losses/loss", metrics["loss"], trainer.step)
+            writer.add_scalar("losses/grad_norm", metrics["grad_norm"], trainer.step)
+            writer.add_scalar("charts/learning_rate", metrics["learning_rate"], trainer.step)
+            writer.add_scalar("charts/SPS", steps_per_second, trainer.step)
+            writer.add_scalar(
+                "charts/tokens_per_second", steps_per_second * config.batch_size * config.window_tokens, trainer.step
+            )
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+        if trainer.step % args.checkpoint_every == 0:
+            trainer.save(checkpoint_path)
+        if args.train_minutes is not None and time.perf_counter() - start > 60 * args.train_minutes:
+            print(f"time budget of {args.train_minutes} minutes reached at step {trainer.step}")
+            break
+    bar.close()
+    trainer.save(checkpoint_path)
+    writer.add_scalar("charts/train_minutes", (time.perf_counter() - start) / 60, trainer.step)
+    return trainer
+
+
+def main(args: Args) -> dict:
+    task = envs.get_task(args.env)
+    run_name = f"{task.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path(args.runs_dir) / run_name
+    writer = SummaryWriter(str(run_dir))
+    writer.add_text(
+        "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+    )
+
+    # seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    device = (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if args.device == "auto"
+        else torch.device(args.device)
+    )
+
+    planner = planner_config(args, task)
+    step = 0
+    if args.eval_only:
+        if not args.checkpoint:
+            raise SystemExit("--eval-only needs --checkpoint PATH")
+        agent = Agent.load(args.checkpoint, device=device, **asdict(planner))
+    else:
+        trainer = train(args, task, writer, run_dir, device)
+        step = trainer.step
+        agent = Agent.from_trainer(trainer, planner)
+        if args.save_model:
+            print(f"saved agent to {agent.save(run_dir / 'agent.pt')}")
+
+    summary = {"run": run_name, "train_steps": step}
+    tasks = [task.env_id]
+    if args.eval_multi:
+        tasks.append(envs.resolve_env_id(f"maze2d-{task.maze}{'' if task.multi_goal else '-multi'}"))
+    for env_id in tasks if args.eval_episodes > 0 else []:
+        agent.planner.episode_length = envs.get_task(env_id).max_episode_steps
+        result = evaluate(agent, env_id, num_episodes=args.eval_episodes, seed=args.seed)
+        log_evaluation(writer, result, step, prefix="eval_multi" if envs.get_task(env_id).multi_goal else "eval")
+        print(result)
+        summary[env_id] = {**result.metrics(), "seconds": result.seconds}
+    writer.close()
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,203 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import envs
+from df_agent.agent import Agent, PlannerConfig
+from df_agent.tokens import TokenLayout
+from df_agent.training import TrainConfig, Trainer, WindowSampler, make_trainer
+from envs.datasets import generate_dataset, load_transitions
+
+LAYOUT = TokenLayout(frame_stack=5)
+MODEL = {"latent_dim": 32, "width": 64, "depth": 1, "level_embedding_dim": 16}
+CONFIG = TrainConfig(window_tokens=8, batch_size=32, learning_rate=2e-3, warmup_steps=20)
+
+
+@pytest.fixture(scope="module")
+def data():
+    generate_dataset("umaze", num_steps=6000, seed=3, num_chains=4, overwrite=True, progress=False)
+    return load_transitions("maze2d-umaze", generate=False, progress=False)
+
+
+def window_sampler(data):
+    return WindowSampler(data.observations, data.actions, data.next_observations, data.rewards, data.segment_ids, 40)
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    trainer = make_trainer(data, LAYOUT, MODEL, CONFIG, device="cpu", seed=0)
+    sampler = window_sampler(data)
+    fixed = sampler.sample(64, np.random.default_rng(123))
+
+    def held_out_loss():
+        trainer.generator.manual_seed(7)
+        with torch.no_grad():
+            return trainer.loss(fixed).item()
+
+    before = held_out_loss()
+    for _ in range(300):
+        trainer.train_step(sampler.sample(CONFIG.batch_size, trainer.rng))
+    trainer.held_out = (before, held_out_loss())
+    return trainer
+
+
+def test_training_lowers_the_loss(trained):
+    before, after = trained.held_out
+    assert after < 0.6 * before
+
+
+def test_windows_never_cross_a_gap_between_runs(data):
+    sampler = window_sampler(data)
+    batch = sampler.sample(200, np.random.default_rng(0))
+    np.testing.assert_array_equal(batch["next_observations"][:, :-1], batch["next_observations"][:, :-1])
+    # each window is one continuous run: o_{t+1} of step t is the observation of step t + 1
+    starts = sampler.starts[np.random.default_rng(0).integers(len(sampler.starts), size=200)]
+    rows = starts[:, None] + np.arange(40)
+    np.testing.assert_array_equal(data.observations[rows[:, 1:]], data.next_observations[rows[:, :-1]])
+    with pytest.raises(ValueError, match="shorter windows"):
+        WindowSampler(data.observations, data.actions, data.next_observations, data.rewards, data.segment_ids, 5000)
+
+
+def test_checkpoints_resume_exactly(data, tmp_path):
+    sampler = window_sampler(data)
+    trainer = make_trainer(data, LAYOUT, MODEL, CONFIG, device="cpu", seed=1)
+    for _ in range(5):
+        trainer.train_step(sampler.sample(CONFIG.batch_size, trainer.rng))
+    path = trainer.save(tmp_path / "ckpt.pt")
+    continued = [trainer.train_step(sampler.sample(CONFIG.batch_size, trainer.rng))["loss"] for _ in range(3)]
+    resumed = Trainer.load(path, device="cpu")
+    assert resumed.step == 5
+    again = [resumed.train_step(sampler.sample(CONFIG.batch_size, resumed.rng))["loss"] for _ in range(3)]
+    assert again == continued
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt"):
+        Trainer.load(tmp_path / "bad.pt")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Trainer.load(tmp_path / "missing.pt")
+
+
+def planner(**overrides):
+    base = dict(ddim_steps=4, horizon_tokens=4, episode_length=300, mcg_samples=2, guidance_scale=0.5, seed=0)
+    return PlannerConfig(**{**base, **overrides})
+
+
+def test_save_load_round_trip_gives_identical_plans(trained, tmp_path):
+    agent = Agent.from_trainer(trained, planner())
+    obs, goal = np.array([[1.0, -1.0, 0.0, 0.0]], np.float32), np.array([[-1.0, 1.0]], np.float32)
+    path = agent.save(tmp_path / "agent.pt")
+    a = Agent.load(path, device="cpu").plan(obs, goal)
+    b = Agent.load(path, device="cpu").plan(obs, goal)
+    np.testing.assert_array_equal(a.actions, b.actions)
+    assert a.actions.shape == (1, 20, 2) and a.positions.shape == (1, 20, 2)
+    assert a.level_history.shape[1] == 4 and (a.level_history[-1] == 0).all()
+    # a training checkpoint loads as an agent too
+    ckpt = trained.save(tmp_path / "train.pt")
+    c = Agent.load(ckpt, device="cpu", **vars(planner())).plan(obs, goal)
+    np.testing.assert_allclose(c.actions, a.actions, atol=1e-6)
+
+
+def test_guided_plans_end_nearer_the_goal(trained):
+    rng = np.random.default_rng(0)
+    starts = envs.Maze.from_name("umaze").cell_to_xy(np.array([[3, 1], [3, 2], [3, 3], [2, 3]]))
+    obs = np.concatenate([starts + rng.uniform(-0.1, 0.1, starts.shape), np.zeros((4, 2))], axis=1).astype(np.float32)
+    goal = np.tile(np.array([[1.0, -1.0]], np.float32), (4, 1))
+
+    def mean_final_distance(scale, mcg):
+        agent = Agent.from_trainer(trained, planner(horizon_tokens=6, guidance_scale=scale, mcg_samples=mcg))
+        distances = [
+            np.linalg.norm(agent.plan(obs, goal).positions[:, -10:] - goal[:, None], axis=-1).mean() for _ in range(3)
+        ]
+        return float(np.mean(distances))
+
+    unguided = mean_final_distance(0.0, 1)
+    assert mean_final_distance(1.0, 1) < unguided - 0.1
+    assert mean_final_distance(1.0, 4) < unguided - 0.1
+
+
+def test_act_in_a_plain_gymnasium_loop(trained):
+    env = gym.make("maze2d-umaze-v1")
+    agent = Agent.from_trainer(trained, planner(horizon_tokens=2, ddim_steps=2))
+    obs, _ = env.reset(seed=0)
+    agent.reset()
+    for _ in range(12):
+        action = agent.act(obs)
+        assert action.shape == (2,) and np.all(np.abs(action) <= 1) and np.all(np.isfinite(action))
+        obs, *_ = env.step(action)
+    batch = agent.act({"observation": np.zeros((3, 4)), "desired_goal": np.ones((3, 2))})
+    assert batch.shape == (3, 2)
+    flat = agent.act(np.zeros(4), goal=np.ones(2))
+    assert flat.shape == (2,)
+
+
+def test_bad_observations_raise_clear_errors(trained):
+    agent = Agent.from_trainer(trained, planner())
+    with pytest.raises(ValueError, match=r"shape \(4,\) or \(batch, 4\)"):
+        agent.act(np.zeros(3), goal=np.zeros(2))
+    with pytest.raises(ValueError, match="NaN"):
+        agent.act(np.array([np.nan, 0, 0, 0]), goal=np.zeros(2))
+    with pytest.raises(ValueError, match="no goal"):
+        agent.act(np.zeros(4))
+    with pytest.raises(ValueError, match="raises a token"):
+        agent.plan(np.zeros(4), np.zeros(2), horizon=10, schedule=np.array([[4, 4], [2, 3], [3, 0], [0, 0]]))
+
+
+def test_predict_runs_in_the_shared_evaluation(trained):
+    from envs.evaluation import evaluate
+
+    agent = Agent.from_trainer(trained, planner(horizon_tokens=2, ddim_steps=2, mcg_samples=1))
+    result = evaluate(agent, "maze2d-umaze", num_episodes=2, progress=False)
+    assert result.num_episodes == 2 and np.isfinite(result.normalized_score)
+    actions, state = agent.predict(
+        {"observation": np.zeros((2, 4)), "desired_goal": np.ones((2, 2))}, episode_start=np.array([True, False])
+    )
+    assert actions.shape == (2, 2) and state is None
+
+
+def test_script_runs_end_to_end(data, tmp_path):
+    import importlib.util
+    import pathlib
+    import sys
+
+    path = pathlib.Path(__file__).parents[1] / "scripts" / "df_maze2d.py"
+    spec = importlib.util.spec_from_file_location("df_maze2d", path)
+    script = importlib.util.module_from_spec(spec)
+    sys.modules["df_maze2d"] = script  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(script)
+    args = script.Args(
+        env="maze2d-umaze",
+        total_steps=30,
+        batch_size=8,
+        window_tokens=4,
+        frame_stack=5,
+        width=32,
+        latent_dim=16,
+        depth=1,
+        eval_episodes=1,
+        ddim_steps=2,
+        horizon_tokens=2,
+        mcg_samples=2,
+        log_every=10,
+        checkpoint_every=20,
+        runs_dir=str(tmp_path),
+        device="cpu",
+    )
+    summary = script.main(args)
+    run_dir = tmp_path / summary["run"]
+    assert (run_dir / "agent.pt").exists() and (run_dir / "checkpoint.pt").exists()
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {
+        "losses/loss",
+        "charts/learning_rate",
+        "charts/tokens_per_second",
+        "eval/normalized_score",
+        "eval_multi/normalized_score",
+    } <= tags
+    assert set(summary) >= {"maze2d-umaze-v1", "maze2d-umaze-multi-v1"}
+    again = script.main(
+        script.Args(**{**vars(args), "eval_only": True, "checkpoint": str(run_dir / "agent.pt"), "eval_multi": False})
+    )
+    assert again["train_steps"] == 0 and "maze2d-umaze-v1" in again
