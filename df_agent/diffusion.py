@@ -33,6 +33,11 @@ class NoiseSchedule(torch.nn.Module):
 
     def __init__(self, num_levels: int = 1000, kind: str = "linear"):
         super().__init__()
+        if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 1:
+            raise ValueError(
+                f"num_levels must be a positive integer, got {num_levels!r}; the kind comes second, "
+                "as in NoiseSchedule(1000, 'linear')"
+            )
         if kind == "linear":
             betas = linear_betas(num_levels)
         elif kind == "cosine":
@@ -82,6 +87,20 @@ class NoiseSchedule(torch.nn.Module):
         """The noise implied by a token at level k and a clean estimate (undefined at level 0: returns 0)."""
         a, s = self._coefficients(levels, x_k)
         return torch.where(s > 0, (x_k - a * x0) / s.clamp(min=1e-12), torch.zeros_like(x_k))
+
+    def guidance_weight(self, levels: torch.Tensor, next_levels: torch.Tensor) -> torch.Tensor:
+        """Per-token weight of a guidance step taken with the DDIM step from ``levels`` to ``next_levels``.
+
+        ``(1 - abar_k) - sqrt(1 - abar_k) * sqrt(1 - abar_next)``, the factor the DF authors' planner applies to the
+        guidance gradient: large where a step removes much noise, ~0 at the first steps from pure noise, and exactly
+        0 for a token that stays at its level and for the step to the clean token, so guidance never pushes a final
+        token off the data manifold.
+        """
+        alpha_bar = self.alphas_cumprod[levels.long()]
+        alpha_bar_next = self.alphas_cumprod[next_levels.long()]
+        weight = (1 - alpha_bar) - (1 - alpha_bar).sqrt() * (1 - alpha_bar_next).sqrt()
+        no_guidance = (next_levels == 0) | (next_levels >= levels)
+        return torch.where(no_guidance, torch.zeros_like(weight), weight.clamp(min=0))
 
     def ddim_step(
         self,

@@ -1,8 +1,10 @@
 """Sampling with guidance (paper Algorithm 2) over any scheduling matrix, with Monte Carlo Guidance.
 
 Each row of the matrix moves every token from its level to the next row's level with a DDIM step. With a cost,
-the step is followed by a guidance step ``x -= scale * d cost(x0_hat(x)) / d x``: the clean-token prediction of
-every token comes out of the latent chain, so a cost on far-future tokens moves earlier tokens too (Section 3.4).
+the step is followed by a guidance step ``x -= scale * w_k * d cost(x0_hat(x)) / d x``: the clean-token prediction
+of every token comes out of the latent chain, so a cost on far-future tokens moves earlier tokens too (Section 3.4).
+``w_k`` (``NoiseSchedule.guidance_weight``) scales each token's step by the noise its DDIM step removes and is 0 on
+the step to the clean token, as in the authors' planner.
 
 Monte Carlo Guidance (Section 3.4, Appendix C.5): the gradient is averaged over ``mcg_samples`` futures of the
 plan: the plan itself plus futures resampled from the previous row's clean-token estimate at each token's current
@@ -96,7 +98,8 @@ def sample(
             x0 = x0_all[:batch].detach()
         stepped = schedule.ddim_step(active, lv.expand(batch, -1), nlv.expand(batch, -1), x0, eta, generator)
         if gradient is not None:
-            stepped = stepped - guidance_scale * gradient * (lv > 0)[None, :, None]
+            weight = schedule.guidance_weight(lv, nlv).to(gradient.dtype)
+            stepped = stepped - guidance_scale * gradient * weight[None, :, None]
         x0_estimate = torch.cat([x0_estimate[:, :cached], x0], dim=1)
         x = torch.cat([x[:, :cached], stepped.detach()], dim=1)
     return SampleResult(tokens=x, levels=level_matrix)

@@ -65,6 +65,22 @@ def test_ddim_per_token_levels_and_corner_cases():
         schedule.ddim_step(x, next_levels, levels, x0)
 
 
+def test_guidance_weight_follows_the_noise_each_step_removes():
+    schedule = NoiseSchedule(1000, "linear")
+    levels = torch.tensor([1000, 500, 250, 50, 300, 0])
+    next_levels = torch.tensor([950, 250, 0, 0, 300, 0])
+    weight = schedule.guidance_weight(levels, next_levels)
+    # no guidance on the step to the clean token, on a token that stays at its level, or on a clean token
+    assert weight[2] == 0 and weight[3] == 0 and weight[4] == 0 and weight[5] == 0
+    # a step that removes much noise gets far more weight than a step out of pure noise
+    assert weight[1] > 10 * weight[0] > 0
+    abar = schedule.alphas_cumprod
+    expected = (1 - abar[500]) - (1 - abar[500]).sqrt() * (1 - abar[250]).sqrt()
+    torch.testing.assert_close(weight[1], expected)
+    with pytest.raises(ValueError, match="positive integer"):
+        NoiseSchedule("linear")
+
+
 def test_resampling_at_the_same_level_keeps_the_marginal():
     schedule = NoiseSchedule(1000, "linear")
     x0 = torch.full((20000, 1, 1), 2.0)

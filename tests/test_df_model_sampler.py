@@ -81,7 +81,8 @@ def reference_sample(model, schedule, z0, levels, cost=None, scale=0.0, generato
         with torch.enable_grad():
             x0, _ = model(z0, xin, lv)
             grad = torch.autograd.grad(cost(x0).sum(), xin)[0] if cost is not None else torch.zeros_like(x)
-        x = schedule.ddim_step(x, lv, nlv, x0.detach(), 0.0, generator) - scale * grad * (lv > 0)[..., None]
+        weight = schedule.guidance_weight(lv, nlv)[..., None]
+        x = schedule.ddim_step(x, lv, nlv, x0.detach(), 0.0, generator) - scale * weight * grad
         x = x.detach()
     return x
 
