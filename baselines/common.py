@@ -1,0 +1,428 @@
+"""Pieces shared by the single-file offline RL baselines ``baselines/iql.py`` and ``baselines/cql.py``.
+
+- ``GoalRelabelSampler``: batches of transitions from ``envs.datasets.load_transitions`` with the reward relabelled
+  against the goal the agent is evaluated on: the task's fixed goal on the single-goal tasks (D4RL's convention),
+  or, on the multi-goal tasks, a goal drawn per sample from the data itself (HER-style relabelling).
+- ``Normalizer``: the dataset's state mean / std (goals are normalized like the position part of the state).
+- ``OfflinePolicy``: an actor wrapped as the batch policy that ``envs.evaluation.evaluate`` takes.
+- Checkpoint helpers: RNG states (so that a resumed run continues exactly), atomic saving, resumed arguments.
+- ``run_offline``: the CleanRL-style run both scripts share (seeding, TensorBoard, the training loop, periodic and
+  final evaluation with the shared evaluation, checkpoints, resume, ``--eval-only``); each script keeps only its
+  algorithm and its ``Args``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from envs.datasets import Transitions, load_transitions
+from envs.evaluation import evaluate, log_evaluation
+from envs.mazes import Maze
+from envs.tasks import GOAL_RADIUS, get_task, resolve_env_id
+
+
+def fixed_goal(env_id: str) -> np.ndarray:
+    """The (x, y) goal of a single-goal task: the centre of D4RL's goal cell (``Maze2DEnv.fixed_goal``)."""
+    maze = Maze.from_name(get_task(env_id).maze)
+    return maze.cell_to_xy(maze.goal_cell).astype(np.float32)
+
+
+def goal_reward(next_xy: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    """The tasks' sparse reward: 1.0 where the position after the step is within ``GOAL_RADIUS`` (0.5) of the goal."""
+    return (np.linalg.norm(next_xy - goal, axis=-1) <= GOAL_RADIUS).astype(np.float32)
+
+
+@dataclasses.dataclass
+class Normalizer:
+    """Per-dimension state standardization with the dataset's statistics (CORL: std + 1e-3)."""
+
+    mean: np.ndarray  # (4,) x, y, vx, vy
+    std: np.ndarray  # (4,)
+
+    @classmethod
+    def from_states(cls, states: np.ndarray, eps: float = 1e-3) -> Normalizer:
+        states = np.asarray(states, dtype=np.float64)
+        return cls(states.mean(0).astype(np.float32), (states.std(0) + eps).astype(np.float32))
+
+    def inputs(self, states: np.ndarray, goals: np.ndarray | None = None) -> np.ndarray:
+        """Network inputs: the normalized state, followed by the normalized goal when one is given."""
+        x = (np.asarray(states, dtype=np.float32) - self.mean) / self.std
+        if goals is None:
+            return x
+        g = (np.asarray(goals, dtype=np.float32) - self.mean[:2]) / self.std[:2]
+        return np.concatenate([x, g], axis=-1)
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean.copy(), "std": self.std.copy()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> Normalizer:
+        return cls(np.asarray(state["mean"], dtype=np.float32), np.asarray(state["std"], dtype=np.float32))
+
+
+@dataclasses.dataclass
+class Batch:
+    observations: torch.Tensor  # (B, D): normalized state (+ normalized goal on the multi-goal tasks)
+    actions: torch.Tensor  # (B, 2)
+    rewards: torch.Tensor  # (B,)
+    next_observations: torch.Tensor  # (B, D), with the same goal
+    dones: torch.Tensor  # (B,)
+    goals: torch.Tensor  # (B, 2): the (unnormalized) goal the reward refers to
+
+
+class GoalRelabelSampler:
+    """Uniform minibatches of dataset transitions with the reward relabelled against the right goal.
+
+    Single-goal tasks (D4RL's convention, which CORL's maze2d configs inherit): every transition is rewarded
+    against the task's fixed goal, ``r = 1[||next_xy - fixed_goal|| <= 0.5]``, whatever goal the expert was
+    steering to when the data was recorded; the networks see the normalized state only.
+
+    Multi-goal tasks: the networks see the normalized state and goal. For each sampled transition t, with
+    probability ``future_goal_prob`` the goal is a position the point actually reaches later in the same continuous
+    run (the achieved position after step t + k, k >= 0 geometric with mean about ``future_goal_mean_steps``,
+    clipped to the end of the run; k = 0 is the position right after the step, HER's "future" strategy);
+    otherwise it is the goal of the episode t belongs to (the goal the expert was steering to). The reward is then
+    recomputed against that goal, ``r = 1[||next_xy_t - goal|| <= 0.5]``. Continuous runs (``segment_ids``) span
+    many episodes, so a future goal may lie past the episode's end: the point got there, just on its way to the
+    next goal.
+
+    Terminals: none by default (``done = 0`` everywhere). The tasks never terminate (an episode runs its full
+    length and the return counts every step spent within 0.5 of the goal) and the point is never reset in the
+    data, so every recorded next state is a true successor to bootstrap from; episode ends in the data are
+    time-limit or goal-switch truncations, not terminal states. This is also what D4RL's maze2d data says
+    (``terminals`` all False). ``terminal_on_success=True`` instead ends the value recursion where the reward is
+    earned (``done = r``), the usual goal-reaching formulation; it optimizes reaching the goal once, not staying
+    there, which is not what the return measures.
+    """
+
+    def __init__(
+        self,
+        data: Transitions,
+        env_id: str,
+        normalizer: Normalizer,
+        device: torch.device | str = "cpu",
+        future_goal_prob: float = 0.5,
+        future_goal_mean_steps: float = 100.0,
+        terminal_on_success: bool = False,
+        seed: int = 0,
+    ):
+        if not 0.0 <= future_goal_prob <= 1.0:
+            raise ValueError(f"future_goal_prob must lie in [0, 1], got {future_goal_prob}")
+        if future_goal_mean_steps < 1.0:
+            raise ValueError(f"future_goal_mean_steps must be at least 1, got {future_goal_mean_steps}")
+        task = get_task(env_id)
+        self.goal_conditioned = task.multi_goal
+        self.normalizer = normalizer
+        self.device = torch.device(device)
+        self.future_goal_prob = future_goal_prob
+        self.future_goal_mean_steps = future_goal_mean_steps
+        self.terminal_on_success = terminal_on_success
+        self.rng = np.random.default_rng(seed)
+        self.size = len(data)
+        self.actions = np.asarray(data.actions, dtype=np.float32)
+        self.next_xy = np.asarray(data.next_observations[:, :2], dtype=np.float32)
+        if self.goal_conditioned:
+            self.states = np.asarray(data.observations, dtype=np.float32)
+            self.next_states = np.asarray(data.next_observations, dtype=np.float32)
+            self.episode_goals = np.asarray(data.goals, dtype=np.float32)
+            # Last row of each row's continuous run (runs are contiguous blocks of rows).
+            segment_ids = np.asarray(data.segment_ids)
+            ends = np.flatnonzero(np.append(segment_ids[1:] != segment_ids[:-1], True))
+            self.segment_last = np.repeat(ends, np.diff(np.concatenate([[-1], ends])))
+        else:
+            # Nothing depends on the draw but the row: normalize and relabel once.
+            self.goal = fixed_goal(env_id)
+            self.inputs = normalizer.inputs(data.observations)
+            self.next_inputs = normalizer.inputs(data.next_observations)
+            self.rewards = goal_reward(self.next_xy, self.goal)
+
+    @property
+    def input_dim(self) -> int:
+        return 4 + (2 if self.goal_conditioned else 0)
+
+    def relabel_goals(self, rows: np.ndarray) -> np.ndarray:
+        """Goals (B, 2) for the transitions at ``rows`` (multi-goal tasks): future achieved positions or own goals."""
+        use_future = self.rng.random(len(rows)) < self.future_goal_prob
+        offsets = self.rng.geometric(1.0 / self.future_goal_mean_steps, size=len(rows)) - 1
+        future_rows = np.minimum(rows + offsets, self.segment_last[rows])
+        return np.where(use_future[:, None], self.next_xy[future_rows], self.episode_goals[rows])
+
+    def sample(self, batch_size: int) -> Batch:
+        rows = self.rng.integers(self.size, size=batch_size)
+        if self.goal_conditioned:
+            goals = self.relabel_goals(rows)
+            inputs = self.normalizer.inputs(self.states[rows], goals)
+            next_inputs = self.normalizer.inputs(self.next_states[rows], goals)
+            rewards = goal_reward(self.next_xy[rows], goals)
+        else:
+            goals = np.broadcast_to(self.goal, (batch_size, 2))
+            inputs, next_inputs, rewards = self.inputs[rows], self.next_inputs[rows], self.rewards[rows]
+        dones = rewards if self.terminal_on_success else np.zeros_like(rewards)
+        # One host-to-device copy per batch.
+        packed = np.concatenate(
+            [inputs, self.actions[rows], rewards[:, None], next_inputs, dones[:, None], goals], axis=1, dtype=np.float32
+        )
+        packed = torch.from_numpy(packed).to(self.device, non_blocking=True)
+        d = self.input_dim
+        return Batch(
+            observations=packed[:, :d],
+            actions=packed[:, d : d + 2],
+            rewards=packed[:, d + 2],
+            next_observations=packed[:, d + 3 : 2 * d + 3],
+            dones=packed[:, 2 * d + 3],
+            goals=packed[:, 2 * d + 4 :],
+        )
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+
+class OfflinePolicy:
+    """A trained actor as a policy for ``envs.evaluation.evaluate`` (and anything that takes an SB3-style policy).
+
+    ``act(inputs, deterministic)`` maps normalized network inputs (B, D) to actions (B, 2); evaluation uses the
+    deterministic action (the Gaussian mean, or the tanh of the mean for a tanh-Gaussian policy).
+    """
+
+    def __init__(self, act, normalizer: Normalizer, goal_conditioned: bool, device: torch.device | str = "cpu"):
+        self.act = act
+        self.normalizer = normalizer
+        self.goal_conditioned = goal_conditioned
+        self.device = torch.device(device)
+
+    def __call__(self, obs: dict) -> np.ndarray:
+        return self.predict(obs, deterministic=True)[0]
+
+    @torch.no_grad()
+    def predict(self, obs: dict, state=None, episode_start=None, deterministic: bool = True):
+        """SB3-style: ``(actions, None)``; a single unbatched observation gives a single action (2,)."""
+        states = np.asarray(obs["observation"], dtype=np.float32)
+        single = states.ndim == 1
+        goals = np.atleast_2d(np.asarray(obs["desired_goal"], dtype=np.float32)) if self.goal_conditioned else None
+        inputs = torch.from_numpy(self.normalizer.inputs(np.atleast_2d(states), goals)).to(self.device)
+        actions = self.act(inputs, deterministic).clamp(-1.0, 1.0).cpu().numpy().astype(np.float32)
+        return (actions[0] if single else actions), None
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+
+def rng_states(sampler: GoalRelabelSampler) -> dict:
+    """Every random state a training run draws from, for an exactly resumable checkpoint."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "sampler": sampler.state_dict(),
+    }
+
+
+def restore_rng_states(states: dict, sampler: GoalRelabelSampler) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    sampler.load_state_dict(states["sampler"])
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> Path:
+    """``torch.save`` written to a temporary file and renamed into place, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    torch.save(payload, partial)
+    os.replace(partial, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, algorithm: str, device: torch.device | str = "cpu") -> dict:
+    """Load a checkpoint written by this project's scripts (it holds numpy and RNG states: trusted files only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; pass the .pt file a --save-model run wrote")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=False)
+    except Exception as error:  # torch raises several types for a truncated or foreign file
+        raise ValueError(
+            f"{path} is corrupt or not a checkpoint ({error}); train again or pick another file"
+        ) from error
+    if not isinstance(payload, dict) or payload.get("algorithm") != algorithm:
+        payload = payload if isinstance(payload, dict) else {}
+        raise ValueError(f"{path} is a {payload.get('algorithm')!r} checkpoint, not {algorithm!r}")
+    return payload
+
+
+def resumed_args(args, saved: dict, run_fields: set[str]):
+    """The arguments of a resumed run: the checkpoint's, except the run-control fields taken from the command line.
+
+    A run continues with the data, networks and hyperparameters it started with; a different value given on the
+    command line for any of those is reported and ignored.
+    """
+    current = dataclasses.asdict(args)
+    ignored = {k: v for k, v in current.items() if k not in run_fields and k in saved and saved[k] != v}
+    if ignored:
+        kept = ", ".join(f"{k}={saved[k]!r} (not {v!r})" for k, v in ignored.items())
+        print(f"[resume] keeping the checkpoint's settings: {kept}")
+    merged = {k: (v if k in run_fields or k not in saved else saved[k]) for k, v in current.items()}
+    return dataclasses.replace(args, **merged)
+
+
+# An offline agent: an nn.Module with ``update(batch) -> dict of scalar tensors``, ``training_state()``,
+# ``load_training_state(state)`` and an ``actor`` whose ``act(inputs)`` gives deterministic actions.
+AgentFactory = Callable[[int, object], torch.nn.Module]
+
+
+def load_policy(
+    path: str | Path, algorithm: str, args_type: type, make_agent: AgentFactory, device: torch.device | str = "cpu"
+) -> OfflinePolicy:
+    """The evaluation policy of a checkpoint written by ``run_offline``."""
+    payload = load_checkpoint(path, algorithm, device)
+    args = args_type(**payload["args"])
+    goal_conditioned = get_task(args.env_id).multi_goal
+    agent = make_agent(4 + 2 * goal_conditioned, args).to(device)
+    agent.load_state_dict(payload["training_state"]["networks"])
+    return OfflinePolicy(agent.actor.act, Normalizer.from_state_dict(payload["normalizer"]), goal_conditioned, device)
+
+
+def run_offline(
+    args,
+    algorithm: str,
+    make_agent: AgentFactory,
+    run_fields: set[str],
+    extra_scalars: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+) -> dict:
+    """Train ``make_agent(input_dim, args)`` on the task's dataset, evaluating and checkpointing as ``args`` says.
+
+    ``args`` is a script's ``Args``; ``run_fields`` are the fields a resumed run takes from the command line.
+    Returns the run name and folder, the final evaluation, the policy and the checkpoint path.
+    """
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    def run_evaluation(policy, env_id: str, episodes: int, writer=None, step: int = 0):
+        result = evaluate(policy, env_id, num_episodes=episodes, seed=args.eval_seed, progress=args.progress)
+        if writer is not None:
+            log_evaluation(writer, result, step)
+        tqdm.write(f"[{algorithm} step {step:,}] {result}")
+        return result
+
+    if args.eval_only:
+        if args.checkpoint is None:
+            raise ValueError("--eval-only needs --checkpoint PATH")
+        saved = type(args)(**load_checkpoint(args.checkpoint, algorithm, "cpu")["args"])
+        env_id = resolve_env_id(args.eval_env_id or saved.env_id)
+        if get_task(env_id).maze != get_task(saved.env_id).maze:
+            raise ValueError(f"the checkpoint was trained on {saved.env_id}; {env_id} is another maze")
+        policy = load_policy(args.checkpoint, algorithm, type(args), make_agent, device)
+        result = run_evaluation(policy, env_id, args.final_eval_episodes)
+        return {"final_eval": result, "policy": policy, "checkpoint": args.checkpoint}
+
+    start_step, payload = 0, None
+    if args.resume is not None:
+        payload = load_checkpoint(args.resume, algorithm, "cpu")
+        args = resumed_args(args, payload["args"], run_fields)
+        run_name, start_step = payload["run_name"], payload["step"]
+    args = dataclasses.replace(args, env_id=resolve_env_id(args.env_id))
+    if payload is None:
+        run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path(args.runs_dir) / run_name
+    writer = SummaryWriter(str(run_dir), purge_step=start_step if payload is not None else None)
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items()),
+    )
+
+    # Seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+    data = load_transitions(args.env_id, generate=True, progress=args.progress)
+    normalizer = (
+        Normalizer.from_state_dict(payload["normalizer"])
+        if payload is not None
+        else Normalizer.from_states(data.observations)
+    )
+    sampler = GoalRelabelSampler(
+        data,
+        args.env_id,
+        normalizer,
+        device,
+        future_goal_prob=args.future_goal_prob,
+        future_goal_mean_steps=args.future_goal_mean_steps,
+        terminal_on_success=args.terminal_on_success,
+        seed=args.seed,
+    )
+    agent = make_agent(sampler.input_dim, args).to(device)
+    if payload is not None:
+        agent.load_training_state(payload["training_state"])
+        restore_rng_states(payload["rng"], sampler)
+        print(f"[{algorithm}] resumed {run_name} at step {start_step:,} from {args.resume}")
+    policy = OfflinePolicy(agent.actor.act, normalizer, sampler.goal_conditioned, device)
+
+    def write_checkpoint(step: int, path: Path) -> Path:
+        return save_checkpoint(
+            path,
+            {
+                "algorithm": algorithm,
+                "args": dataclasses.asdict(args),
+                "run_name": run_name,
+                "step": step,
+                "training_state": agent.training_state(),
+                "normalizer": normalizer.state_dict(),
+                "rng": rng_states(sampler),
+            },
+        )
+
+    last_eval = None
+    start_time, logged_step = time.perf_counter(), start_step
+    bar = tqdm(
+        range(start_step, args.total_steps),
+        desc=f"{algorithm} {args.env_id}",
+        initial=start_step,
+        total=args.total_steps,
+        disable=not args.progress,
+    )
+    for step in bar:
+        info = agent.update(sampler.sample(args.batch_size))
+        global_step = step + 1
+        if global_step % args.log_freq == 0 or global_step == args.total_steps:
+            for name, value in info.items():
+                writer.add_scalar(f"losses/{name}", value.item(), global_step)
+            for name, value in (extra_scalars(agent) if extra_scalars else {}).items():
+                writer.add_scalar(name, value, global_step)
+            sps = (global_step - logged_step) / (time.perf_counter() - start_time)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            start_time, logged_step = time.perf_counter(), global_step
+            bar.set_postfix(sps=f"{sps:.0f}", score=None if last_eval is None else f"{last_eval.normalized_score:.1f}")
+        if global_step == args.total_steps:
+            last_eval = run_evaluation(policy, args.env_id, args.final_eval_episodes, writer, global_step)
+        elif args.eval_freq > 0 and global_step % args.eval_freq == 0:
+            last_eval = run_evaluation(policy, args.env_id, args.eval_episodes, writer, global_step)
+        if args.save_model and global_step % args.checkpoint_freq == 0 and global_step != args.total_steps:
+            write_checkpoint(global_step, run_dir / "checkpoints" / f"step_{global_step}.pt")
+    bar.close()
+
+    saved = None
+    if args.save_model:
+        saved = write_checkpoint(max(start_step, args.total_steps), run_dir / f"{args.exp_name}.pt")
+        print(f"[{algorithm}] checkpoint: {saved}")
+    if last_eval is not None:
+        writer.add_text("final_evaluation", str(last_eval), args.total_steps)
+    writer.close()
+    return {"run_name": run_name, "run_dir": run_dir, "final_eval": last_eval, "policy": policy, "checkpoint": saved}

@@ -1,0 +1,263 @@
+"""Implicit Q-Learning (Kostrikov, Nair and Levine, ICLR 2022) on the maze2d tasks, in one file.
+
+    python baselines/iql.py --env-id maze2d-umaze                           # CORL's maze2d settings, 1M steps
+    python baselines/iql.py --env-id maze2d-large-multi --total-steps 200000 --save-model
+    python baselines/iql.py --eval-only --checkpoint runs/<run>/iql.pt     # 100 episodes of the shared evaluation
+    python baselines/iql.py --resume runs/<run>/checkpoints/step_100000.pt  # continue a run exactly
+
+IQL never queries actions outside the dataset: V(s) is fitted by expectile regression (expectile 0.7) towards
+min(Q1, Q2)(s, a) of the target critics on dataset pairs, the critics regress r + discount * V(s'), and the policy
+is advantage-weighted behaviour cloning, weights exp(beta * (Q - V)) clipped at 100. Defaults are CORL's
+``configs/offline/iql/maze2d/*.yaml``: two hidden layers of 256, batch 256, lr 3e-4 (the actor's cosine-annealed
+to 0 over the run), beta 3.0, expectile 0.7, discount 0.99, target rate 0.005, state-independent Gaussian policy
+with a tanh mean, state normalization, 1M steps. Evaluation is ``envs.evaluation.evaluate`` (deterministic action:
+the Gaussian mean); rewards and goals are relabelled as ``baselines.common.GoalRelabelSampler`` describes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.distributions import Normal
+
+from baselines import common
+from baselines.common import Batch, OfflinePolicy
+
+ALGORITHM = "iql"
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+@dataclass
+class Args:
+    exp_name: str = ALGORITHM
+    """the name of this experiment (part of the run name)"""
+    seed: int = 0
+    """seed of the networks' initialization and of the minibatch sampling"""
+    torch_deterministic: bool = True
+    """sets `torch.backends.cudnn.deterministic`"""
+    cuda: bool = True
+    """use the GPU when one is available"""
+    env_id: str = "maze2d-umaze-v1"
+    """the maze2d task: maze2d-{umaze,medium,large}[-multi]-v1 (short forms such as maze2d-large work)"""
+    runs_dir: str = "runs"
+    """folder of the TensorBoard runs and checkpoints (runs/{run_name})"""
+    progress: bool = True
+    """show progress bars"""
+
+    # Algorithm (CORL's maze2d configuration)
+    total_steps: int = 1_000_000
+    """gradient steps (CORL: 1e6); fewer trade quality for time"""
+    batch_size: int = 256
+    """minibatch size"""
+    hidden_dim: int = 256
+    """width of every hidden layer"""
+    n_hidden: int = 2
+    """hidden layers of the actor, the critics and the value network"""
+    actor_lr: float = 3e-4
+    """actor learning rate, cosine-annealed to 0 over --total-steps"""
+    q_lr: float = 3e-4
+    """critic learning rate"""
+    v_lr: float = 3e-4
+    """value network learning rate"""
+    discount: float = 0.99
+    """discount factor"""
+    tau: float = 0.005
+    """target critic update rate"""
+    expectile: float = 0.7
+    """expectile of the value regression (0.5: the mean, towards 1: the max)"""
+    beta: float = 3.0
+    """inverse temperature of the advantage weights (small: behaviour cloning, large: greedy)"""
+    exp_adv_max: float = 100.0
+    """clip of the advantage weights"""
+    future_goal_prob: float = 0.5
+    """multi-goal tasks: probability of relabelling with a later position of the same run (else the episode's goal)"""
+    future_goal_mean_steps: float = 100.0
+    """multi-goal tasks: mean number of steps ahead of a relabelled future goal (geometric)"""
+    terminal_on_success: bool = False
+    """done = reward: end the value recursion where the reward is earned (default: never, as in the tasks)"""
+
+    # Evaluation, logging, checkpoints
+    eval_freq: int = 50_000
+    """evaluate every this many steps (0: only at the end)"""
+    eval_episodes: int = 20
+    """episodes of each periodic evaluation"""
+    final_eval_episodes: int = 100
+    """episodes of the final evaluation (and of --eval-only)"""
+    eval_seed: int = 0
+    """evaluation episode i is seeded eval_seed + i"""
+    log_freq: int = 1_000
+    """write the losses and SPS every this many steps"""
+    save_model: bool = False
+    """save checkpoints: every --checkpoint-freq steps and at the end (runs/{run_name}/...)"""
+    checkpoint_freq: int = 100_000
+    """steps between intermediate checkpoints (with --save-model)"""
+    resume: str | None = None
+    """continue training from this checkpoint (networks, optimizers, step, normalizer, RNG states)"""
+    eval_only: bool = False
+    """only evaluate --checkpoint (--final-eval-episodes episodes) and exit"""
+    checkpoint: str | None = None
+    """checkpoint to evaluate with --eval-only"""
+    eval_env_id: str | None = None
+    """--eval-only on another task of the same maze (e.g. a multi-goal model on the single-goal task)"""
+
+
+# Fields a resumed run takes from the command line; all others come from the checkpoint.
+RUN_FIELDS = {
+    "exp_name", "cuda", "runs_dir", "progress", "total_steps", "eval_freq", "eval_episodes", "final_eval_episodes",
+    "eval_seed", "log_freq", "save_model", "checkpoint_freq", "resume", "eval_only", "checkpoint", "eval_env_id",
+}  # fmt: skip
+
+
+def mlp(in_dim: int, out_dim: int, hidden_dim: int, n_hidden: int, output_activation=None) -> nn.Sequential:
+    layers, width = [], in_dim
+    for _ in range(n_hidden):
+        layers += [nn.Linear(width, hidden_dim), nn.ReLU()]
+        width = hidden_dim
+    layers.append(nn.Linear(width, out_dim))
+    if output_activation is not None:
+        layers.append(output_activation)
+    return nn.Sequential(*layers)
+
+
+class GaussianPolicy(nn.Module):
+    """N(tanh(mlp(s)), exp(log_std)): a tanh-squashed mean and a learned state-independent std (CORL's IQL)."""
+
+    def __init__(self, input_dim: int, action_dim: int, hidden_dim: int, n_hidden: int):
+        super().__init__()
+        self.net = mlp(input_dim, action_dim, hidden_dim, n_hidden, nn.Tanh())
+        self.log_std = nn.Parameter(torch.zeros(action_dim))
+
+    def forward(self, x: torch.Tensor) -> Normal:
+        return Normal(self.net(x), self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp())
+
+    @torch.no_grad()
+    def act(self, x: torch.Tensor, deterministic: bool = True) -> torch.Tensor:
+        dist = self(x)
+        return (dist.mean if deterministic else dist.sample()).clamp(-1.0, 1.0)
+
+
+class TwinQ(nn.Module):
+    def __init__(self, input_dim: int, action_dim: int, hidden_dim: int, n_hidden: int):
+        super().__init__()
+        self.q1 = mlp(input_dim + action_dim, 1, hidden_dim, n_hidden)
+        self.q2 = mlp(input_dim + action_dim, 1, hidden_dim, n_hidden)
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xa = torch.cat([x, a], dim=-1)
+        return self.q1(xa).squeeze(-1), self.q2(xa).squeeze(-1)
+
+
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """Asymmetric squared loss: mean of |expectile - 1(diff < 0)| * diff^2; its minimizer over v of
+    loss(x - v) is the expectile of x (the mean at 0.5, towards the max as expectile -> 1)."""
+    weight = torch.abs(expectile - (diff < 0).float())
+    return (weight * diff.square()).mean()
+
+
+class IQL(nn.Module):
+    """Networks, target critics, optimizers and the actor's learning-rate schedule; ``update`` is one IQL step."""
+
+    def __init__(self, input_dim: int, args: Args, action_dim: int = 2):
+        super().__init__()
+        self.args = args
+        h, n = args.hidden_dim, args.n_hidden
+        self.actor = GaussianPolicy(input_dim, action_dim, h, n)
+        self.qf = TwinQ(input_dim, action_dim, h, n)
+        self.qf_target = copy.deepcopy(self.qf).requires_grad_(False)
+        self.vf = mlp(input_dim, 1, h, n)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=args.actor_lr)
+        self.q_optimizer = torch.optim.Adam(self.qf.parameters(), lr=args.q_lr)
+        self.v_optimizer = torch.optim.Adam(self.vf.parameters(), lr=args.v_lr)
+        # Cosine annealing of the actor's lr to 0 over the run (CORL's CosineAnnealingLR), in closed form.
+        total = max(1, args.total_steps)
+        self.actor_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.actor_optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+        )
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        args = self.args
+        obs, actions = batch.observations, batch.actions
+        with torch.no_grad():
+            target_q = torch.min(*self.qf_target(obs, actions))
+            next_v = self.vf(batch.next_observations).squeeze(-1)
+
+        # Value: expectile regression of V(s) towards min(Q1, Q2)(s, a) over dataset actions.
+        v = self.vf(obs).squeeze(-1)
+        advantage = target_q - v
+        value_loss = expectile_loss(advantage, args.expectile)
+        self.v_optimizer.zero_grad(set_to_none=True)
+        value_loss.backward()
+        self.v_optimizer.step()
+
+        # Critics: one-step TD towards r + discount * V(s').
+        td_target = batch.rewards + (1.0 - batch.dones) * args.discount * next_v
+        q1, q2 = self.qf(obs, actions)
+        q_loss = 0.5 * (F.mse_loss(q1, td_target) + F.mse_loss(q2, td_target))
+        self.q_optimizer.zero_grad(set_to_none=True)
+        q_loss.backward()
+        self.q_optimizer.step()
+        with torch.no_grad():
+            for target, source in zip(self.qf_target.parameters(), self.qf.parameters(), strict=True):
+                target.lerp_(source, args.tau)
+
+        # Actor: advantage-weighted regression onto the dataset actions.
+        weights = torch.exp(args.beta * advantage.detach()).clamp(max=args.exp_adv_max)
+        log_prob = self.actor(obs).log_prob(actions).sum(-1)
+        actor_loss = -(weights * log_prob).mean()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_optimizer.step()
+        self.actor_scheduler.step()
+
+        return {
+            "value_loss": value_loss.detach(),
+            "q_loss": q_loss.detach(),
+            "actor_loss": actor_loss.detach(),
+            "v": v.detach().mean(),
+            "q_target": target_q.mean(),
+            "advantage": advantage.detach().mean(),
+            "adv_weight": weights.mean(),
+            "reward": batch.rewards.mean(),
+        }
+
+    def training_state(self) -> dict:
+        """Everything that training changes: networks, targets, optimizers, schedule."""
+        return {
+            "networks": self.state_dict(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "q_optimizer": self.q_optimizer.state_dict(),
+            "v_optimizer": self.v_optimizer.state_dict(),
+            "actor_scheduler": self.actor_scheduler.state_dict(),
+        }
+
+    def load_training_state(self, state: dict) -> None:
+        self.load_state_dict(state["networks"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.q_optimizer.load_state_dict(state["q_optimizer"])
+        self.v_optimizer.load_state_dict(state["v_optimizer"])
+        self.actor_scheduler.load_state_dict(state["actor_scheduler"])
+
+
+def load_policy(path: str | Path, device: torch.device | str = "cpu") -> OfflinePolicy:
+    """The evaluation policy of a checkpoint."""
+    return common.load_policy(path, ALGORITHM, Args, IQL, device)
+
+
+def main(args: Args) -> dict:
+    """Train and evaluate (or, with --eval-only, evaluate a checkpoint); see ``baselines.common.run_offline``."""
+
+    def actor_lr(agent: IQL) -> dict[str, float]:
+        return {"charts/actor_lr": agent.actor_optimizer.param_groups[0]["lr"]}
+
+    return common.run_offline(args, ALGORITHM, IQL, RUN_FIELDS, extra_scalars=actor_lr)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

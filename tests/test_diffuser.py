@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from baselines.diffuser import Args, Diffuser, DiffuserConfig, DiffuserPlanner, load_checkpoint, main
+from envs.datasets import generate_dataset
+
+TINY = dict(
+    env_id="maze2d-umaze",
+    horizon=32,
+    diffusion_steps=8,
+    dim=8,
+    dim_mults=(1, 2),
+    batch_size=8,
+    ema_start=10,
+    ema_every=2,
+    log_every=10,
+    checkpoint_every=0,
+    eval_episodes=2,
+    progress=False,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset():
+    generate_dataset("umaze", num_steps=3000, num_chains=4, overwrite=True, progress=False)
+
+
+def tiny_diffuser(seed=0):
+    torch.manual_seed(seed)
+    config = DiffuserConfig("umaze", 32, 8, 8, (1, 2), 5, mins=[-1, -1, -2, -2, -5, -5], maxs=[1, 1, 2, 2, 5, 5])
+    return Diffuser(config).eval()
+
+
+def test_inpainting_holds_start_and_goal_at_every_denoising_step():
+    diffuser = tiny_diffuser()
+    states = torch.tensor([[-1.0, -1.0, 0.3, -0.2], [1.0, 0.0, 0.0, 0.0], [0.5, 1.2, -4.0, 2.0]])
+    goals = torch.tensor([[-1.0, 1.0], [0.0, -1.0], [1.2, -0.9]])
+    generator = torch.Generator().manual_seed(0)
+    actions, observations, chain = diffuser.plan(states, goals, generator=generator, return_chain=True)
+    assert chain.shape == (8 + 1, 3, 32, 6) and actions.shape == (3, 32, 2) and observations.shape == (3, 32, 4)
+    start = diffuser.normalize(states, obs_only=True)
+    end = diffuser.normalize(torch.cat([goals, torch.zeros(3, 2)], dim=-1), obs_only=True)
+    for x in chain:  # the initial noise and every denoising step
+        assert torch.equal(x[:, 0, 2:], start) and torch.equal(x[:, -1, 2:], end)
+    assert torch.equal(observations[:, 0], states)
+    assert torch.equal(observations[:, -1, :2], goals) and not observations[:, -1, 2:].any()
+    # the unnormalized sample itself agrees up to float rounding, and the rest of the plan is not pinned
+    raw = diffuser.unnormalize(chain[-1])
+    torch.testing.assert_close(raw[:, 0, 2:], states, atol=1e-5, rtol=0)
+    assert not torch.equal(observations[:, 1], observations[:, 0])
+
+
+def test_planner_modes_act_on_the_plan():
+    diffuser = tiny_diffuser()
+    obs = {
+        "observation": np.array([[-1.0, -1.0, 0.0, 0.0], [1.0, 0.0, 0.1, 0.0]]),
+        "desired_goal": np.array([[-1.0, 1.0], [1.0, -1.0]]),
+    }
+    pd, actions = DiffuserPlanner(diffuser, "pd", seed=0), DiffuserPlanner(diffuser, "actions", seed=0)
+    for planner in (pd, actions):
+        planner.reset(2)
+    a_pd, a_actions = pd(obs), actions(obs)
+    plan = pd.observations  # same seed, same plan for both
+    np.testing.assert_array_equal(plan, actions.observations)
+    state = obs["observation"]
+    expected = np.clip((plan[:, 1, :2] - state[:, :2]) + (plan[:, 1, 2:] - state[:, 2:]), -1, 1)
+    np.testing.assert_allclose(a_pd, expected, atol=1e-6)
+    np.testing.assert_allclose(a_actions, np.clip(actions.actions[:, 0], -1, 1))
+    for _ in range(40):  # past the horizon: pd holds the last waypoint, actions replans
+        pd(obs), actions(obs)
+    assert pd.num_plans == 1 and actions.num_plans == 2
+
+
+def test_train_plan_evaluate_and_checkpoint_round_trip(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = main(Args(**TINY, total_steps=30, save_model=True))
+    assert set(out["results"]) == {"pd", "actions"}
+    for result in out["results"].values():
+        assert result.num_episodes == 2 and np.isfinite(result.normalized_scores).all()
+    run = tmp_path / "runs" / out["run_name"]
+    assert out["run_name"].startswith("maze2d-umaze-v1__diffuser__1__")
+    events = EventAccumulator(str(run))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"losses/diffusion_loss", "charts/steps_per_second", "eval/normalized_score"} <= tags
+    assert {"eval_diffused_actions/normalized_score", "eval_diffused_actions/success_rate"} <= tags
+
+    # the checkpoint gives the same plans for a fixed seed, and holds the normalization
+    _, ema, state = load_checkpoint(out["checkpoint"])
+    assert state["step"] == 30
+    torch.testing.assert_close(ema.mins, out["ema"].mins, rtol=0, atol=0)
+    states, goals = torch.tensor([[1.0, -1.0, 0.0, 0.0]]), torch.tensor([[-1.0, 1.0]])
+    plan_a = out["ema"].plan(states, goals, generator=torch.Generator().manual_seed(5))
+    plan_b = ema.plan(states, goals, generator=torch.Generator().manual_seed(5))
+    for a, b in zip(plan_a, plan_b, strict=True):
+        assert torch.equal(a, b)
+
+    # --eval-only --checkpoint PATH
+    evaluated = main(Args(**{**TINY, "eval_episodes": 1}, eval_only=True, checkpoint=out["checkpoint"], modes=("pd",)))
+    assert set(evaluated["results"]) == {"pd"} and evaluated["step"] == 30
+
+
+def test_resuming_a_checkpoint_continues_the_same_run(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    quiet = {**TINY, "eval_episodes": 0}
+    first = main(Args(**quiet, total_steps=20, save_model=True))
+    resumed = main(Args(**quiet, total_steps=30, resume=first["checkpoint"]))
+    straight = main(Args(**quiet, total_steps=30))
+    assert resumed["step"] == straight["step"] == 30
+    for name in ("diffuser", "ema"):
+        for p, q in zip(resumed[name].parameters(), straight[name].parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
