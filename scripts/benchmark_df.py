@@ -1,0 +1,132 @@
+"""Benchmark of Diffusion Forcing on maze2d: training throughput, time to one replanning, and (given a checkpoint)
+the score for a grid of planner settings.
+
+    python scripts/benchmark_df.py --env maze2d-large                              # throughput and replan time
+    python scripts/benchmark_df.py --env maze2d-large --checkpoint runs/<run>/agent.pt --eval-episodes 20 \
+        --guidance-scales 0.1 0.3 --mcg-samples 1 4
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import tyro
+
+import envs
+from df_agent.agent import Agent, PlannerConfig
+from df_agent.tokens import TokenLayout
+from df_agent.training import TrainConfig, WindowSampler, make_trainer
+from envs.datasets import load_transitions
+from envs.evaluation import evaluate
+
+
+@dataclass
+class Args:
+    env: str = "maze2d-large"
+    """task whose dataset and episode length are used"""
+    width: int = 96
+    """model width (throughput and replan timing without a checkpoint)"""
+    latent_dim: int = 96
+    """model latent size"""
+    depth: int = 1
+    """residual blocks per MLP"""
+    batch_size: int = 128
+    """training windows per batch"""
+    window_tokens: int = 30
+    """tokens per training window"""
+    train_steps: int = 30
+    """timed training steps"""
+    plan_batch: int = 100
+    """episodes planned together in the replan timing"""
+    horizon_tokens: tuple[int, ...] = (30,)
+    """plan lengths (tokens) to time"""
+    ddim_steps: tuple[int, ...] = (10, 20)
+    """DDIM steps to time"""
+    mcg_samples: tuple[int, ...] = (1, 4)
+    """Monte Carlo Guidance samples to time"""
+    checkpoint: str | None = None
+    """agent or training checkpoint: time it and evaluate the planner grid"""
+    eval_episodes: int = 0
+    """episodes per planner setting (0: no evaluation)"""
+    guidance_scales: tuple[float, ...] = (0.3,)
+    """guidance scales of the evaluation grid"""
+    replan_every: tuple[int, ...] = (1,)
+    """replanning intervals (tokens) of the evaluation grid"""
+    seed: int = 0
+    """evaluation seed"""
+
+
+def main(args: Args) -> None:
+    task = envs.get_task(args.env)
+    if args.checkpoint:
+        agent = Agent.load(args.checkpoint, episode_length=task.max_episode_steps)
+    else:
+        data = load_transitions(task.env_id, progress=False)
+        model = {"width": args.width, "latent_dim": args.latent_dim, "depth": args.depth}
+        config = TrainConfig(window_tokens=args.window_tokens, batch_size=args.batch_size)
+        trainer = make_trainer(data, TokenLayout(), model, config)
+        sampler = WindowSampler(
+            data.observations,
+            data.actions,
+            data.next_observations,
+            data.rewards,
+            data.segment_ids,
+            args.window_tokens * 10,
+        )
+        trainer.train_step(sampler.sample(args.batch_size, trainer.rng))  # warm-up
+        start = time.perf_counter()
+        for _ in range(args.train_steps):
+            trainer.train_step(sampler.sample(args.batch_size, trainer.rng))
+        seconds = (time.perf_counter() - start) / args.train_steps
+        tokens = args.batch_size * args.window_tokens
+        print(
+            f"training ({trainer.model.num_parameters():,} parameters, {trainer.device}): {1 / seconds:.1f} steps/s, "
+            f"{tokens / seconds:,.0f} tokens/s (batch {args.batch_size} x {args.window_tokens} tokens)"
+        )
+        agent = Agent.from_trainer(trainer)
+
+    rng = np.random.default_rng(0)
+    layout = envs.Maze.from_name(task.maze)
+    cells = layout.free_cells[rng.integers(len(layout.free_cells), size=args.plan_batch)]
+    obs = np.concatenate([layout.cell_to_xy(cells), np.zeros((args.plan_batch, 2))], axis=1).astype(np.float32)
+    goal = np.tile(layout.cell_to_xy(layout.goal_cell), (args.plan_batch, 1)).astype(np.float32)
+    for horizon, steps, mcg in itertools.product(args.horizon_tokens, args.ddim_steps, args.mcg_samples):
+        start = time.perf_counter()
+        plan = agent.plan(obs, goal, horizon=horizon * 10, ddim_steps=steps, mcg_samples=mcg)
+        seconds = time.perf_counter() - start
+        print(
+            f"replan of {args.plan_batch} episodes, {horizon} tokens, {steps} DDIM steps, MCG {mcg}: "
+            f"{seconds:.2f} s ({len(plan.level_history) - 1} rows)",
+            flush=True,
+        )
+
+    if args.checkpoint and args.eval_episodes:
+        for env_id in (task.env_id, envs.resolve_env_id(f"maze2d-{task.maze}-multi")):
+            for scale, mcg, steps, horizon, every in itertools.product(
+                args.guidance_scales, args.mcg_samples, args.ddim_steps, args.horizon_tokens, args.replan_every
+            ):
+                agent.planner = PlannerConfig(
+                    ddim_steps=steps,
+                    guidance_scale=scale,
+                    mcg_samples=mcg,
+                    horizon_tokens=horizon,
+                    replan_every=every,
+                    episode_length=task.max_episode_steps,
+                    seed=args.seed,
+                )
+                agent.generator.manual_seed(args.seed)
+                result = evaluate(agent, env_id, num_episodes=args.eval_episodes, seed=args.seed, progress=False)
+                print(
+                    f"{env_id} scale {scale} mcg {mcg} ddim {steps} horizon {horizon} replan {every}: {result} "
+                    f"[{result.seconds:.0f} s]",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(True)
+    main(tyro.cli(Args))
