@@ -21,6 +21,7 @@ import os
 import random
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import tyro
@@ -59,6 +60,8 @@ class Args:
     """control steps of one environment timed before the evaluation, to report control steps per second"""
     progress: bool = True
     """show tqdm progress bars"""
+    runs_dir: str = "runs"
+    """folder of the TensorBoard runs (runs/{run_name})"""
 
 
 class MPPIPlanner:
@@ -158,7 +161,7 @@ def control_steps_per_second(args: Args) -> tuple[float, float]:
 def main(args: Args) -> dict:
     env_id = envs.resolve_env_id(args.env_id)
     run_name = f"{env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    writer = SummaryWriter(f"runs/{run_name}")
+    writer = SummaryWriter(str(Path(args.runs_dir) / run_name))
     table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
 

@@ -45,6 +45,10 @@ class PlannerConfig:
     """tokens executed between two plans"""
     episode_length: int = 800
     """steps in an episode, for the shrinking horizon"""
+    goal_hold_radius: float = 0.0
+    """within this distance of the goal, hold it with a PD law instead of planning (0: off, pure DF). The data
+    never stays at a goal, so a DF plan passes through it (paper, Appendix D.5); Diffuser's PD controller holds
+    its last waypoint the same way. Off by default; scores with it on are reported separately."""
     ddim_eta: float = 0.0
     seed: int = 0
 
@@ -224,10 +228,17 @@ class Agent:
         if len(self._queues) != batch:
             self._queues = [np.zeros((0, self.tokenizer.layout.action_dim), np.float32) for _ in range(batch)]
             self._elapsed = np.zeros(batch, dtype=np.int64)
-        need = np.array([len(q) == 0 for q in self._queues])
+        holding = np.zeros(batch, dtype=bool)
+        if self.planner.goal_hold_radius > 0:
+            holding = np.linalg.norm(obs_arr[:, :2] - goal_arr, axis=-1) <= self.planner.goal_hold_radius
+            for env in np.flatnonzero(holding):  # drop the plan: once the point leaves the radius, plan afresh
+                self._queues[env] = self._queues[env][:0]
+        need = np.array([len(q) == 0 for q in self._queues]) & ~holding
         if need.any():
             self._replan(np.flatnonzero(need), obs_arr, goal_arr)
-        actions = np.stack([q[0] for q in self._queues])
+        # D4RL's PD law toward the goal (the expert's, envs.expert) for the points that hold it
+        hold = np.clip(10.0 * (goal_arr - obs_arr[:, :2]) - obs_arr[:, 2:4], -1.0, 1.0).astype(np.float32)
+        actions = np.stack([hold[i] if holding[i] else q[0] for i, q in enumerate(self._queues)])
         self._queues = [q[1:] for q in self._queues]
         self._elapsed += 1
         return actions[0] if single else actions

@@ -43,6 +43,8 @@ class Args:
     """override the DF agent's DDIM steps per token"""
     df_horizon_tokens: int | None = None
     """override the DF agent's plan length cap"""
+    df_goal_hold_radius: float | None = None
+    """override the DF agent's goal-hold radius (0: pure DF)"""
     iql: tuple[str, ...] = ()
     """IQL checkpoints (baselines/iql.py --save-model), each evaluated on the task it was trained on"""
     cql: tuple[str, ...] = ()
@@ -66,12 +68,14 @@ def df_entries(args: Args, tasks: list[str]) -> Iterator[Entry]:
         "mcg_samples": args.df_mcg_samples,
         "ddim_steps": args.df_ddim_steps,
         "horizon_tokens": args.df_horizon_tokens,
+        "goal_hold_radius": args.df_goal_hold_radius,
     }
     overrides = {key: value for key, value in overrides.items() if value is not None}
+    label = "Diffusion Forcing + goal hold" if args.df_goal_hold_radius else "Diffusion Forcing"
     for env_id in tasks:
         length = envs.get_task(env_id).max_episode_steps
         yield (
-            "Diffusion Forcing",
+            label,
             env_id,
             lambda length=length: Agent.load(args.df, episode_length=length, seed=args.seed, **overrides),
         )

@@ -56,8 +56,12 @@ class Args:
     """guidance scales of the evaluation grid"""
     replan_every: tuple[int, ...] = (1,)
     """replanning intervals (tokens) of the evaluation grid"""
+    goal_hold_radius: tuple[float, ...] = (0.0,)
+    """goal-hold radii of the evaluation grid (0: pure DF; see PlannerConfig.goal_hold_radius)"""
     seed: int = 0
     """evaluation seed"""
+    eval_multi: bool = True
+    """also evaluate the planner grid on the multi-goal task"""
 
 
 def main(args: Args) -> None:
@@ -105,9 +109,15 @@ def main(args: Args) -> None:
         )
 
     if args.checkpoint and args.eval_episodes:
-        for env_id in (task.env_id, envs.resolve_env_id(f"maze2d-{task.maze}-multi")):
-            for scale, mcg, steps, horizon, every in itertools.product(
-                args.guidance_scales, args.mcg_samples, args.ddim_steps, args.horizon_tokens, args.replan_every
+        multi = [envs.resolve_env_id(f"maze2d-{task.maze}-multi")] if args.eval_multi else []
+        for env_id in [envs.resolve_env_id(f"maze2d-{task.maze}"), *multi]:
+            for scale, mcg, steps, horizon, every, hold in itertools.product(
+                args.guidance_scales,
+                args.mcg_samples,
+                args.ddim_steps,
+                args.horizon_tokens,
+                args.replan_every,
+                args.goal_hold_radius,
             ):
                 agent.planner = PlannerConfig(
                     ddim_steps=steps,
@@ -115,14 +125,15 @@ def main(args: Args) -> None:
                     mcg_samples=mcg,
                     horizon_tokens=horizon,
                     replan_every=every,
+                    goal_hold_radius=hold,
                     episode_length=task.max_episode_steps,
                     seed=args.seed,
                 )
                 agent.generator.manual_seed(args.seed)
                 result = evaluate(agent, env_id, num_episodes=args.eval_episodes, seed=args.seed, progress=False)
                 print(
-                    f"{env_id} scale {scale} mcg {mcg} ddim {steps} horizon {horizon} replan {every}: {result} "
-                    f"[{result.seconds:.0f} s]",
+                    f"{env_id} scale {scale} mcg {mcg} ddim {steps} horizon {horizon} replan {every} hold {hold}: "
+                    f"{result} [{result.seconds:.0f} s]",
                     flush=True,
                 )
 

@@ -104,6 +104,8 @@ class Args:
     """longest plan in tokens (default: to the episode's end)"""
     replan_every: int = 1
     """tokens executed between replans"""
+    goal_hold_radius: float = 0.0
+    """hold the goal with a PD law within this distance of it (0: off, pure DF; the paper's agent leaves the goal)"""
     eval_episodes: int = 100
     """episodes per evaluated task (0: skip evaluation)"""
     eval_multi: bool = True
@@ -127,6 +129,7 @@ def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
         mcg_samples=1 if args.no_mcg else args.mcg_samples,
         horizon_tokens=args.horizon_tokens,
         replan_every=args.replan_every,
+        goal_hold_radius=args.goal_hold_radius,
         episode_length=task.max_episode_steps,
         seed=args.seed,
     )

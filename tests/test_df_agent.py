@@ -131,6 +131,20 @@ def test_act_in_a_plain_gymnasium_loop(trained):
     assert flat.shape == (2,)
 
 
+def test_goal_hold_brakes_at_the_goal_and_plans_elsewhere(trained):
+    agent = Agent.from_trainer(trained, planner(horizon_tokens=2, ddim_steps=2, goal_hold_radius=0.5))
+    goal = np.array([[1.0, -1.0], [1.0, -1.0]], np.float32)
+    obs = np.array([[1.1, -1.0, 2.0, 0.0], [-1.0, -1.0, 0.0, 0.0]], np.float32)  # at the goal, moving; far away
+    actions = agent.act(obs, goal=goal)
+    np.testing.assert_allclose(actions[0], [-1.0, 0.0], atol=1e-6)  # PD: 10 * (goal - position) - velocity, clipped
+    assert (
+        len(agent._queues[0]) == 0 and len(agent._queues[1]) == 5 - 1
+    )  # only the far point planned (one token of 5 steps)
+    pure = Agent.from_trainer(trained, planner(horizon_tokens=2, ddim_steps=2))
+    pure.act(obs, goal=goal)
+    assert len(pure._queues[0]) == 5 - 1  # off by default: DF plans at the goal too
+
+
 def test_bad_observations_raise_clear_errors(trained):
     agent = Agent.from_trainer(trained, planner())
     with pytest.raises(ValueError, match=r"shape \(4,\) or \(batch, 4\)"):
