@@ -122,6 +122,8 @@ class Args:
     """checkpoint to evaluate with --eval-only"""
     progress: bool = True
     """show tqdm progress bars"""
+    runs_dir: str = "runs"
+    """folder of the TensorBoard runs and checkpoints (runs/{run_name})"""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -413,8 +415,13 @@ def save_checkpoint(path: str, diffuser: Diffuser, ema: Diffuser, optimizer, ste
 
 def load_checkpoint(path: str, device: torch.device | str = "cpu") -> tuple[Diffuser, Diffuser, dict]:
     """(model, EMA model, the raw checkpoint dict) from a file written by ``save_checkpoint``."""
-    state = torch.load(path, map_location=device, weights_only=False)
-    config = DiffuserConfig(**{**state["config"], "dim_mults": tuple(state["config"]["dim_mults"])})
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}; pass the diffuser.pt that a --save-model run wrote")
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+        config = DiffuserConfig(**{**state["config"], "dim_mults": tuple(state["config"]["dim_mults"])})
+    except Exception as error:  # a truncated file, another algorithm's checkpoint, ...
+        raise ValueError(f"{path} is corrupt or not a Diffuser checkpoint ({error})") from error
     diffuser, ema = Diffuser(config).to(device), Diffuser(config).to(device)
     diffuser.load_state_dict(state["model"])
     ema.load_state_dict(state["ema"])
@@ -449,7 +456,7 @@ def main(args: Args) -> dict:
     if unknown := set(args.modes) - set(MODES):
         raise ValueError(f"unknown execution modes {sorted(unknown)}; valid modes: {list(MODES)}")
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    writer = SummaryWriter(f"runs/{run_name}")
+    writer = SummaryWriter(f"{args.runs_dir}/{run_name}")
     table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
 
@@ -505,7 +512,7 @@ def main(args: Args) -> dict:
     )
     writer.add_scalar("charts/num_parameters", num_params, start_step)
 
-    checkpoint_path = f"runs/{run_name}/diffuser.pt"
+    checkpoint_path = f"{args.runs_dir}/{run_name}/diffuser.pt"
     results = {}
     losses = []
     start_time = time.time()

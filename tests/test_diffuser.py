@@ -112,3 +112,11 @@ def test_resuming_a_checkpoint_continues_the_same_run(tiny_dataset, tmp_path, mo
     for name in ("diffuser", "ema"):
         for p, q in zip(resumed[name].parameters(), straight[name].parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+
+
+def test_bad_checkpoints_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        load_checkpoint(str(tmp_path / "missing.pt"))
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt or not a Diffuser checkpoint"):
+        load_checkpoint(str(tmp_path / "bad.pt"))
