@@ -3,7 +3,7 @@ the score for a grid of planner settings.
 
     python scripts/benchmark_df.py --env maze2d-large                              # throughput and replan time
     python scripts/benchmark_df.py --env maze2d-large --checkpoint runs/<run>/agent.pt --eval-episodes 20 \
-        --guidance-scales 0.1 0.3 --mcg-samples 1 4
+        --guidance-scales 1 3 --mcg-samples 1 4 --goal-hold-radius 0 0.5
 """
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ from envs.evaluation import evaluate
 class Args:
     env: str = "maze2d-large"
     """task whose dataset and episode length are used"""
-    width: int = 96
+    width: int = 128
     """model width (throughput and replan timing without a checkpoint)"""
-    latent_dim: int = 96
+    latent_dim: int = 128
     """model latent size"""
     depth: int = 1
     """residual blocks per MLP"""
-    batch_size: int = 128
+    batch_size: int = 64
     """training windows per batch"""
-    window_tokens: int = 30
+    window_tokens: int = 60
     """tokens per training window"""
     train_steps: int = 30
     """timed training steps"""
@@ -52,7 +52,7 @@ class Args:
     """agent or training checkpoint: time it and evaluate the planner grid"""
     eval_episodes: int = 0
     """episodes per planner setting (0: no evaluation)"""
-    guidance_scales: tuple[float, ...] = (0.3,)
+    guidance_scales: tuple[float, ...] = (1.0,)
     """guidance scales of the evaluation grid"""
     replan_every: tuple[int, ...] = (1,)
     """replanning intervals (tokens) of the evaluation grid"""
