@@ -44,10 +44,10 @@ class Args:
     """evaluation episodes"""
     num_envs: int | None = None
     """episodes run side by side, planned in one batch (default: all of them, at most 100)"""
-    horizon: int = 50
-    """H: planning horizon in control steps (100 Hz, so 50 steps = 0.5 s)"""
-    num_samples: int = 256
-    """K: action sequences sampled per control step and environment"""
+    horizon: int = 25
+    """H: planning horizon in control steps (100 Hz, so 25 steps = 0.25 s); K x H sets the cost of a step"""
+    num_samples: int = 64
+    """K: action sequences sampled per control step and environment (64 x 25 keeps up with 100 Hz on one core)"""
     temperature: float = 1.0
     """lambda: temperature of the weights exp(-cost / lambda) (cost in metres summed over the horizon)"""
     noise_sigma: float = 0.5
@@ -75,8 +75,8 @@ class MPPIPlanner:
     def __init__(
         self,
         maze: str,
-        horizon: int = 50,
-        num_samples: int = 256,
+        horizon: int = 25,
+        num_samples: int = 64,
         temperature: float = 1.0,
         noise_sigma: float = 0.5,
         control_penalty: float = 0.01,
