@@ -179,6 +179,27 @@ def _datasets_path(path: Path):
             os.environ["MINARI_DATASETS_PATH"] = previous
 
 
+@contextmanager
+def generation_lock(dataset_id: str):
+    """Hold an exclusive lock on generating ``dataset_id``, so that two processes that both find it missing (two
+    training scripts started at once) generate it once: the second waits, then finds it on disk. POSIX advisory
+    lock (``fcntl.flock``), released by the OS if the holder dies; a no-op where ``fcntl`` does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    root = get_dataset_path()
+    lock_path = root.parent / f".{root.name}.locks" / (dataset_id.replace("/", "__") + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def generate_dataset(
     maze: str,
     num_steps: int | None = None,
@@ -275,11 +296,14 @@ def load_dataset(env_id: str, source: str = "auto", generate: bool = True, progr
         return load_local(local)
     if not generate:
         raise DatasetError(f"dataset {local} is missing; generate it with `{generation_command(maze)}`")
-    print(
-        f"[df-agent] dataset {local} not found in {get_dataset_path()}: generating it now by D4RL's recipe "
-        f"({DEFAULT_NUM_STEPS[maze]:,} steps; a few minutes on a laptop CPU, done once)."
-    )
-    return generate_dataset(maze, progress=progress)
+    with generation_lock(local):
+        if get_dataset_path(local).exists():  # another process generated it while this one waited
+            return load_local(local)
+        print(
+            f"[df-agent] dataset {local} not found in {get_dataset_path()}: generating it now by D4RL's recipe "
+            f"({DEFAULT_NUM_STEPS[maze]:,} steps; a few minutes on a laptop CPU, done once)."
+        )
+        return generate_dataset(maze, progress=progress)
 
 
 @dataclass

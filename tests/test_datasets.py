@@ -126,3 +126,21 @@ def test_transitions_flatten_the_dataset_and_are_cached(umaze_dataset):
     assert (get_dataset_path(local_dataset_id("umaze")) / "df_agent_transitions.npz").exists()
     again = load_transitions("maze2d-umaze", generate=False, progress=False)
     np.testing.assert_array_equal(again.observations, data.observations)
+
+
+def test_first_use_generation_is_done_once_across_concurrent_loaders():
+    import shutil
+    import threading
+
+    local = local_dataset_id("medium")
+    shutil.rmtree(get_dataset_path(local), ignore_errors=True)
+    loaded = {}
+    with datasets.generation_lock(local):  # another process is generating it
+        waiter = threading.Thread(target=lambda: loaded.update(dataset=load_dataset("maze2d-medium", progress=False)))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive()  # blocked on the lock, not generating its own copy
+        generate_dataset("medium", num_steps=2000, num_chains=4, progress=False)
+    waiter.join(timeout=60)
+    assert not waiter.is_alive()
+    assert loaded["dataset"].total_steps == 2000  # it loaded the other generator's dataset (a new one has 2M steps)
