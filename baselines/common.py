@@ -18,6 +18,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -282,6 +283,50 @@ def resumed_args(args, saved: dict, run_fields: set[str]):
     return dataclasses.replace(args, **merged)
 
 
+@dataclass
+class OfflineRunArgs:
+    """The arguments ``run_offline`` reads besides an algorithm's own: goal relabelling, evaluation, logging,
+    checkpoints. Each script's ``Args`` adds its algorithm's fields (and exp_name, seed, env_id, ...)."""
+
+    future_goal_prob: float = 0.5
+    """multi-goal tasks: probability of relabelling with a later position of the same run (else the episode's goal)"""
+    future_goal_mean_steps: float = 100.0
+    """multi-goal tasks: mean number of steps ahead of a relabelled future goal (geometric)"""
+    terminal_on_success: bool = False
+    """done = reward: end the value recursion where the reward is earned (default: never, as in the tasks)"""
+
+    # Evaluation, logging, checkpoints
+    eval_freq: int = 50_000
+    """evaluate every this many steps (0: only at the end)"""
+    eval_episodes: int = 20
+    """episodes of each periodic evaluation"""
+    final_eval_episodes: int = 100
+    """episodes of the final evaluation (and of --eval-only)"""
+    eval_seed: int = 0
+    """evaluation episode i is seeded eval_seed + i"""
+    log_freq: int = 1_000
+    """write the losses and SPS every this many steps"""
+    save_model: bool = False
+    """save checkpoints: every --checkpoint-freq steps and at the end (runs/{run_name}/...)"""
+    checkpoint_freq: int = 100_000
+    """steps between intermediate checkpoints (with --save-model)"""
+    resume: str | None = None
+    """continue training from this checkpoint (networks, optimizers, step, normalizer, RNG states)"""
+    eval_only: bool = False
+    """only evaluate --checkpoint (--final-eval-episodes episodes) and exit"""
+    checkpoint: str | None = None
+    """checkpoint to evaluate with --eval-only"""
+    eval_env_id: str | None = None
+    """--eval-only on another task of the same maze (e.g. a multi-goal model on the single-goal task)"""
+
+
+# Fields a resumed run takes from the command line; all others come from the checkpoint.
+RUN_FIELDS = {
+    "exp_name", "cuda", "runs_dir", "progress", "total_steps", "eval_freq", "eval_episodes", "final_eval_episodes",
+    "eval_seed", "log_freq", "save_model", "checkpoint_freq", "resume", "eval_only", "checkpoint", "eval_env_id",
+}  # fmt: skip
+
+
 # An offline agent: an nn.Module with ``update(batch) -> dict of scalar tensors``, ``training_state()``,
 # ``load_training_state(state)`` and an ``actor`` whose ``act(inputs)`` gives deterministic actions.
 AgentFactory = Callable[[int, object], torch.nn.Module]
@@ -303,12 +348,11 @@ def run_offline(
     args,
     algorithm: str,
     make_agent: AgentFactory,
-    run_fields: set[str],
     extra_scalars: Callable[[torch.nn.Module], dict[str, float]] | None = None,
 ) -> dict:
     """Train ``make_agent(input_dim, args)`` on the task's dataset, evaluating and checkpointing as ``args`` says.
 
-    ``args`` is a script's ``Args``; ``run_fields`` are the fields a resumed run takes from the command line.
+    ``args`` is a script's ``Args`` (an ``OfflineRunArgs``); a resumed run takes ``RUN_FIELDS`` from it.
     Returns the run name and folder, the final evaluation, the policy and the checkpoint path.
     """
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
@@ -334,7 +378,7 @@ def run_offline(
     start_step, payload = 0, None
     if args.resume is not None:
         payload = load_checkpoint(args.resume, algorithm, "cpu")
-        args = resumed_args(args, payload["args"], run_fields)
+        args = resumed_args(args, payload["args"], RUN_FIELDS)
         run_name, start_step = payload["run_name"], payload["step"]
     args = dataclasses.replace(args, env_id=resolve_env_id(args.env_id))
     if payload is None:

@@ -35,7 +35,7 @@ LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
 
 @dataclass
-class Args:
+class Args(common.OfflineRunArgs):
     exp_name: str = ALGORITHM
     """the name of this experiment (part of the run name)"""
     seed: int = 0
@@ -76,43 +76,6 @@ class Args:
     """inverse temperature of the advantage weights (small: behaviour cloning, large: greedy)"""
     exp_adv_max: float = 100.0
     """clip of the advantage weights"""
-    future_goal_prob: float = 0.5
-    """multi-goal tasks: probability of relabelling with a later position of the same run (else the episode's goal)"""
-    future_goal_mean_steps: float = 100.0
-    """multi-goal tasks: mean number of steps ahead of a relabelled future goal (geometric)"""
-    terminal_on_success: bool = False
-    """done = reward: end the value recursion where the reward is earned (default: never, as in the tasks)"""
-
-    # Evaluation, logging, checkpoints
-    eval_freq: int = 50_000
-    """evaluate every this many steps (0: only at the end)"""
-    eval_episodes: int = 20
-    """episodes of each periodic evaluation"""
-    final_eval_episodes: int = 100
-    """episodes of the final evaluation (and of --eval-only)"""
-    eval_seed: int = 0
-    """evaluation episode i is seeded eval_seed + i"""
-    log_freq: int = 1_000
-    """write the losses and SPS every this many steps"""
-    save_model: bool = False
-    """save checkpoints: every --checkpoint-freq steps and at the end (runs/{run_name}/...)"""
-    checkpoint_freq: int = 100_000
-    """steps between intermediate checkpoints (with --save-model)"""
-    resume: str | None = None
-    """continue training from this checkpoint (networks, optimizers, step, normalizer, RNG states)"""
-    eval_only: bool = False
-    """only evaluate --checkpoint (--final-eval-episodes episodes) and exit"""
-    checkpoint: str | None = None
-    """checkpoint to evaluate with --eval-only"""
-    eval_env_id: str | None = None
-    """--eval-only on another task of the same maze (e.g. a multi-goal model on the single-goal task)"""
-
-
-# Fields a resumed run takes from the command line; all others come from the checkpoint.
-RUN_FIELDS = {
-    "exp_name", "cuda", "runs_dir", "progress", "total_steps", "eval_freq", "eval_episodes", "final_eval_episodes",
-    "eval_seed", "log_freq", "save_model", "checkpoint_freq", "resume", "eval_only", "checkpoint", "eval_env_id",
-}  # fmt: skip
 
 
 def mlp(in_dim: int, out_dim: int, hidden_dim: int, n_hidden: int, output_activation=None) -> nn.Sequential:
@@ -256,7 +219,7 @@ def main(args: Args) -> dict:
     def actor_lr(agent: IQL) -> dict[str, float]:
         return {"charts/actor_lr": agent.actor_optimizer.param_groups[0]["lr"]}
 
-    return common.run_offline(args, ALGORITHM, IQL, RUN_FIELDS, extra_scalars=actor_lr)
+    return common.run_offline(args, ALGORITHM, IQL, extra_scalars=actor_lr)
 
 
 if __name__ == "__main__":
