@@ -301,7 +301,7 @@ class OfflineRunArgs:
     eval_episodes: int = 20
     """episodes of each periodic evaluation"""
     final_eval_episodes: int = 100
-    """episodes of the final evaluation (and of --eval-only)"""
+    """episodes of the final evaluation (and of --eval-only); 0: no final evaluation"""
     eval_seed: int = 0
     """evaluation episode i is seeded eval_seed + i"""
     log_freq: int = 1_000
@@ -367,6 +367,8 @@ def run_offline(
     if args.eval_only:
         if args.checkpoint is None:
             raise ValueError("--eval-only needs --checkpoint PATH")
+        if args.final_eval_episodes < 1:
+            raise ValueError("--eval-only evaluates --final-eval-episodes episodes; give at least 1")
         saved = type(args)(**load_checkpoint(args.checkpoint, algorithm, "cpu")["args"])
         env_id = resolve_env_id(args.eval_env_id or saved.env_id)
         if get_task(env_id).maze != get_task(saved.env_id).maze:
@@ -454,7 +456,7 @@ def run_offline(
             writer.add_scalar("charts/SPS", sps, global_step)
             start_time, logged_step = time.perf_counter(), global_step
             bar.set_postfix(sps=f"{sps:.0f}", score=None if last_eval is None else f"{last_eval.normalized_score:.1f}")
-        if global_step == args.total_steps:
+        if global_step == args.total_steps and args.final_eval_episodes > 0:
             last_eval = run_evaluation(policy, args.env_id, args.final_eval_episodes, writer, global_step)
         elif args.eval_freq > 0 and global_step % args.eval_freq == 0:
             last_eval = run_evaluation(policy, args.env_id, args.eval_episodes, writer, global_step)

@@ -13,3 +13,11 @@ def _isolated_minari_folder(tmp_path_factory):
         os.environ.pop("MINARI_DATASETS_PATH", None)
     else:
         os.environ["MINARI_DATASETS_PATH"] = previous
+
+
+@pytest.fixture(scope="module")
+def tiny_umaze_dataset():
+    """A small maze2d-umaze dataset (3,000 steps), regenerated per test module: other modules write their own."""
+    from envs.datasets import generate_dataset
+
+    return generate_dataset("umaze", num_steps=3000, num_chains=4, overwrite=True, progress=False)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from baselines import iql
-from envs.datasets import generate_dataset
 
 
 def load_script():
@@ -21,8 +20,7 @@ def load_script():
 
 
 @pytest.fixture(scope="module")
-def tiny_iql_checkpoints(tmp_path_factory):
-    generate_dataset("umaze", num_steps=3000, num_chains=4, overwrite=True, progress=False)
+def tiny_iql_checkpoints(tmp_path_factory, tiny_umaze_dataset):
     runs = tmp_path_factory.mktemp("runs")
     common = dict(total_steps=50, batch_size=32, hidden_dim=16, eval_freq=0, final_eval_episodes=3, log_freq=25)
     single = iql.main(iql.Args(env_id="maze2d-umaze", save_model=True, runs_dir=str(runs), progress=False, **common))

@@ -9,12 +9,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from baselines import cql
 from baselines.common import Batch
-from envs.datasets import generate_dataset
 
-
-@pytest.fixture(scope="module", autouse=True)
-def tiny_umaze_dataset():
-    generate_dataset("umaze", num_steps=3000, num_chains=4, overwrite=True, progress=False)
+pytestmark = pytest.mark.usefixtures("tiny_umaze_dataset")  # tests/conftest.py
 
 
 def tiny_args(tmp_path, **overrides) -> cql.Args:

@@ -4,7 +4,6 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from baselines.diffuser import Args, Diffuser, DiffuserConfig, DiffuserPlanner, load_checkpoint, main
-from envs.datasets import generate_dataset
 
 TINY = dict(
     env_id="maze2d-umaze",
@@ -20,11 +19,6 @@ TINY = dict(
     eval_episodes=2,
     progress=False,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset():
-    generate_dataset("umaze", num_steps=3000, num_chains=4, overwrite=True, progress=False)
 
 
 def tiny_diffuser(seed=0):
@@ -73,7 +67,7 @@ def test_planner_modes_act_on_the_plan():
     assert pd.num_plans == 1 and actions.num_plans == 2
 
 
-def test_train_plan_evaluate_and_checkpoint_round_trip(tiny_dataset, tmp_path, monkeypatch):
+def test_train_plan_evaluate_and_checkpoint_round_trip(tiny_umaze_dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = main(Args(**TINY, total_steps=30, save_model=True))
     assert set(out["results"]) == {"pd", "actions"}
@@ -102,7 +96,7 @@ def test_train_plan_evaluate_and_checkpoint_round_trip(tiny_dataset, tmp_path, m
     assert set(evaluated["results"]) == {"pd"} and evaluated["step"] == 30
 
 
-def test_resuming_a_checkpoint_continues_the_same_run(tiny_dataset, tmp_path, monkeypatch):
+def test_resuming_a_checkpoint_continues_the_same_run(tiny_umaze_dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     quiet = {**TINY, "eval_episodes": 0}
     first = main(Args(**quiet, total_steps=20, save_model=True))

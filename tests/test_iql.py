@@ -8,13 +8,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import envs
 from baselines import iql
 from baselines.common import Batch, GoalRelabelSampler, Normalizer, fixed_goal, goal_reward
-from envs.datasets import generate_dataset, load_transitions
+from envs.datasets import load_transitions
 from envs.tasks import GOAL_RADIUS
 
-
-@pytest.fixture(scope="module", autouse=True)
-def tiny_umaze_dataset():
-    generate_dataset("umaze", num_steps=3000, num_chains=4, overwrite=True, progress=False)
+pytestmark = pytest.mark.usefixtures("tiny_umaze_dataset")  # tests/conftest.py
 
 
 def tiny_args(tmp_path, **overrides) -> iql.Args:
@@ -229,7 +226,8 @@ def test_iql_runs_end_to_end_saves_loads_and_resumes_exactly(tmp_path):
 
 
 def test_iql_resume_keeps_the_checkpoint_hyperparameters(tmp_path, capsys):
-    first = iql.main(tiny_args(tmp_path, total_steps=60, eval_freq=0, checkpoint_freq=1000))
+    first = iql.main(tiny_args(tmp_path, total_steps=60, eval_freq=0, final_eval_episodes=0, checkpoint_freq=1000))
+    assert first["final_eval"] is None  # --final-eval-episodes 0: train and save only
     resumed = iql.main(tiny_args(tmp_path, resume=str(first["checkpoint"]), total_steps=80, hidden_dim=64, eval_freq=0))
     assert "hidden_dim=16 (not 64)" in capsys.readouterr().out
     assert torch.load(resumed["checkpoint"], weights_only=False)["step"] == 80
@@ -256,3 +254,5 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     torch.save({"algorithm": "cql", "args": {}}, tmp_path / "cql.pt")
     with pytest.raises(ValueError, match="'cql' checkpoint, not 'iql'"):
         iql.main(iql.Args(eval_only=True, checkpoint=str(tmp_path / "cql.pt"), progress=False))
+    with pytest.raises(ValueError, match="at least 1"):
+        iql.main(iql.Args(eval_only=True, checkpoint=str(tmp_path / "cql.pt"), final_eval_episodes=0))
