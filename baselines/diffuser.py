@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 import envs
 from df_agent.diffusion import NoiseSchedule
 from df_agent.schedules import full_sequence, to_noise_levels
+from df_agent.training import window_starts
 from envs.datasets import load_transitions
 from envs.evaluation import evaluate, log_evaluation
 
@@ -378,14 +379,10 @@ class WindowSampler:
 
     def __init__(self, transitions, horizon: int, device: torch.device):
         rows = np.concatenate([transitions.actions, transitions.observations], axis=-1).astype(np.float32)
-        segments = transitions.segment_ids
-        n = len(rows)
-        if n < horizon:
-            raise ValueError(f"the dataset has {n} steps, fewer than the horizon {horizon}")
-        ends = np.arange(n - horizon + 1) + horizon - 1
-        self.starts = np.flatnonzero(segments[: n - horizon + 1] == segments[ends])
-        if len(self.starts) == 0:
-            raise ValueError(f"no continuous segment of the dataset is {horizon} steps long; lower --horizon")
+        try:
+            self.starts = window_starts(transitions.segment_ids, horizon)
+        except ValueError as error:
+            raise ValueError(f"{error} (Diffuser's windows are --horizon steps: lower it)") from None
         self.mins, self.maxs = rows.min(axis=0), rows.max(axis=0)
         self.rows = torch.as_tensor(rows, device=device)
         self.offsets = torch.arange(horizon, device=device)

@@ -36,6 +36,18 @@ class TrainConfig:
     num_levels: int = 1000
 
 
+def window_starts(segment_ids, num_steps: int) -> np.ndarray:
+    """Indices i where rows i .. i + num_steps - 1 all lie in one continuous segment (one window each)."""
+    segment_ids = np.asarray(segment_ids)
+    n = len(segment_ids)
+    if n < num_steps:
+        raise ValueError(f"the dataset has {n} steps, fewer than one window of {num_steps}")
+    starts = np.flatnonzero(segment_ids[num_steps - 1 :] == segment_ids[: n - num_steps + 1])
+    if len(starts) == 0:
+        raise ValueError(f"no continuous stretch of the dataset is {num_steps} steps long; use shorter windows")
+    return starts
+
+
 class WindowSampler:
     """Random windows of ``num_steps`` consecutive steps from a dataset's continuous segments.
 
@@ -49,15 +61,12 @@ class WindowSampler:
         self.next_observations = np.asarray(next_observations, dtype=np.float32)
         self.rewards = np.asarray(rewards, dtype=np.float32)
         self.num_steps = num_steps
-        segment_ids = np.asarray(segment_ids)
-        # A window starting at i is valid when rows i .. i + num_steps - 1 share one segment.
-        n = len(segment_ids)
-        if n < num_steps:
-            raise ValueError(f"the dataset has {n} steps, fewer than one window of {num_steps}")
-        ends_same = segment_ids[num_steps - 1 :] == segment_ids[: n - num_steps + 1]
-        self.starts = np.flatnonzero(ends_same)
-        if len(self.starts) == 0:
-            raise ValueError(f"no continuous stretch of the dataset is {num_steps} steps long; use shorter windows")
+        self.starts = window_starts(segment_ids, num_steps)
+
+    @classmethod
+    def from_transitions(cls, data, num_steps: int) -> WindowSampler:
+        """Windows of an ``envs.datasets.Transitions``."""
+        return cls(data.observations, data.actions, data.next_observations, data.rewards, data.segment_ids, num_steps)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         starts = self.starts[rng.integers(len(self.starts), size=batch_size)]

@@ -72,15 +72,9 @@ def main(args: Args) -> None:
         data = load_transitions(task.env_id, progress=False)
         model = {"width": args.width, "latent_dim": args.latent_dim, "depth": args.depth}
         config = TrainConfig(window_tokens=args.window_tokens, batch_size=args.batch_size)
-        trainer = make_trainer(data, TokenLayout(), model, config)
-        sampler = WindowSampler(
-            data.observations,
-            data.actions,
-            data.next_observations,
-            data.rewards,
-            data.segment_ids,
-            args.window_tokens * 10,
-        )
+        layout = TokenLayout()
+        trainer = make_trainer(data, layout, model, config)
+        sampler = WindowSampler.from_transitions(data, args.window_tokens * layout.frame_stack)
         trainer.train_step(sampler.sample(args.batch_size, trainer.rng))  # warm-up
         start = time.perf_counter()
         for _ in range(args.train_steps):

@@ -156,14 +156,7 @@ def train(args: Args, task: envs.TaskSpec, writer: SummaryWriter, run_dir: Path,
         model_config = {"latent_dim": args.latent_dim, "width": args.width, "depth": args.depth}
         trainer = make_trainer(data, layout, model_config, config, device=device, seed=args.seed)
     config = trainer.config
-    sampler = WindowSampler(
-        data.observations,
-        data.actions,
-        data.next_observations,
-        data.rewards,
-        data.segment_ids,
-        config.window_tokens * trainer.tokenizer.layout.frame_stack,
-    )
+    sampler = WindowSampler.from_transitions(data, config.window_tokens * trainer.tokenizer.layout.frame_stack)
     print(f"model: {trainer.model.num_parameters():,} parameters; {len(sampler.starts):,} training windows")
     checkpoint_path = run_dir / "checkpoint.pt"
     start, last_log = time.perf_counter(), time.perf_counter()

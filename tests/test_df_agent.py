@@ -22,7 +22,7 @@ def data():
 
 
 def window_sampler(data):
-    return WindowSampler(data.observations, data.actions, data.next_observations, data.rewards, data.segment_ids, 40)
+    return WindowSampler.from_transitions(data, 40)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_windows_never_cross_a_gap_between_runs(data):
     rows = starts[:, None] + np.arange(40)
     np.testing.assert_array_equal(data.observations[rows[:, 1:]], data.next_observations[rows[:, :-1]])
     with pytest.raises(ValueError, match="shorter windows"):
-        WindowSampler(data.observations, data.actions, data.next_observations, data.rewards, data.segment_ids, 5000)
+        WindowSampler.from_transitions(data, 5000)
 
 
 def test_checkpoints_resume_exactly(data, tmp_path):

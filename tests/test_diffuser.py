@@ -1,9 +1,11 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from baselines.diffuser import Args, Diffuser, DiffuserConfig, DiffuserPlanner, load_checkpoint, main
+from baselines.diffuser import Args, Diffuser, DiffuserConfig, DiffuserPlanner, WindowSampler, load_checkpoint, main
 
 TINY = dict(
     env_id="maze2d-umaze",
@@ -114,3 +116,16 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="corrupt or not a Diffuser checkpoint"):
         load_checkpoint(str(tmp_path / "bad.pt"))
+
+
+def test_windows_stay_inside_continuous_segments():
+    # Two segments of 5 and 8 steps: 8-step windows fit only in the second, 3-step ones in both.
+    segments = np.array([0] * 5 + [1] * 8)
+    data = SimpleNamespace(
+        actions=np.zeros((13, 2)), observations=np.arange(52, dtype=np.float32).reshape(13, 4), segment_ids=segments
+    )
+    np.testing.assert_array_equal(WindowSampler(data, 3, "cpu").starts, [0, 1, 2, 5, 6, 7, 8, 9, 10])
+    windows = WindowSampler(data, 8, "cpu").sample(4, np.random.default_rng(0))
+    np.testing.assert_array_equal(windows[:, :, 2], np.tile(np.arange(5, 13) * 4, (4, 1)))  # x of rows 5..12
+    with pytest.raises(ValueError, match="lower it"):
+        WindowSampler(data, 9, "cpu")
