@@ -35,8 +35,8 @@ class PlannerConfig:
     """scheduling matrix: pyramid, full_sequence, autoregressive or stabilized_autoregressive"""
     uncertainty_scale: float = 1.0
     """pyramid only: extra denoising steps by which each token lags the one before it"""
-    guidance_scale: float = 1.0
-    """step size of the goal guidance (0: unguided)"""
+    guidance_scale: float = 4.0
+    """step size of the goal guidance (0: unguided; 4 planned best on all three mazes, 8 starts to get stuck)"""
     mcg_samples: int = 4
     """futures averaged by Monte Carlo Guidance (1: plain guidance)"""
     horizon_tokens: int | None = 30
