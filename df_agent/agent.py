@@ -35,8 +35,9 @@ class PlannerConfig:
     """scheduling matrix: pyramid, full_sequence, autoregressive or stabilized_autoregressive"""
     uncertainty_scale: float = 1.0
     """pyramid only: extra denoising steps by which each token lags the one before it"""
-    guidance_scale: float = 4.0
-    """step size of the goal guidance (0: unguided; 4 planned best on all three mazes, 8 starts to get stuck)"""
+    guidance_scale: float = 1.0
+    """step size of the goal guidance (0: unguided). Higher reaches the goal sooner until plans start to press
+    into walls: on maze2d, 4 is best on umaze and medium, 1 on large (scripts/df_maze2d.py picks per maze)"""
     mcg_samples: int = 4
     """futures averaged by Monte Carlo Guidance (1: plain guidance)"""
     horizon_tokens: int | None = 30
