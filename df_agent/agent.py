@@ -36,8 +36,8 @@ class PlannerConfig:
     uncertainty_scale: float = 1.0
     """pyramid only: extra denoising steps by which each token lags the one before it"""
     guidance_scale: float = 1.0
-    """step size of the goal guidance (0: unguided). Higher reaches the goal sooner until plans start to press
-    into walls: on maze2d, 4 is best on umaze and medium, 1 on large (scripts/df_maze2d.py picks per maze)"""
+    """step size of the goal guidance (0: unguided). Higher reaches the goal sooner until episodes start to
+    fail: on maze2d, 4 is best on umaze and medium, 1 on large (scripts/df_maze2d.py picks per maze)"""
     mcg_samples: int = 4
     """futures averaged by Monte Carlo Guidance (1: plain guidance)"""
     horizon_tokens: int | None = 30
