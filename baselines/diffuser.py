@@ -79,6 +79,8 @@ class Args:
     # training
     total_steps: int = 10_000
     """optimizer steps (Diffuser: 2e6; the default fits a CPU)"""
+    train_minutes: float | None = None
+    """stop training after this many minutes of wall time, even before --total-steps (None: no time limit)"""
     batch_size: int = 32
     """windows per gradient step (Diffuser: 32)"""
     gradient_accumulation: int = 1
@@ -452,6 +454,8 @@ def main(args: Args) -> dict:
     args.env_id = task.env_id
     if unknown := set(args.modes) - set(MODES):
         raise ValueError(f"unknown execution modes {sorted(unknown)}; valid modes: {list(MODES)}")
+    if args.train_minutes is not None and args.train_minutes <= 0:
+        raise ValueError(f"--train-minutes must be positive, got {args.train_minutes}; leave it out for no time limit")
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     writer = SummaryWriter(f"{args.runs_dir}/{run_name}")
     table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
@@ -514,6 +518,7 @@ def main(args: Args) -> dict:
     losses = []
     start_time = time.time()
     bar = tqdm(range(start_step + 1, args.total_steps + 1), desc="train diffuser", disable=not args.progress)
+    step = start_step
     for step in bar:
         optimizer.zero_grad(set_to_none=True)
         for _ in range(args.gradient_accumulation):
@@ -539,8 +544,12 @@ def main(args: Args) -> dict:
             save_checkpoint(checkpoint_path, diffuser, ema, optimizer, step, rng, args)
         if args.eval_every and step % args.eval_every == 0 and step < args.total_steps:
             results = evaluate_modes(ema, args, writer, step)
+        if args.train_minutes is not None and time.time() - start_time > 60 * args.train_minutes:
+            print(f"time budget of {args.train_minutes} minutes reached at step {step}")
+            break
     bar.close()
-    final_step = max(args.total_steps, start_step)
+    final_step = step
+    writer.add_scalar("charts/train_minutes", (time.time() - start_time) / 60, final_step)
     if args.save_model:
         save_checkpoint(checkpoint_path, diffuser, ema, optimizer, final_step, rng, args)
         print(f"model saved to {checkpoint_path}")

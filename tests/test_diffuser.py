@@ -110,6 +110,17 @@ def test_resuming_a_checkpoint_continues_the_same_run(tiny_umaze_dataset, tmp_pa
             torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
 
 
+def test_time_budget_stops_training_early_and_saves_the_step_reached(tiny_umaze_dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    quiet = {**TINY, "eval_episodes": 0}
+    # a budget of a few microseconds is spent by the first optimizer step, whatever the machine's speed
+    out = main(Args(**quiet, total_steps=1000, train_minutes=1e-7, save_model=True))
+    assert out["step"] == 1
+    assert load_checkpoint(out["checkpoint"])[2]["step"] == 1
+    with pytest.raises(ValueError, match="--train-minutes must be positive"):
+        main(Args(**quiet, train_minutes=0))
+
+
 def test_bad_checkpoints_give_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         load_checkpoint(str(tmp_path / "missing.pt"))
