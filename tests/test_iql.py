@@ -200,7 +200,9 @@ def test_iql_runs_end_to_end_saves_loads_and_resumes_exactly(tmp_path):
     single = {k: v[0] for k, v in obs.items()}
     action, state = loaded.predict(single, deterministic=True)
     assert action.shape == (2,) and state is None
-    np.testing.assert_allclose(action, loaded(obs)[0])
+    # One observation and a batch go through different BLAS kernels: float32 results agree to about 1e-7
+    # relative on one CPU and differ by more on another, so compare with a tolerance that holds on any CPU.
+    np.testing.assert_allclose(action, loaded(obs)[0], rtol=1e-5, atol=1e-6)
 
     # --eval-only reproduces the final evaluation (deterministic actions, the same seeds).
     evaluation = iql.main(iql.Args(eval_only=True, checkpoint=str(final), final_eval_episodes=2, progress=False))
