@@ -40,6 +40,13 @@ class PlannerConfig:
     fail: on maze2d, 4 is best on umaze and medium, 1 on large (scripts/df_maze2d.py picks per maze)"""
     mcg_samples: int = 4
     """futures averaged by Monte Carlo Guidance (1: plain guidance)"""
+    stay_velocity_weight: float = 0.0
+    """goal-state guidance: weight of the speed of planned steps near the goal (0: goal distance only). With it
+    the plan comes to rest at the goal instead of passing through it (``df_agent.guidance.goal_state_cost``)"""
+    stay_action_weight: float = 0.0
+    """goal-state guidance: weight of the force of planned steps near the goal"""
+    stay_radius: float = 1.0
+    """goal-state guidance: distance scale of the gate exp(-(d / radius)^2) that turns the stay terms on"""
     horizon_tokens: int | None = 30
     """longest plan in tokens (None: to the episode's end, as in the paper; 30 scored better on maze2d-large)"""
     replan_every: int = 1
@@ -196,7 +203,16 @@ class Agent:
         scale = p.guidance_scale if guidance_scale is None else guidance_scale
         device = self.device
         step_mask = (torch.arange(num_tokens * frame_stack, device=device) < horizon).float()[None].expand(len(obs), -1)
-        cost = GoalCost(self.tokenizer, torch.as_tensor(goal, device=device), step_mask) if scale > 0 else None
+        cost = None
+        if scale > 0:
+            cost = GoalCost(
+                self.tokenizer,
+                torch.as_tensor(goal, device=device),
+                step_mask,
+                velocity_weight=p.stay_velocity_weight,
+                action_weight=p.stay_action_weight,
+                stay_radius=p.stay_radius,
+            )
         with torch.no_grad():
             z0 = self.model.initial_latent(torch.as_tensor(self.tokenizer.normalize_obs(obs), device=device))
         result = sample(

@@ -18,6 +18,37 @@ def goal_distance_cost(positions: torch.Tensor, goal: torch.Tensor, step_mask: t
     return distance.sum(dim=-1)
 
 
+def goal_state_cost(
+    positions: torch.Tensor,
+    velocities: torch.Tensor,
+    actions: torch.Tensor,
+    goal: torch.Tensor,
+    step_mask: torch.Tensor | None = None,
+    velocity_weight: float = 0.0,
+    action_weight: float = 0.0,
+    stay_radius: float = 1.0,
+):
+    """``goal_distance_cost`` plus a pull toward the goal *state*, at rest with no force, near the goal.
+
+    Per step: d + g * (velocity_weight * |v| + action_weight * |a|), with d the distance to the goal and the gate
+    g = exp(-(d / stay_radius)^2) held constant in the gradient. The data never stays at a goal (each goal is
+    redrawn on arrival), so the distance alone makes a plan pass through it; the gated terms ask the steps that are
+    already close to stop there, without slowing the way there (an ungated speed cost would) and without pushing a
+    step away from the goal to open the gate. With both weights 0 this is ``goal_distance_cost``.
+    positions, velocities, actions (B, L, 2); goal (B, 2); step_mask (B, L).
+    """
+    distance = torch.linalg.vector_norm(positions - goal[:, None, :], dim=-1)
+    per_step = distance
+    if velocity_weight or action_weight:
+        gate = torch.exp(-((distance.detach() / stay_radius) ** 2))
+        speed = torch.linalg.vector_norm(velocities, dim=-1)
+        force = torch.linalg.vector_norm(actions, dim=-1)
+        per_step = per_step + gate * (velocity_weight * speed + action_weight * force)
+    if step_mask is not None:
+        per_step = per_step * step_mask
+    return per_step.sum(dim=-1)
+
+
 def predicted_reward_cost(rewards: torch.Tensor, step_mask: torch.Tensor | None = None):
     """Negative sum of the predicted rewards (needs the reward slot in the tokens). rewards (B, L)."""
     if step_mask is not None:
@@ -26,21 +57,48 @@ def predicted_reward_cost(rewards: torch.Tensor, step_mask: torch.Tensor | None 
 
 
 class GoalCost:
-    """Token-space cost for the sampler: decode the clean-token prediction, then ``goal_distance_cost``."""
+    """Token-space cost for the sampler: decode the clean-token prediction, then ``goal_state_cost`` (which is
+    ``goal_distance_cost`` while ``velocity_weight`` and ``action_weight`` are 0)."""
 
-    def __init__(self, tokenizer: Tokenizer, goal: torch.Tensor, step_mask: torch.Tensor | None = None):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        goal: torch.Tensor,
+        step_mask: torch.Tensor | None = None,
+        velocity_weight: float = 0.0,
+        action_weight: float = 0.0,
+        stay_radius: float = 1.0,
+    ):
+        if velocity_weight < 0 or action_weight < 0 or stay_radius <= 0:
+            raise ValueError(
+                f"velocity_weight and action_weight must be >= 0 and stay_radius > 0, got {velocity_weight}, "
+                f"{action_weight}, {stay_radius}"
+            )
         self.tokenizer = tokenizer
         self.goal = goal
         self.step_mask = step_mask
+        self.velocity_weight = velocity_weight
+        self.action_weight = action_weight
+        self.stay_radius = stay_radius
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        positions = self.tokenizer.decode(tokens)["next_observations"][..., :2]
+        steps = self.tokenizer.decode(tokens)
+        observations = steps["next_observations"]
         goal, mask = self.goal, self.step_mask
         if len(tokens) != len(goal):  # Monte Carlo Guidance stacks several futures per plan
             repeats = len(tokens) // len(goal)
             goal = goal.repeat(repeats, 1)
             mask = mask.repeat(repeats, 1) if mask is not None else None
-        return goal_distance_cost(positions, goal, None if mask is None else mask[:, : positions.shape[1]])
+        return goal_state_cost(
+            observations[..., :2],
+            observations[..., 2:4],
+            steps["actions"],
+            goal,
+            None if mask is None else mask[:, : observations.shape[1]],
+            self.velocity_weight,
+            self.action_weight,
+            self.stay_radius,
+        )
 
 
 class RewardCost:

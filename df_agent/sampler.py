@@ -6,10 +6,10 @@ of every token comes out of the latent chain, so a cost on far-future tokens mov
 ``w_k`` (``NoiseSchedule.guidance_weight``) scales each token's step by the noise its DDIM step removes and is 0 on
 the step to the clean token, as in the authors' planner.
 
-Monte Carlo Guidance (Section 3.4, Appendix C.5): the gradient is averaged over ``mcg_samples`` futures of the
-plan: the plan itself plus futures resampled from the previous row's clean-token estimate at each token's current
-noise level (the resampling of Appendix B.5), i.e. an estimate of the gradient of the expected cost-to-go. With one
-sample it is plain guidance.
+Monte Carlo Guidance (Section 3.4, Appendix C.5): the cost is averaged over ``mcg_samples`` futures of the plan,
+the plan's own clean estimate plus ``mcg_samples - 1`` redraws of every token's clean estimate from the plan's own
+latent chain (``redraw_clean_estimates``), and its gradient is taken with respect to the plan alone: an estimate of
+the gradient of the expected cost-to-go. With one sample it is plain guidance.
 
 Leading tokens that are clean in two consecutive rows no longer change; their latent is cached and never
 recomputed.
@@ -39,6 +39,39 @@ def _model_x0(model, schedule, z, tokens, levels, prediction):
     return schedule.to_x0(tokens, level_batch, output, prediction)
 
 
+def redraw_clean_estimates(
+    model: DiffusionForcingModel,
+    schedule: NoiseSchedule,
+    z_prev: torch.Tensor,
+    latents: torch.Tensor,
+    x0: torch.Tensor,
+    levels: torch.Tensor,
+    num_draws: int,
+    prediction: str = "x0",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Monte Carlo Guidance's futures (paper Section 3.4): ``num_draws`` new clean estimates of every token, each
+    drawn by re-noising the plan's estimate ``x0`` (B, T, D) to the token's level ``levels`` (T,) and denoising it
+    again from the plan's own latent before that token (``z_prev`` (B, latent) for the first, ``latents`` (B, T,
+    latent) after each). The plan's latent chain is kept, so every draw is a possible completion of the same plan;
+    tokens still at high noise get diverse draws, nearly clean ones almost the plan's. Differentiable in ``x0`` and
+    the latents, so a cost averaged over the draws has a gradient with respect to the plan. Returns
+    (num_draws * B, T, D), draw-major like ``Tensor.repeat``.
+    """
+    batch, num_tokens, token_dim = x0.shape
+    before = torch.cat([z_prev[:, None], latents[:, :-1]], dim=1)  # each token's latent of the plan's past
+    noise = torch.randn((num_draws, *x0.shape), generator=generator, device=x0.device, dtype=x0.dtype)
+    level_grid = levels.expand(num_draws, batch, num_tokens)
+    renoised = schedule.add_noise(x0.expand(num_draws, -1, -1, -1), level_grid, noise)
+    # One model step per (draw, plan, token): a batch of single tokens, each from its own past latent.
+    flat_tokens = renoised.reshape(-1, 1, token_dim)
+    flat_levels = level_grid.reshape(-1, 1)
+    flat_latents = before.expand(num_draws, -1, -1, -1).reshape(-1, before.shape[-1])
+    output, _ = model(flat_latents, flat_tokens, flat_levels)
+    draws = schedule.to_x0(flat_tokens, flat_levels, output, prediction)
+    return draws.view(num_draws * batch, num_tokens, token_dim)
+
+
 def sample(
     model: DiffusionForcingModel,
     schedule: NoiseSchedule,
@@ -65,7 +98,6 @@ def sample(
     levels_all = torch.as_tensor(level_matrix, device=device, dtype=torch.long)
     x = torch.randn(batch, num_tokens, token_dim, generator=generator, device=device)
     x = schedule.add_noise(torch.zeros_like(x), levels_all[0].expand(batch, -1), x)
-    x0_estimate = torch.zeros_like(x)
     cached, z_cached = 0, z0  # z after the first `cached` tokens, which are final
     guided = guidance_scale > 0 and cost is not None
     model.eval()
@@ -82,24 +114,25 @@ def sample(
                 x0 = _model_x0(model, schedule, z_cached, active, lv, prediction)
             gradient = None
         else:
-            futures = [active]
-            for _ in range(mcg_samples - 1):
-                noise = torch.randn(active.shape, generator=generator, device=device)
-                resampled = schedule.add_noise(x0_estimate[:, cached:], lv.expand(batch, -1), noise)
-                futures.append(torch.where((lv > 0)[None, :, None], resampled, active))
-            stacked = torch.cat(futures).detach().requires_grad_(True)
+            plan = active.detach().requires_grad_(True)
             with torch.enable_grad():
-                x0_all = _model_x0(model, schedule, z_cached.repeat(mcg_samples, 1), stacked, lv, prediction)
+                level_batch = lv.expand(batch, -1)
+                output, latents = model(z_cached, plan, level_batch)
+                x0_plan = schedule.to_x0(plan, level_batch, output, prediction)
                 # The cost sees the whole plan: the final prefix plus the active tokens' clean estimates.
-                prefix = x[:, :cached].repeat(mcg_samples, 1, 1)
-                total = cost(torch.cat([prefix, x0_all], dim=1)).sum()
-                (grad,) = torch.autograd.grad(total, stacked)
-            gradient = grad.view(mcg_samples, batch, *active.shape[1:]).mean(0)
-            x0 = x0_all[:batch].detach()
+                prefix = x[:, :cached]
+                total = cost(torch.cat([prefix, x0_plan], dim=1)).sum()
+                if mcg_samples > 1:
+                    draws = redraw_clean_estimates(
+                        model, schedule, z_cached, latents, x0_plan, lv, mcg_samples - 1, prediction, generator
+                    )
+                    futures = torch.cat([prefix.repeat(mcg_samples - 1, 1, 1), draws], dim=1)
+                    total = (total + cost(futures).sum()) / mcg_samples
+                (gradient,) = torch.autograd.grad(total, plan)
+            x0 = x0_plan.detach()
         stepped = schedule.ddim_step(active, lv.expand(batch, -1), nlv.expand(batch, -1), x0, eta, generator)
         if gradient is not None:
             weight = schedule.guidance_weight(lv, nlv).to(gradient.dtype)
             stepped = stepped - guidance_scale * gradient * weight[None, :, None]
-        x0_estimate = torch.cat([x0_estimate[:, :cached], x0], dim=1)
         x = torch.cat([x[:, :cached], stepped.detach()], dim=1)
     return SampleResult(tokens=x, levels=level_matrix)

@@ -28,6 +28,26 @@ class EvalResult:
     time_to_goal: np.ndarray  # steps to first reach the goal; the episode length when never reached
     seconds: float
     seeds: list[int] = field(default_factory=list)
+    episode_length: int = 0  # the task's steps per episode (for the reach-then-stay return)
+
+    @property
+    def stay_returns(self) -> np.ndarray:
+        """The return had the agent stayed at the goal from its first reach on: every step from the first one within
+        the radius to the episode's end counts 1 (the DF authors' ``episode_reward_if_stay``); 0 if never reached."""
+        return np.where(self.success, self.episode_length - self.time_to_goal + 1, 0.0)
+
+    @property
+    def stay_scores(self) -> np.ndarray:
+        """``stay_returns`` normalized with D4RL's reference scores, like ``normalized_scores``."""
+        return get_normalized_score(self.env_id, self.stay_returns)
+
+    @property
+    def reach_stay_score(self) -> float:
+        return float(self.stay_scores.mean())
+
+    @property
+    def reach_stay_score_stderr(self) -> float:
+        return _stderr(self.stay_scores)
 
     @property
     def num_episodes(self) -> int:
@@ -43,8 +63,7 @@ class EvalResult:
 
     @property
     def normalized_score_stderr(self) -> float:
-        n = len(self.normalized_scores)
-        return float(self.normalized_scores.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+        return _stderr(self.normalized_scores)
 
     @property
     def success_rate(self) -> float:
@@ -64,6 +83,8 @@ class EvalResult:
             "normalized_score": self.normalized_score,
             "normalized_score_stderr": self.normalized_score_stderr,
             "return": self.mean_return,
+            "reach_stay_score": self.reach_stay_score,
+            "reach_stay_score_stderr": self.reach_stay_score_stderr,
             "success_rate": self.success_rate,
             "time_to_goal": self.mean_time_to_goal,
             "episodes_per_second": self.episodes_per_second,
@@ -72,10 +93,16 @@ class EvalResult:
     def __str__(self) -> str:
         return (
             f"{self.env_id}: normalized score {self.normalized_score:.1f} ± {self.normalized_score_stderr:.1f}, "
-            f"return {self.mean_return:.1f}, success {100 * self.success_rate:.0f}%, "
+            f"return {self.mean_return:.1f}, reach-then-stay {self.reach_stay_score:.1f} ± "
+            f"{self.reach_stay_score_stderr:.1f}, success {100 * self.success_rate:.0f}%, "
             f"time to goal {self.mean_time_to_goal:.0f} steps ({self.num_episodes} episodes, "
             f"{self.episodes_per_second:.1f} episodes/s)"
         )
+
+
+def _stderr(values: np.ndarray) -> float:
+    n = len(values)
+    return float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
 
 
 def as_batch_policy(policy):
@@ -148,6 +175,7 @@ def evaluate(
         time_to_goal=np.concatenate(time_to_goal).astype(np.float64),
         seconds=time.perf_counter() - start,
         seeds=[seed + i for i in range(num_episodes)],
+        episode_length=horizon,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from df_agent.tokens import TokenLayout
 from df_agent.training import TrainConfig, WindowSampler, make_trainer
 from envs.datasets import load_transitions
 from envs.evaluation import evaluate
+from envs.records import append_record, make_record
 
 
 @dataclass
@@ -58,6 +59,16 @@ class Args:
     """replanning intervals (tokens) of the evaluation grid"""
     goal_hold_radius: tuple[float, ...] = (0.0,)
     """goal-hold radii of the evaluation grid (0: pure DF; see PlannerConfig.goal_hold_radius)"""
+    schedules: tuple[str, ...] = ("pyramid",)
+    """scheduling matrices of the evaluation grid"""
+    stay_velocity_weights: tuple[float, ...] = (0.0,)
+    """goal-state guidance: speed weights of the evaluation grid (PlannerConfig.stay_velocity_weight)"""
+    stay_action_weights: tuple[float, ...] = (0.0,)
+    """goal-state guidance: force weights of the evaluation grid (PlannerConfig.stay_action_weight)"""
+    stay_radius: tuple[float, ...] = (1.0,)
+    """goal-state guidance: gate radii of the evaluation grid (PlannerConfig.stay_radius)"""
+    record: str | None = "results/df_planner_grid.jsonl"
+    """append one JSON record per evaluated setting to this file (none: don't)"""
     seed: int = 0
     """evaluation seed"""
     eval_multi: bool = True
@@ -105,31 +116,44 @@ def main(args: Args) -> None:
     if args.checkpoint and args.eval_episodes:
         multi = [envs.resolve_env_id(f"maze2d-{task.maze}-multi")] if args.eval_multi else []
         for env_id in [envs.resolve_env_id(f"maze2d-{task.maze}"), *multi]:
-            for scale, mcg, steps, horizon, every, hold in itertools.product(
+            grid = itertools.product(
                 args.guidance_scales,
                 args.mcg_samples,
                 args.ddim_steps,
                 args.horizon_tokens,
                 args.replan_every,
                 args.goal_hold_radius,
-            ):
+                args.schedules,
+                args.stay_velocity_weights,
+                args.stay_action_weights,
+                args.stay_radius,
+            )
+            for scale, mcg, steps, horizon, every, hold, schedule, velocity, action, radius in grid:
                 agent.planner = PlannerConfig(
                     ddim_steps=steps,
+                    schedule=schedule,
                     guidance_scale=scale,
                     mcg_samples=mcg,
+                    stay_velocity_weight=velocity,
+                    stay_action_weight=action,
+                    stay_radius=radius,
                     horizon_tokens=horizon,
                     replan_every=every,
                     goal_hold_radius=hold,
-                    episode_length=task.max_episode_steps,
+                    episode_length=envs.get_task(env_id).max_episode_steps,
                     seed=args.seed,
                 )
                 agent.generator.manual_seed(args.seed)
                 result = evaluate(agent, env_id, num_episodes=args.eval_episodes, seed=args.seed, progress=False)
                 print(
-                    f"{env_id} scale {scale} mcg {mcg} ddim {steps} horizon {horizon} replan {every} hold {hold}: "
-                    f"{result} [{result.seconds:.0f} s]",
+                    f"{env_id} {schedule} scale {scale} mcg {mcg} ddim {steps} horizon {horizon} replan {every} "
+                    f"hold {hold} stay v {velocity} a {action} r {radius}: {result} [{result.seconds:.0f} s]",
                     flush=True,
                 )
+                if args.record:
+                    settings = {**asdict(agent.planner), "checkpoint": args.checkpoint}
+                    method = "Diffusion Forcing + goal hold" if hold else "Diffusion Forcing"
+                    append_record(args.record, make_record(method, result, settings))
 
 
 if __name__ == "__main__":

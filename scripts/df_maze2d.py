@@ -31,6 +31,8 @@ DEFAULT_WINDOW_TOKENS = {"umaze": 30, "medium": 60, "large": 60}
 # Goal guidance per maze, chosen on held-out episodes (README, "Choosing the planner"): 4 reaches the goal sooner on
 # umaze and medium; on large it failed to reach the goal in 37 of 100 test episodes, so large keeps 1.
 DEFAULT_GUIDANCE_SCALE = {"umaze": 4.0, "medium": 4.0, "large": 1.0}
+# Goal-state guidance (velocity weight, action weight) per maze, chosen on held-out episodes (README).
+DEFAULT_STAY_WEIGHTS = {"umaze": (0.0, 0.0), "medium": (0.0, 0.0), "large": (0.0, 0.0)}
 
 
 @dataclass
@@ -103,6 +105,12 @@ class Args:
     """Monte Carlo Guidance futures per plan"""
     no_mcg: bool = False
     """plain guidance (same as --mcg-samples 1)"""
+    stay_velocity_weight: float | None = None
+    """goal-state guidance: weight of the planned speed near the goal, so the plan stops there (0: off)"""
+    stay_action_weight: float | None = None
+    """goal-state guidance: weight of the planned force near the goal (0: off)"""
+    stay_radius: float = 1.0
+    """goal-state guidance: distance scale of the gate exp(-(d / radius)^2) that turns the stay terms on"""
     horizon_tokens: int | None = 30
     """longest plan in tokens (None: to the episode's end, as in the paper; 30 scored better and plans 4x faster)"""
     replan_every: int = 1
@@ -124,12 +132,16 @@ class Args:
 
 
 def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
+    default_velocity, default_action = DEFAULT_STAY_WEIGHTS[task.maze]
     return PlannerConfig(
         ddim_steps=args.ddim_steps,
         schedule=args.schedule,
         uncertainty_scale=args.uncertainty_scale,
         guidance_scale=DEFAULT_GUIDANCE_SCALE[task.maze] if args.guidance_scale is None else args.guidance_scale,
         mcg_samples=1 if args.no_mcg else args.mcg_samples,
+        stay_velocity_weight=default_velocity if args.stay_velocity_weight is None else args.stay_velocity_weight,
+        stay_action_weight=default_action if args.stay_action_weight is None else args.stay_action_weight,
+        stay_radius=args.stay_radius,
         horizon_tokens=args.horizon_tokens,
         replan_every=args.replan_every,
         goal_hold_radius=args.goal_hold_radius,

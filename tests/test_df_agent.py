@@ -220,3 +220,10 @@ def test_script_runs_end_to_end(data, tmp_path):
         script.Args(**{**vars(args), "eval_only": True, "checkpoint": str(run_dir / "agent.pt"), "eval_multi": False})
     )
     assert again["train_steps"] == 0 and "maze2d-umaze-v1" in again
+
+
+def test_the_package_exports_the_agent():
+    import df_agent
+    import df_agent.agent
+
+    assert df_agent.Agent is df_agent.agent.Agent and df_agent.PlannerConfig is df_agent.agent.PlannerConfig

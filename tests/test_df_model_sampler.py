@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from df_agent.diffusion import NoiseSchedule
-from df_agent.guidance import goal_distance_cost, predicted_reward_cost
+from df_agent.guidance import GoalCost, goal_distance_cost, goal_state_cost, predicted_reward_cost
 from df_agent.model import DiffusionForcingModel, ModelConfig
 from df_agent.sampler import sample
 from df_agent.schedules import make_schedule, to_noise_levels
@@ -69,6 +69,45 @@ def test_costs():
     assert predicted_reward_cost(torch.tensor([[1.0, 0.0, 1.0]])).item() == -2.0
 
 
+def test_goal_state_cost_by_hand():
+    goal = torch.tensor([[1.0, 1.0]])
+    # step 0 sits on the goal moving at (3, 4) with force (0, 2); step 1 is 2 away, at rest, force (1, 0)
+    positions = torch.tensor([[[1.0, 1.0], [1.0, 3.0]]], requires_grad=True)
+    velocities = torch.tensor([[[3.0, 4.0], [0.0, 0.0]]], requires_grad=True)
+    actions = torch.tensor([[[0.0, 2.0], [1.0, 0.0]]])
+    cost = goal_state_cost(positions, velocities, actions, goal, velocity_weight=0.5, action_weight=0.25)
+    # gate exp(-(d / 1)^2): 1 on the goal, exp(-4) at distance 2
+    by_hand = (0 + 1.0 * (0.5 * 5 + 0.25 * 2)) + (2 + np.exp(-4.0) * (0.5 * 0 + 0.25 * 1))
+    assert cost.item() == pytest.approx(by_hand, rel=1e-6)
+    cost.sum().backward()
+    # The gate is held constant: the position gradient is the distance's alone (a unit vector away from the goal
+    # on step 1), never a push away from the goal to close the gate.
+    np.testing.assert_allclose(positions.grad[0, 1].numpy(), [0.0, 1.0], atol=1e-6)
+    np.testing.assert_allclose(velocities.grad[0, 0].numpy(), 0.5 * np.array([0.6, 0.8]), atol=1e-6)
+    # a wider radius opens the gate further away
+    wide = goal_state_cost(positions, velocities, actions, goal, action_weight=0.25, stay_radius=2.0)
+    assert wide.item() == pytest.approx(0.25 * 2 + 2 + np.exp(-1.0) * 0.25, rel=1e-6)
+    # with both weights 0 it is the plain distance cost
+    assert goal_state_cost(positions, velocities, actions, goal).item() == pytest.approx(
+        goal_distance_cost(positions, goal).item()
+    )
+
+
+def test_goal_cost_decodes_tokens_and_repeats_goals_for_mcg_futures():
+    layout = TokenLayout(frame_stack=2)
+    tokenizer = Tokenizer(layout, np.zeros(layout.step_dim), np.ones(layout.step_dim))
+    steps = torch.zeros(1, 4, layout.step_dim)  # [ax, ay, x, y, vx, vy] per step
+    steps[0, :, 2:4] = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])
+    steps[0, 3, 4:6] = torch.tensor([0.6, 0.8])
+    tokens = steps.reshape(1, 2, layout.token_dim)
+    cost = GoalCost(tokenizer, torch.tensor([[3.0, 0.0]]), velocity_weight=2.0)
+    # distances 3 + 2 + 1 + 0; the last step, on the goal, adds 2 * |v| = 2
+    assert cost(tokens).item() == pytest.approx(8.0, rel=1e-6)
+    assert cost(torch.cat([tokens, tokens])).shape == (2,)  # two MCG futures of one plan
+    with pytest.raises(ValueError, match="stay_radius"):
+        GoalCost(tokenizer, torch.tensor([[3.0, 0.0]]), stay_radius=0.0)
+
+
 def reference_sample(model, schedule, z0, levels, cost=None, scale=0.0, generator=None):
     """Algorithm 2 written plainly: no latent cache, every token re-run at every row, plain guidance."""
     batch, num_tokens = z0.shape[0], levels.shape[1]
@@ -98,3 +137,47 @@ def test_sampler_matches_plain_algorithm_2_and_mcg_with_one_sample_is_plain_guid
     ours = sample(model, schedule, z0, levels, cost, scale, mcg_samples=1, generator=torch.Generator().manual_seed(9))
     plain = reference_sample(model, schedule, z0, levels, cost, scale, generator=torch.Generator().manual_seed(9))
     torch.testing.assert_close(ours.tokens, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_monte_carlo_guidance_averages_the_cost_over_redrawn_futures_of_the_plan():
+    """One guided row with MCG 3, against a hand computation: the plan's clean estimates plus two redraws of every
+    token (its estimate re-noised to its level, denoised from the plan's latent before it, token by token), the cost
+    averaged over the three, its gradient taken with respect to the plan, then the DDIM and guidance steps."""
+    model = tiny_model(seed=4).eval()
+    schedule = NoiseSchedule(1000, "linear")
+    levels = np.array([[999, 700, 400], [800, 500, 200]])  # one row: every token still noisy, each its own level
+    z0 = torch.randn(2, 16, generator=torch.Generator().manual_seed(1))
+    cost = lambda tokens: (tokens[..., :2] - 1.0).pow(2).sum(dim=(1, 2))  # noqa: E731
+    scale, samples = 0.3, 3
+    ours = sample(model, schedule, z0, levels, cost, scale, samples, generator=torch.Generator().manual_seed(2))
+
+    generator = torch.Generator().manual_seed(2)
+    lv, nlv = torch.as_tensor(levels[0]), torch.as_tensor(levels[1])
+    x = schedule.add_noise(torch.zeros(2, 3, 12), lv.expand(2, -1), torch.randn(2, 3, 12, generator=generator))
+    plan = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        z, x0_plan, before = z0, [], []
+        for t in range(3):  # the plan's own chain, one token at a time
+            before.append(z)
+            out, latents = model(z, plan[:, t : t + 1], lv[t].expand(2, 1))
+            x0_plan.append(out[:, 0])
+            z = latents[:, 0]
+        x0_plan = torch.stack(x0_plan, 1)
+        noise = torch.randn((samples - 1, 2, 3, 12), generator=generator)
+        costs = [cost(x0_plan)]
+        for j in range(samples - 1):
+            draw = []
+            for t in range(3):
+                renoised = schedule.add_noise(x0_plan[:, t], lv[t].expand(2), noise[j, :, t])
+                out, _ = model(before[t], renoised[:, None], lv[t].expand(2, 1))
+                draw.append(out[:, 0])
+            costs.append(cost(torch.stack(draw, 1)))
+        total = sum(c.sum() for c in costs) / samples
+        (gradient,) = torch.autograd.grad(total, plan)
+    stepped = schedule.ddim_step(x, lv.expand(2, -1), nlv.expand(2, -1), x0_plan.detach(), 0.0, generator)
+    expected = stepped - scale * gradient * schedule.guidance_weight(lv, nlv)[None, :, None]
+    torch.testing.assert_close(ours.tokens, expected, atol=1e-5, rtol=1e-5)
+
+    # The redraws matter: the same row with plain guidance lands elsewhere.
+    plain = sample(model, schedule, z0, levels, cost, scale, 1, generator=torch.Generator().manual_seed(2))
+    assert (plain.tokens - ours.tokens).abs().max() > 1e-4

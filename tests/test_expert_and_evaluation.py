@@ -104,3 +104,46 @@ def test_batched_simulator_matches_the_env_step_by_step():
         np.testing.assert_allclose(obs["observation"], np.r_[qpos[0, t], qvel[0, t]], atol=1e-9)
         max_speed = max(max_speed, np.abs(obs["observation"][2:]).max())
     assert max_speed > 1.0  # the run exercised real motion (and wall contacts in 300 random steps)
+
+
+def test_reach_then_stay_score_against_a_hand_computation():
+    """Three umaze episodes: first reach on step 1, on the last step, never."""
+    from envs.evaluation import EvalResult
+
+    # By hand: umaze episodes last 300 steps; first reach at step 1 -> 300 steps counted, at step 300 -> 1 step,
+    # never -> 0; D4RL's umaze references are 23.85 / 161.86.
+    result = EvalResult(
+        env_id="maze2d-umaze-v1",
+        returns=np.array([120.0, 1.0, 0.0]),
+        normalized_scores=np.zeros(3),
+        success=np.array([True, True, False]),
+        time_to_goal=np.array([1.0, 300.0, 300.0]),
+        seconds=1.0,
+        episode_length=300,
+    )
+    np.testing.assert_array_equal(result.stay_returns, [300.0, 1.0, 0.0])
+    expected = 100 * (np.array([300.0, 1.0, 0.0]) - 23.85) / (161.86 - 23.85)
+    np.testing.assert_allclose(result.stay_scores, expected)
+    assert result.reach_stay_score == pytest.approx(expected.mean())
+    assert result.reach_stay_score_stderr == pytest.approx(expected.std(ddof=1) / np.sqrt(3))
+    assert {"reach_stay_score", "reach_stay_score_stderr"} <= set(result.metrics())
+
+
+def test_reach_then_stay_equals_the_return_of_an_agent_that_stays():
+    """The expert holds its last waypoint, the goal: once there it never leaves, so both returns agree; a policy
+    that leaves the goal scores less than its reach-then-stay return."""
+    expert = evaluate(WaypointExpert("umaze"), "maze2d-umaze-multi", num_episodes=4, seed=5, progress=False)
+    assert expert.success.all()
+    np.testing.assert_array_equal(expert.returns, expert.stay_returns)
+    assert expert.episode_length == 300
+
+    def leave_after_arrival(obs):  # the expert until within the radius, then push away at full force
+        actions = WaypointExpert("umaze")(obs)
+        away = np.sign(obs["achieved_goal"] - obs["desired_goal"])
+        near = np.linalg.norm(obs["achieved_goal"] - obs["desired_goal"], axis=-1) <= 0.5
+        return np.where(near[:, None], away, actions)
+
+    leaver = evaluate(leave_after_arrival, "maze2d-umaze-multi", num_episodes=4, seed=5, progress=False)
+    assert leaver.success.all()
+    assert (leaver.returns < leaver.stay_returns).all()
+    assert leaver.reach_stay_score > leaver.normalized_score

@@ -1,0 +1,122 @@
+"""Results as records: one JSON object per evaluation, with everything needed to trust and re-run it.
+
+A record holds the metrics (each with its standard error), the per-episode arrays, the settings, the exact
+command, the git commit and the machine. Records are appended to JSON-lines files under ``results/``, one line
+per evaluation, written with a single append so that an interrupted run never leaves half a line.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from envs.evaluation import EvalResult
+
+PACKAGES = ("torch", "numpy", "gymnasium", "gymnasium-robotics", "mujoco", "minari")
+
+
+def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
+    """The checkout's commit, with ``-dirty`` when tracked files have uncommitted changes (None outside git)."""
+    cwd = cwd or Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=cwd, capture_output=True).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def machine() -> dict:
+    """What ran it: CPU (or GPU) model, threads, and the versions of the packages that shape the numbers."""
+    import torch
+
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:  # the model name is in /proc/cpuinfo on Linux
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    info["packages"] = versions
+    return info
+
+
+def make_record(method: str, result: EvalResult, settings: dict | None = None, **extra) -> dict:
+    """One evaluation as a JSON-ready dict."""
+    return {
+        "method": method,
+        "env_id": result.env_id,
+        "metrics": result.metrics(),
+        "episodes": {
+            "seeds": list(result.seeds),
+            "returns": result.returns.tolist(),
+            "normalized_scores": result.normalized_scores.tolist(),
+            "stay_scores": result.stay_scores.tolist(),
+            "success": result.success.astype(bool).tolist(),
+            "time_to_goal": result.time_to_goal.tolist(),
+        },
+        "seconds": result.seconds,
+        "settings": settings or {},
+        "command": " ".join([Path(sys.argv[0]).name if sys.argv[0] else "python", *sys.argv[1:]]),
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        **extra,
+    }
+
+
+def append_record(path: str | os.PathLike, record: dict) -> Path:
+    """Append ``record`` as one line of the JSON-lines file ``path`` (created with its folder if needed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, default=_to_json) + "\n"
+    with open(path, "a", encoding="utf-8") as file:  # one write call per line: a crash never leaves half a record
+        file.write(line)
+    return path
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """Every record of a JSON-lines file; a damaged line is an error naming the file and the line."""
+    records = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number} is not a JSON record ({error}); remove or re-run that line") from None
+    return records
+
+
+def _to_json(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
