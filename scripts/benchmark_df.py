@@ -69,6 +69,8 @@ class Args:
     """goal-state guidance: gate radii of the evaluation grid (PlannerConfig.stay_radius)"""
     record: str | None = "results/df_planner_grid.jsonl"
     """append one JSON record per evaluated setting to this file (none: don't)"""
+    table: str | None = None
+    """RESULTS.md table the records belong to (scripts/make_results.py)"""
     seed: int = 0
     """evaluation seed"""
     eval_multi: bool = True
@@ -153,7 +155,8 @@ def main(args: Args) -> None:
                 if args.record:
                     settings = {**asdict(agent.planner), "checkpoint": args.checkpoint}
                     method = "Diffusion Forcing + goal hold" if hold else "Diffusion Forcing"
-                    append_record(args.record, make_record(method, result, settings))
+                    extra = {"table": args.table} if args.table else {}
+                    append_record(args.record, make_record(method, result, settings, **extra))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from df_agent.tokens import TokenLayout
 from df_agent.training import TrainConfig, Trainer, WindowSampler, make_trainer
 from envs.datasets import load_transitions
 from envs.evaluation import evaluate, log_evaluation
+from envs.records import append_record, make_record
 
 # Training window per maze, in tokens of frame_stack steps (the paper cuts 300 / 600 / 600 steps).
 DEFAULT_WINDOW_TOKENS = {"umaze": 30, "medium": 60, "large": 60}
@@ -129,6 +130,10 @@ class Args:
     """save the agent to runs/<run name>/agent.pt"""
     runs_dir: str = "runs"
     """folder of TensorBoard runs and checkpoints"""
+    record: str | None = None
+    """also append each evaluation as a JSON record to this file (e.g. results/df.jsonl; see make_results.py)"""
+    table: str | None = None
+    """RESULTS.md table of those records"""
 
 
 def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
@@ -247,6 +252,10 @@ def main(args: Args) -> dict:
         log_evaluation(writer, result, step, prefix="eval_multi" if envs.get_task(env_id).multi_goal else "eval")
         print(result)
         summary[env_id] = {**result.metrics(), "seconds": result.seconds}
+        if args.record:
+            settings = {**asdict(agent.planner), "checkpoint": args.checkpoint or str(run_dir / "agent.pt")}
+            extra = {"table": args.table} if args.table else {}
+            append_record(args.record, make_record("Diffusion Forcing", result, settings, train_steps=step, **extra))
     writer.close()
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -1,0 +1,172 @@
+"""RESULTS.md and its figures, generated from the JSON records under results/ (never written by hand).
+
+    python scripts/make_results.py                       # results/*.jsonl -> RESULTS.md, results/figures/*.png
+
+Each record is one evaluation (``envs.records``): a method on a task over the test episodes, with its settings,
+command, commit, date and machine. Records are grouped by their ``table`` field (records without one go to
+"Other evaluations"); within a table, one row per record, in file order. Records whose episodes are not the 100
+test episodes (seeds 0-99) are shown only in tables named as held-out probes.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tyro
+
+from envs.records import read_records
+
+
+@dataclass
+class Args:
+    records: str = "results/*.jsonl"
+    """glob of the JSON-lines record files"""
+    output: str = "RESULTS.md"
+    """the Markdown file to write"""
+    figures: str = "results/figures"
+    """folder of the PNG figures (written beside RESULTS.md's links)"""
+
+
+def load_all(pattern: str) -> list[dict]:
+    records = []
+    for path in sorted(glob.glob(pattern)):
+        for record in read_records(path):
+            record.setdefault("source", Path(path).name)
+            records.append(record)
+    return records
+
+
+def _cell(value: float, stderr: float | None = None) -> str:
+    return f"{value:.1f} ± {stderr:.1f}" if stderr is not None else f"{value:.1f}"
+
+
+def describe_settings(record: dict) -> str:
+    """The planner settings that distinguish DF rows, short."""
+    s = record.get("settings", {})
+    if "guidance_scale" not in s:
+        return record.get("label", "")
+    parts = [
+        s.get("schedule", "pyramid"),
+        f"guidance {s['guidance_scale']:g}",
+        f"MCG {s.get('mcg_samples', 1)}",
+        f"DDIM {s.get('ddim_steps')}",
+    ]
+    if s.get("stay_velocity_weight") or s.get("stay_action_weight"):
+        parts.append(f"stay v {s.get('stay_velocity_weight', 0):g} a {s.get('stay_action_weight', 0):g}")
+    if s.get("goal_hold_radius"):
+        parts.append(f"hold {s['goal_hold_radius']:g}")
+    return ", ".join(parts)
+
+
+def table(records: list[dict]) -> str:
+    header = (
+        "| method | settings | task | D4RL score | reach-then-stay | success | time to goal | episodes | s "
+        "| date, commit |\n|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for r in records:
+        m = r["metrics"]
+        seeds = r["episodes"]["seeds"]
+        episodes = f"{len(seeds)} (seeds {min(seeds)}-{max(seeds)})"
+        rows.append(
+            f"| {r['method']} | {describe_settings(r)} | {r['env_id']} "
+            f"| {_cell(m['normalized_score'], m['normalized_score_stderr'])} "
+            f"| {_cell(m['reach_stay_score'], m['reach_stay_score_stderr'])} "
+            f"| {100 * m['success_rate']:.0f}% | {m['time_to_goal']:.0f} | {episodes} | {r['seconds']:.0f} "
+            f"| {r['date'][:10]}, {(r.get('commit') or 'unknown')[:8]} |"
+        )
+    return header + "\n".join(rows) + "\n"
+
+
+def score_figure(records: list[dict], path: Path, title: str) -> None:
+    """D4RL and reach-then-stay scores with standard-error bars, one bar pair per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['method']}\n{r['env_id'].removeprefix('maze2d-').removesuffix('-v1')}" for r in records]
+    x = np.arange(len(records))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(records)), 4))
+    for offset, key, name in ((-0.2, "normalized_score", "D4RL score"), (0.2, "reach_stay_score", "reach then stay")):
+        values = [r["metrics"][key] for r in records]
+        errors = [r["metrics"][key + "_stderr"] for r in records]
+        ax.bar(x + offset, values, 0.4, yerr=errors, capsize=3, label=name)
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_ylabel("normalized score")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def time_to_goal_figure(records: list[dict], path: Path, title: str) -> None:
+    """Distribution of the steps to first reach the goal (episodes that never do count the episode length)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(records)), 4))
+    data = [r["episodes"]["time_to_goal"] for r in records]
+    ax.boxplot(data, showmeans=True)
+    ax.set_xticks(
+        np.arange(1, len(records) + 1),
+        [f"{r['method']}\n{r['env_id'].removeprefix('maze2d-').removesuffix('-v1')}" for r in records],
+        fontsize=7,
+    )
+    ax.set_ylabel("steps to first reach the goal")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(args: Args) -> str:
+    records = load_all(args.records)
+    if not records:
+        raise SystemExit(f"no records match {args.records}; run scripts/df_maze2d.py or scripts/benchmark_df.py first")
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        groups[record.get("table", "Other evaluations")].append(record)
+    figures = Path(args.figures)
+    figures.mkdir(parents=True, exist_ok=True)
+    output = Path(args.output)
+    lines = [
+        "# Results",
+        "",
+        f"Generated by `python scripts/make_results.py` from {len(records)} records in `{args.records}`; do not edit",
+        "by hand. Scores are D4RL-normalized (mean ± standard error over episodes); *reach-then-stay* counts every",
+        "step after the first reach of the goal as 1 (the DF authors' `episode_reward_if_stay`), normalized the same",
+        "way; time to goal is the mean number of steps to first come within 0.5 of the goal (the episode length if",
+        "never). Each record's command, settings, machine and per-episode arrays are in its JSON line.",
+        "",
+    ]
+    for index, (name, group) in enumerate(groups.items()):
+        lines += [f"## {name}", "", table(group)]
+        notes = [r["note"] for r in group if r.get("note")]
+        lines += [f"- {note}" for note in dict.fromkeys(notes)]
+        if notes:
+            lines.append("")
+        stem = f"table{index}"
+        score_figure(group, figures / f"{stem}_scores.png", name)
+        time_to_goal_figure(group, figures / f"{stem}_time_to_goal.png", name)
+        rel = Path(args.figures)
+        lines += [
+            f"![scores]({rel / (stem + '_scores.png')}) ![time to goal]({rel / (stem + '_time_to_goal.png')})",
+            "",
+        ]
+        commands = list(dict.fromkeys(r["command"] for r in group))
+        lines += ["Commands:", "", "```bash", *commands, "```", ""]
+    text = "\n".join(lines)
+    output.write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

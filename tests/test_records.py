@@ -1,0 +1,68 @@
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from envs.evaluation import evaluate
+from envs.expert import WaypointExpert
+from envs.records import append_record, make_record, read_records
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import make_results  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def results():
+    expert = evaluate(WaypointExpert("umaze"), "maze2d-umaze", num_episodes=3, seed=100, progress=False)
+    still = evaluate(lambda obs: np.zeros((len(obs["observation"]), 2)), "maze2d-umaze", 3, seed=100, progress=False)
+    return expert, still
+
+
+def test_a_record_holds_metrics_episodes_command_commit_and_machine(results, tmp_path):
+    expert, _ = results
+    path = append_record(tmp_path / "r" / "x.jsonl", make_record("expert", expert, {"k": 1}, table="T"))
+    append_record(path, make_record("expert", expert))
+    first, second = read_records(path)
+    assert first["table"] == "T" and "table" not in second and first["settings"] == {"k": 1}
+    assert first["metrics"]["normalized_score"] == pytest.approx(expert.normalized_score)
+    assert first["metrics"]["reach_stay_score"] == pytest.approx(expert.reach_stay_score)
+    assert first["episodes"]["seeds"] == [100, 101, 102]
+    np.testing.assert_array_equal(first["episodes"]["returns"], expert.returns)
+    np.testing.assert_array_equal(first["episodes"]["time_to_goal"], expert.time_to_goal)
+    assert first["machine"]["packages"]["torch"] and first["machine"]["cpu_count"] >= 1
+    assert first["command"] and first["date"][:2] == "20"
+    # the commit is this checkout's (the tests run inside the repository)
+    assert first["commit"] is None or len(first["commit"].removesuffix("-dirty")) == 40
+
+
+def test_a_damaged_record_is_an_error_naming_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"a": 1}) + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:2"):
+        read_records(path)
+
+
+def test_make_results_writes_one_table_per_group_with_figures(results, tmp_path):
+    expert, still = results
+    path = tmp_path / "results" / "runs.jsonl"
+    append_record(path, make_record("expert", expert, table="umaze"))
+    append_record(path, make_record("still", still, table="umaze", note="a point that never moves"))
+    append_record(path, make_record("expert", expert))
+    text = make_results.main(
+        make_results.Args(
+            records=str(tmp_path / "results" / "*.jsonl"),
+            output=str(tmp_path / "RESULTS.md"),
+            figures=str(tmp_path / "figures"),
+        )
+    )
+    assert text == (tmp_path / "RESULTS.md").read_text()
+    assert "## umaze" in text and "## Other evaluations" in text and "- a point that never moves" in text
+    row = next(line for line in text.splitlines() if line.startswith("| still"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    # the still point never reaches the goal: score of a zero return, success 0%, time to goal = episode length
+    assert cells[3] == f"{still.normalized_score:.1f} ± 0.0" and cells[5] == "0%" and cells[6] == "300"
+    assert cells[7] == "3 (seeds 100-102)"
+    for name in ("table0_scores.png", "table0_time_to_goal.png", "table1_scores.png"):
+        assert (tmp_path / "figures" / name).stat().st_size > 1000
