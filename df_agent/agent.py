@@ -24,6 +24,8 @@ from df_agent.schedules import make_schedule, to_noise_levels, validate_schedule
 from df_agent.tokens import Tokenizer
 from df_agent.training import TrainConfig, Trainer, default_device, load_checkpoint
 
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+
 
 @dataclass
 class PlannerConfig:
@@ -141,6 +143,32 @@ class Agent:
             prediction = train.prediction
         planner = replace(planner, **planner_overrides)
         return cls(model, tokenizer, schedule, planner, prediction, device)
+
+    @classmethod
+    def from_pretrained(
+        cls, env_id: str = "maze2d-large", device: torch.device | str | None = None, **planner_overrides
+    ) -> Agent:
+        """The agent shipped with the package for a maze2d task (``maze2d-umaze``, ``-medium``, ``-large``; the
+        multi-goal ids map to the same agent), trained by ``scripts/df_maze2d.py``'s defaults; its episode length is
+        set from the task. Planner settings can be overridden by keyword, as in ``load``."""
+        import envs
+
+        task = envs.get_task(env_id)  # a clear error for an unknown id
+        path = PRETRAINED_DIR / f"maze2d-{task.maze}.pt"
+        remake = f"python scripts/df_maze2d.py --env maze2d-{task.maze}"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no pretrained agent for maze2d-{task.maze} at {path}; train one with `{remake}` and load its "
+                "runs/<run>/agent.pt with Agent.load"
+            )
+        try:
+            agent = cls.load(path, device=device, **{"episode_length": task.max_episode_steps, **planner_overrides})
+        except (ValueError, TypeError, KeyError, RuntimeError) as error:
+            raise ValueError(
+                f"the pretrained agent {path} does not fit this version of df-agent ({error}); re-create it with "
+                f"`{remake}` and copy runs/<run>/agent.pt to {path}"
+            ) from error
+        return agent
 
     # --- episode state ---
     def reset(self, num_envs: int | None = None) -> None:

@@ -50,7 +50,7 @@ class Args:
     mcg_samples: tuple[int, ...] = (1, 4)
     """Monte Carlo Guidance samples to time"""
     checkpoint: str | None = None
-    """agent or training checkpoint: time it and evaluate the planner grid"""
+    """agent or training checkpoint ('pretrained': the packaged one): time it and evaluate the planner grid"""
     eval_episodes: int = 0
     """episodes per planner setting (0: no evaluation)"""
     guidance_scales: tuple[float, ...] = (1.0,)
@@ -73,6 +73,8 @@ class Args:
     """RESULTS.md table the records belong to (scripts/make_results.py)"""
     seed: int = 0
     """evaluation seed"""
+    act_steps: int = 0
+    """also time ``agent.act`` in one Gymnasium env for this many control steps (real time needs >= 100 steps/s)"""
     eval_multi: bool = True
     """also evaluate the planner grid on the multi-goal task"""
 
@@ -80,7 +82,10 @@ class Args:
 def main(args: Args) -> None:
     task = envs.get_task(args.env)
     if args.checkpoint:
-        agent = Agent.load(args.checkpoint, episode_length=task.max_episode_steps)
+        if args.checkpoint == "pretrained":
+            agent = Agent.from_pretrained(task.env_id)
+        else:
+            agent = Agent.load(args.checkpoint, episode_length=task.max_episode_steps)
     else:
         data = load_transitions(task.env_id, progress=False)
         model = {"width": args.width, "latent_dim": args.latent_dim, "depth": args.depth}
@@ -112,6 +117,36 @@ def main(args: Args) -> None:
         print(
             f"replan of {args.plan_batch} episodes, {horizon} tokens, {steps} DDIM steps, MCG {mcg}: "
             f"{seconds:.2f} s ({len(plan.level_history) - 1} rows)",
+            flush=True,
+        )
+
+    if args.checkpoint and args.act_steps:
+        agent.planner = PlannerConfig(  # the first value of each grid
+            ddim_steps=args.ddim_steps[0],
+            schedule=args.schedules[0],
+            guidance_scale=args.guidance_scales[0],
+            mcg_samples=args.mcg_samples[0],
+            stay_velocity_weight=args.stay_velocity_weights[0],
+            stay_action_weight=args.stay_action_weights[0],
+            stay_radius=args.stay_radius[0],
+            horizon_tokens=args.horizon_tokens[0],
+            replan_every=args.replan_every[0],
+            episode_length=task.max_episode_steps,
+            seed=args.seed,
+        )
+        env = envs.make(task.env_id)
+        obs, _ = env.reset(seed=args.seed)
+        agent.reset()
+        agent.act(obs)  # the first plan includes one-off warm-up costs
+        start = time.perf_counter()
+        for _ in range(args.act_steps):
+            obs, *_ = env.step(agent.act(obs))
+        seconds = time.perf_counter() - start
+        p = agent.planner
+        print(
+            f"agent.act in one env ({p.schedule}, MCG {p.mcg_samples}, DDIM {p.ddim_steps}, horizon "
+            f"{p.horizon_tokens} tokens, {torch.get_num_threads()} threads): {args.act_steps / seconds:.0f} control "
+            f"steps/s ({1000 * seconds / args.act_steps * 10:.0f} ms per 10 steps, simulator included)",
             flush=True,
         )
 

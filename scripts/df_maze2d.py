@@ -125,7 +125,7 @@ class Args:
     eval_only: bool = False
     """skip training: evaluate --checkpoint"""
     checkpoint: str | None = None
-    """agent or training checkpoint for --eval-only"""
+    """agent or training checkpoint for --eval-only ('pretrained': the agent shipped with the package)"""
     save_model: bool = True
     """save the agent to runs/<run name>/agent.pt"""
     runs_dir: str = "runs"
@@ -234,7 +234,10 @@ def main(args: Args) -> dict:
     if args.eval_only:
         if not args.checkpoint:
             raise SystemExit("--eval-only needs --checkpoint PATH")
-        agent = Agent.load(args.checkpoint, device=device, **asdict(planner))
+        if args.checkpoint == "pretrained":  # the agent shipped with the package for this maze
+            agent = Agent.from_pretrained(task.env_id, device=device, **asdict(planner))
+        else:
+            agent = Agent.load(args.checkpoint, device=device, **asdict(planner))
     else:
         trainer = train(args, task, writer, run_dir, device)
         step = trainer.step
