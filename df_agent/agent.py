@@ -53,6 +53,12 @@ class PlannerConfig:
     """longest plan in tokens (None: to the episode's end, as in the paper; 30 scored better on maze2d-large)"""
     replan_every: int = 1
     """tokens executed between two plans"""
+    execute_steps: int | None = None
+    """control steps executed between two plans, if fewer than ``replan_every`` tokens (None: whole tokens).
+    Shorter open-loop stretches correct drift sooner, at the cost of more plans"""
+    shrink_horizon: bool = True
+    """plan only to the episode's end (the paper). False keeps planning ``horizon_tokens`` ahead near the end too:
+    the goal cost then still asks the plan to stay at the goal, instead of guiding only its last few tokens"""
     episode_length: int = 800
     """steps in an episode, for the shrinking horizon"""
     goal_hold_radius: float = 0.0
@@ -293,9 +299,16 @@ class Agent:
         p = self.planner
         frame_stack = self.tokenizer.layout.frame_stack
         remaining = int(max(1, (p.episode_length - self._elapsed[envs]).max()))
-        horizon = remaining if p.horizon_tokens is None else min(remaining, p.horizon_tokens * frame_stack)
+        if p.horizon_tokens is None:
+            horizon = remaining
+        elif p.shrink_horizon:
+            horizon = min(remaining, p.horizon_tokens * frame_stack)
+        else:
+            horizon = p.horizon_tokens * frame_stack
         plan = self.plan(obs[envs], goal[envs], horizon=horizon)
         execute = min(horizon, p.replan_every * frame_stack)
+        if p.execute_steps is not None:
+            execute = max(1, min(execute, p.execute_steps))
         for i, env in enumerate(envs):
             self._queues[env] = plan.actions[i, :execute]
 

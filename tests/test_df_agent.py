@@ -227,3 +227,43 @@ def test_the_package_exports_the_agent():
     import df_agent.agent
 
     assert df_agent.Agent is df_agent.agent.Agent and df_agent.PlannerConfig is df_agent.agent.PlannerConfig
+
+
+def test_the_agent_executes_its_plan_in_order_and_replans_on_time(trained, monkeypatch):
+    """Spy on plan(): actions come from the queue in order, a plan every replan_every tokens (or execute_steps),
+    the horizon shrinks to the episode's end unless shrink_horizon is off, and predict(episode_start) restarts one
+    environment's clock."""
+    assert LAYOUT.frame_stack == 5  # the numbers below count 5 steps per token
+
+    def run(steps, **overrides):
+        agent = Agent.from_trainer(trained, planner(horizon_tokens=4, ddim_steps=2, episode_length=22, **overrides))
+        calls = []
+        real_plan = agent.plan
+
+        def spy(obs, goal=None, horizon=None, **kwargs):
+            plan = real_plan(obs, goal, horizon=horizon, **kwargs)
+            calls.append((len(obs), horizon))
+            plan.actions[:] = np.arange(plan.actions.shape[1])[None, :, None] / 100 + len(calls)  # marks each step
+            return plan
+
+        monkeypatch.setattr(agent, "plan", spy)
+        obs = {"observation": np.zeros((2, 4), np.float32), "desired_goal": np.ones((2, 2), np.float32)}
+        actions = [agent.act(obs) for _ in range(steps)]
+        return agent, calls, np.stack(actions)
+
+    agent, calls, actions = run(22, replan_every=2)
+    # a plan every 2 tokens = 10 steps; the horizon: 4 tokens (20 steps), then the 12 and the 2 steps left
+    assert calls == [(2, 20), (2, 12), (2, 2)]
+    expected = [1 + t / 100 for t in range(10)] + [2 + t / 100 for t in range(10)] + [3.0, 3.01]
+    np.testing.assert_allclose(actions[:, 0, 0], expected, atol=1e-6)
+    _, calls, _ = run(22, replan_every=2, shrink_horizon=False)
+    assert [h for _, h in calls] == [20, 20, 20]  # keeps planning 4 tokens ahead near the end
+    _, calls, actions = run(7, execute_steps=3)
+    assert len(calls) == 3 and np.allclose(actions[:, 0, 0], [1, 1.01, 1.02, 2, 2.01, 2.02, 3], atol=1e-6)
+
+    # a new episode in env 1 only: its queue is dropped and its clock restarts; env 0 carries on with its plan
+    agent, calls, _ = run(3)
+    calls.clear()
+    obs = {"observation": np.zeros((2, 4), np.float32), "desired_goal": np.ones((2, 2), np.float32)}
+    agent.predict(obs, episode_start=np.array([False, True]))
+    assert calls == [(1, 20)] and list(agent._elapsed) == [4, 1]
