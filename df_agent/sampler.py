@@ -78,7 +78,7 @@ def sample(
     z0: torch.Tensor,
     level_matrix: np.ndarray,
     cost: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    guidance_scale: float = 0.0,
+    guidance_scale: float | torch.Tensor = 0.0,
     mcg_samples: int = 1,
     prediction: str = "x0",
     eta: float = 0.0,
@@ -87,10 +87,14 @@ def sample(
     """Generate tokens from initial latents ``z0`` (B, latent) following ``level_matrix`` (rows, T) of noise levels.
 
     Row 0 of the matrix is where every token starts (usually level K: white noise), the last row must be all 0.
+    ``guidance_scale`` is one number or one per plan (B,).
     """
     if mcg_samples < 1:
         raise ValueError(f"mcg_samples must be at least 1, got {mcg_samples}")
-    if guidance_scale and cost is None:
+    scale = torch.as_tensor(guidance_scale, dtype=torch.float32, device=z0.device).reshape(-1)
+    if len(scale) not in (1, z0.shape[0]):
+        raise ValueError(f"guidance_scale must be a number or one per plan ({z0.shape[0]}), got {len(scale)} values")
+    if bool((scale > 0).any()) and cost is None:
         raise ValueError("guidance_scale > 0 needs a cost")
     device = z0.device
     batch, num_tokens = z0.shape[0], level_matrix.shape[1]
@@ -99,7 +103,8 @@ def sample(
     x = torch.randn(batch, num_tokens, token_dim, generator=generator, device=device)
     x = schedule.add_noise(torch.zeros_like(x), levels_all[0].expand(batch, -1), x)
     cached, z_cached = 0, z0  # z after the first `cached` tokens, which are final
-    guided = guidance_scale > 0 and cost is not None
+    guided = bool((scale > 0).any()) and cost is not None
+    scale = scale.expand(z0.shape[0])[:, None, None]
     model.eval()
     for m in range(len(level_matrix) - 1):
         level, next_level = levels_all[m], levels_all[m + 1]
@@ -133,6 +138,6 @@ def sample(
         stepped = schedule.ddim_step(active, lv.expand(batch, -1), nlv.expand(batch, -1), x0, eta, generator)
         if gradient is not None:
             weight = schedule.guidance_weight(lv, nlv).to(gradient.dtype)
-            stepped = stepped - guidance_scale * gradient * weight[None, :, None]
+            stepped = stepped - scale * gradient * weight[None, :, None]
         x = torch.cat([x[:, :cached], stepped.detach()], dim=1)
     return SampleResult(tokens=x, levels=level_matrix)

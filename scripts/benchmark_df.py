@@ -67,6 +67,12 @@ class Args:
     """goal-state guidance: force weights of the evaluation grid (PlannerConfig.stay_action_weight)"""
     stay_radius: tuple[float, ...] = (1.0,)
     """goal-state guidance: gate radii of the evaluation grid (PlannerConfig.stay_radius)"""
+    near_goal_scales: tuple[float, ...] = (0.0,)
+    """guidance scales near the goal of the evaluation grid (PlannerConfig.near_goal_guidance_scale; 0: off)"""
+    near_goal_radius: float = 1.0
+    """PlannerConfig.near_goal_radius"""
+    shrink_horizon: tuple[bool, ...] = (True,)
+    """PlannerConfig.shrink_horizon values of the evaluation grid"""
     record: str | None = "results/df_planner_grid.jsonl"
     """append one JSON record per evaluated setting to this file (none: don't)"""
     table: str | None = None
@@ -129,6 +135,9 @@ def main(args: Args) -> None:
             stay_velocity_weight=args.stay_velocity_weights[0],
             stay_action_weight=args.stay_action_weights[0],
             stay_radius=args.stay_radius[0],
+            near_goal_guidance_scale=args.near_goal_scales[0] or None,
+            near_goal_radius=args.near_goal_radius,
+            shrink_horizon=args.shrink_horizon[0],
             horizon_tokens=args.horizon_tokens[0],
             replan_every=args.replan_every[0],
             episode_length=task.max_episode_steps,
@@ -164,8 +173,10 @@ def main(args: Args) -> None:
                 args.stay_velocity_weights,
                 args.stay_action_weights,
                 args.stay_radius,
+                args.near_goal_scales,
+                args.shrink_horizon,
             )
-            for scale, mcg, steps, horizon, every, hold, schedule, velocity, action, radius in grid:
+            for scale, mcg, steps, horizon, every, hold, schedule, velocity, action, radius, near, shrink in grid:
                 agent.planner = PlannerConfig(
                     ddim_steps=steps,
                     schedule=schedule,
@@ -174,8 +185,11 @@ def main(args: Args) -> None:
                     stay_velocity_weight=velocity,
                     stay_action_weight=action,
                     stay_radius=radius,
+                    near_goal_guidance_scale=near or None,
+                    near_goal_radius=args.near_goal_radius,
                     horizon_tokens=horizon,
                     replan_every=every,
+                    shrink_horizon=shrink,
                     goal_hold_radius=hold,
                     episode_length=envs.get_task(env_id).max_episode_steps,
                     seed=args.seed,
@@ -184,7 +198,8 @@ def main(args: Args) -> None:
                 result = evaluate(agent, env_id, num_episodes=args.eval_episodes, seed=args.seed, progress=False)
                 print(
                     f"{env_id} {schedule} scale {scale} mcg {mcg} ddim {steps} horizon {horizon} replan {every} "
-                    f"hold {hold} stay v {velocity} a {action} r {radius}: {result} [{result.seconds:.0f} s]",
+                    f"hold {hold} stay v {velocity} a {action} r {radius} near {near} shrink {shrink}: {result} "
+                    f"[{result.seconds:.0f} s]",
                     flush=True,
                 )
                 if args.record:

@@ -34,6 +34,9 @@ DEFAULT_WINDOW_TOKENS = {"umaze": 30, "medium": 60, "large": 60}
 DEFAULT_GUIDANCE_SCALE = {"umaze": 4.0, "medium": 4.0, "large": 1.0}
 # Goal-state guidance (velocity weight, action weight) per maze, chosen on held-out episodes (README).
 DEFAULT_STAY_WEIGHTS = {"umaze": (0.0, 0.0), "medium": (0.0, 0.0), "large": (0.0, 0.0)}
+# Guidance scale once within --near-goal-radius of the goal (0: the maze's scale everywhere).
+DEFAULT_NEAR_GOAL_SCALE = {"umaze": 0.0, "medium": 0.0, "large": 0.0}
+DEFAULT_SHRINK_HORIZON = True
 
 
 @dataclass
@@ -112,6 +115,12 @@ class Args:
     """goal-state guidance: weight of the planned force near the goal (0: off)"""
     stay_radius: float = 1.0
     """goal-state guidance: distance scale of the gate exp(-(d / radius)^2) that turns the stay terms on"""
+    near_goal_guidance_scale: float | None = None
+    """guidance scale for plans that start within --near-goal-radius of the goal (default: per maze; 0: off)"""
+    near_goal_radius: float = 1.0
+    """distance to the goal within which --near-goal-guidance-scale applies"""
+    shrink_horizon: bool | None = None
+    """plan only to the episode's end, as the paper (default: per maze)"""
     horizon_tokens: int | None = 30
     """longest plan in tokens (None: to the episode's end, as in the paper; 30 scored better and plans 4x faster)"""
     replan_every: int = 1
@@ -138,6 +147,8 @@ class Args:
 
 def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
     default_velocity, default_action = DEFAULT_STAY_WEIGHTS[task.maze]
+    near_scale = args.near_goal_guidance_scale
+    near_scale = DEFAULT_NEAR_GOAL_SCALE[task.maze] if near_scale is None else near_scale
     return PlannerConfig(
         ddim_steps=args.ddim_steps,
         schedule=args.schedule,
@@ -147,6 +158,9 @@ def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
         stay_velocity_weight=default_velocity if args.stay_velocity_weight is None else args.stay_velocity_weight,
         stay_action_weight=default_action if args.stay_action_weight is None else args.stay_action_weight,
         stay_radius=args.stay_radius,
+        near_goal_guidance_scale=near_scale or None,
+        near_goal_radius=args.near_goal_radius,
+        shrink_horizon=DEFAULT_SHRINK_HORIZON if args.shrink_horizon is None else args.shrink_horizon,
         horizon_tokens=args.horizon_tokens,
         replan_every=args.replan_every,
         goal_hold_radius=args.goal_hold_radius,
