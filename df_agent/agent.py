@@ -55,6 +55,9 @@ class PlannerConfig:
     stronger pull there keeps the point at the goal without risking the way there"""
     near_goal_radius: float = 1.0
     """distance to the goal within which ``near_goal_guidance_scale`` applies"""
+    guide_actions_only: bool = False
+    """apply the guidance step to the tokens' action slots only: the predicted observations then follow the
+    guided actions through the model instead of being moved by the gradient themselves"""
     horizon_tokens: int | None = 30
     """longest plan in tokens (None: to the episode's end, as in the paper; 30 scored better on maze2d-large)"""
     replan_every: int = 1
@@ -256,6 +259,7 @@ class Agent:
                 action_weight=p.stay_action_weight,
                 stay_radius=p.stay_radius,
             )
+        action_mask = torch.as_tensor(self.tokenizer.action_mask(), device=device) if p.guide_actions_only else None
         with torch.no_grad():
             z0 = self.model.initial_latent(torch.as_tensor(self.tokenizer.normalize_obs(obs), device=device))
         result = sample(
@@ -269,6 +273,7 @@ class Agent:
             prediction=self.prediction,
             eta=p.ddim_eta,
             generator=self.generator,
+            gradient_mask=action_mask,
         )
         decoded = self.tokenizer.decode(result.tokens.cpu().numpy())
         next_obs = decoded["next_observations"][:, :horizon]

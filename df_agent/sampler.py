@@ -83,11 +83,13 @@ def sample(
     prediction: str = "x0",
     eta: float = 0.0,
     generator: torch.Generator | None = None,
+    gradient_mask: torch.Tensor | None = None,
 ) -> SampleResult:
     """Generate tokens from initial latents ``z0`` (B, latent) following ``level_matrix`` (rows, T) of noise levels.
 
     Row 0 of the matrix is where every token starts (usually level K: white noise), the last row must be all 0.
-    ``guidance_scale`` is one number or one per plan (B,).
+    ``guidance_scale`` is one number or one per plan (B,). ``gradient_mask`` (token_dim,), if given, keeps the
+    guidance step to the token dimensions where it is nonzero (e.g. the actions' only).
     """
     if mcg_samples < 1:
         raise ValueError(f"mcg_samples must be at least 1, got {mcg_samples}")
@@ -137,6 +139,8 @@ def sample(
             x0 = x0_plan.detach()
         stepped = schedule.ddim_step(active, lv.expand(batch, -1), nlv.expand(batch, -1), x0, eta, generator)
         if gradient is not None:
+            if gradient_mask is not None:
+                gradient = gradient * gradient_mask
             weight = schedule.guidance_weight(lv, nlv).to(gradient.dtype)
             stepped = stepped - scale * gradient * weight[None, :, None]
         x = torch.cat([x[:, :cached], stepped.detach()], dim=1)

@@ -102,6 +102,13 @@ class Tokenizer:
             )
         return self.step_mean, self.step_std
 
+    def action_mask(self) -> np.ndarray:
+        """(token_dim,) 1.0 on the action slots of every step of a token, 0.0 elsewhere."""
+        layout = self.layout
+        step = np.zeros(layout.step_dim, dtype=np.float32)
+        step[: layout.action_dim] = 1.0
+        return np.tile(step, layout.frame_stack)
+
     # --- persistence (travels inside checkpoints) ---
     def state_dict(self) -> dict:
         return {"layout": asdict(self.layout), "step_mean": self.step_mean.tolist(), "step_std": self.step_std.tolist()}

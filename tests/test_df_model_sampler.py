@@ -181,3 +181,44 @@ def test_monte_carlo_guidance_averages_the_cost_over_redrawn_futures_of_the_plan
     # The redraws matter: the same row with plain guidance lands elsewhere.
     plain = sample(model, schedule, z0, levels, cost, scale, 1, generator=torch.Generator().manual_seed(2))
     assert (plain.tokens - ours.tokens).abs().max() > 1e-4
+
+
+def test_a_gradient_mask_keeps_the_guidance_step_to_the_masked_slots():
+    layout = TokenLayout(frame_stack=2)  # token = 2 steps of [ax, ay, x, y, vx, vy]
+    tokenizer = Tokenizer(layout, np.zeros(layout.step_dim), np.ones(layout.step_dim))
+    mask = torch.as_tensor(tokenizer.action_mask())
+    np.testing.assert_array_equal(mask.numpy(), [1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0])
+    model = tiny_model(seed=5).eval()
+    schedule = NoiseSchedule(1000, "linear")
+    levels = np.array([[900, 600], [700, 300]])  # one guided row
+    z0 = torch.randn(2, 16, generator=torch.Generator().manual_seed(3))
+    cost = lambda tokens: tokens.pow(2).sum(dim=(1, 2))  # noqa: E731  every slot has a gradient
+
+    def run(scale, gradient_mask=None):
+        generator = torch.Generator().manual_seed(4)
+        return sample(model, schedule, z0, levels, cost, scale, gradient_mask=gradient_mask, generator=generator).tokens
+
+    free, masked, unguided = run(0.5), run(0.5, mask), run(0.0)
+    actions = mask.bool()
+    torch.testing.assert_close(masked[..., ~actions], unguided[..., ~actions])  # observations: no guidance step
+    torch.testing.assert_close(masked[..., actions], free[..., actions])  # actions: the full guidance step
+    assert (free[..., ~actions] - unguided[..., ~actions]).abs().max() > 1e-4
+
+
+def test_guidance_scale_per_plan():
+    """Scales [0, 0.5] for a batch of two: each plan is what a batch guided at its scale alone gives it."""
+    model = tiny_model(seed=6).eval()
+    schedule = NoiseSchedule(1000, "linear")
+    levels = np.array([[900, 600], [700, 300]])
+    z0 = torch.randn(2, 16, generator=torch.Generator().manual_seed(3))
+    cost = lambda tokens: tokens.pow(2).sum(dim=(1, 2))  # noqa: E731
+
+    def run(scale):
+        return sample(model, schedule, z0, levels, cost, scale, generator=torch.Generator().manual_seed(1)).tokens
+
+    mixed, unguided, guided = run(torch.tensor([0.0, 0.5])), run(0.0), run(0.5)
+    torch.testing.assert_close(mixed[0], unguided[0])
+    torch.testing.assert_close(mixed[1], guided[1])
+    assert (guided[0] - unguided[0]).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="one per plan"):
+        sample(model, schedule, z0, levels, cost, torch.tensor([0.1, 0.2, 0.3]))
