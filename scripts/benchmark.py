@@ -23,6 +23,7 @@ import tyro
 
 import envs
 from envs.evaluation import EvalResult, evaluate
+from envs.records import append_record, make_record
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Args:
     seed: int = 0
     """evaluation seed"""
     df: str | None = None
-    """Diffusion Forcing agent or training checkpoint (scripts/df_maze2d.py)"""
+    """Diffusion Forcing agent or training checkpoint (scripts/df_maze2d.py); 'pretrained': the packaged one"""
     df_guidance_scale: float | None = None
     """override the DF agent's guidance scale"""
     df_mcg_samples: int | None = None
@@ -53,8 +54,16 @@ class Args:
     """Diffuser checkpoint (baselines/diffuser.py --save-model): both execution modes"""
     mppi: bool = False
     """evaluate MPPI on the true dynamics (baselines/mppi.py defaults)"""
+    expert: bool = False
+    """evaluate D4RL's waypoint expert (envs.expert), for scale"""
+    random: bool = False
+    """evaluate uniformly random actions, for scale"""
     output: str | None = None
     """also write the results to this JSON file"""
+    record: str | None = None
+    """append each evaluation as a JSON record to this file (e.g. results/benchmark.jsonl; make_results.py reads it)"""
+    table: str | None = None
+    """RESULTS.md table of those records (default: the maze)"""
 
 
 Entry = tuple[str, str, Callable[[], object]]  # method, task id, policy factory (built only when evaluated)
@@ -77,7 +86,11 @@ def df_entries(args: Args, tasks: list[str]) -> Iterator[Entry]:
         yield (
             label,
             env_id,
-            lambda length=length: Agent.load(args.df, episode_length=length, seed=args.seed, **overrides),
+            lambda length=length, env_id=env_id: (
+                Agent.from_pretrained(env_id, seed=args.seed, **overrides)
+                if args.df == "pretrained"
+                else Agent.load(args.df, episode_length=length, seed=args.seed, **overrides)
+            ),
         )
 
 
@@ -108,6 +121,19 @@ def mppi_entries(args: Args, tasks: list[str]) -> Iterator[Entry]:
         yield "MPPI", env_id, lambda env_id=env_id: mppi.make_planner(mppi.Args(env_id=env_id, seed=args.seed))
 
 
+def scale_entries(args: Args, tasks: list[str], maze: str) -> Iterator[Entry]:
+    import numpy as np
+
+    from envs.expert import WaypointExpert
+
+    for env_id in tasks:
+        if args.expert:
+            yield "expert (waypoints + PD)", env_id, lambda: WaypointExpert(maze, seed=args.seed)
+        if args.random:
+            rng = np.random.default_rng(args.seed)
+            yield "random", env_id, lambda rng=rng: lambda obs: rng.uniform(-1, 1, (len(obs["observation"]), 2))
+
+
 def row(method: str, env_id: str, result: EvalResult) -> str:
     return (
         f"| {method} | {env_id} | {result.normalized_score:.1f} ± {result.normalized_score_stderr:.1f} | "
@@ -127,8 +153,11 @@ def main(args: Args) -> list[dict]:
         entries += diffuser_entries(args, tasks)
     if args.mppi:
         entries += mppi_entries(args, tasks)
+    entries += scale_entries(args, tasks, maze)
     if not entries:
-        raise SystemExit("nothing to evaluate: pass --df, --iql, --cql, --diffuser checkpoints or --mppi")
+        raise SystemExit(
+            "nothing to evaluate: pass --df, --iql, --cql, --diffuser checkpoints, --mppi, --expert or --random"
+        )
 
     print(f"| method | task | normalized score | success | time to goal | evaluation time ({args.episodes} episodes) |")
     print("|---|---|---|---|---|---|")
@@ -137,6 +166,8 @@ def main(args: Args) -> list[dict]:
         result = evaluate(make_policy(), env_id, num_episodes=args.episodes, seed=args.seed)
         print(row(method, env_id, result), flush=True)
         records.append({"method": method, "task": env_id, **result.metrics(), "seconds": result.seconds})
+        if args.record:
+            append_record(args.record, make_record(method, result, table=args.table or f"maze2d-{maze}"))
     if args.output:
         Path(args.output).write_text(json.dumps(records, indent=2))
     return records

@@ -53,3 +53,17 @@ def test_benchmark_refuses_a_checkpoint_of_another_maze(tiny_iql_checkpoints):
         benchmark.main(benchmark.Args(maze="large", episodes=1, iql=(str(single["checkpoint"]),)))
     with pytest.raises(SystemExit, match="nothing to evaluate"):
         benchmark.main(benchmark.Args(maze="umaze"))
+
+
+def test_benchmark_scales_with_expert_and_random_and_writes_records(tmp_path):
+    from envs.records import read_records
+
+    benchmark = load_script()
+    path = tmp_path / "results" / "b.jsonl"
+    rows = benchmark.main(benchmark.Args(maze="umaze", episodes=2, expert=True, random=True, record=str(path)))
+    records = read_records(path)
+    assert [(r["method"], r["env_id"]) for r in records] == [(r["method"], r["task"]) for r in rows]
+    assert {r["method"] for r in records} == {"expert (waypoints + PD)", "random"} and len(records) == 4
+    assert all(r["table"] == "maze2d-umaze" and r["episodes"]["seeds"] == [0, 1] for r in records)
+    expert, random = records[0]["metrics"], records[1]["metrics"]
+    assert expert["success_rate"] == 1.0 and expert["normalized_score"] > random["normalized_score"] + 50
