@@ -49,6 +49,9 @@ class PlannerConfig:
     """goal-state guidance: weight of the force of planned steps near the goal"""
     stay_radius: float = 1.0
     """goal-state guidance: distance scale of the gate exp(-(d / radius)^2) that turns the stay terms on"""
+    stay_near_goal_only: bool = False
+    """apply the stay terms only to plans that start within ``near_goal_radius`` of the goal, so that they never
+    slow the way there"""
     near_goal_guidance_scale: float | None = None
     """guidance scale for plans that start within ``near_goal_radius`` of the goal (None: ``guidance_scale``).
     Strong guidance far from the goal can pull a plan through walls, near it there is no wall to cross: a
@@ -244,9 +247,13 @@ class Agent:
             matrix = validate_schedule(schedule, num_tokens, steps)
         levels = to_noise_levels(matrix, steps, self.schedule.num_levels)
         scale = p.guidance_scale if guidance_scale is None else guidance_scale
+        near = np.linalg.norm(obs[:, :2] - goal, axis=-1) <= p.near_goal_radius
         if p.near_goal_guidance_scale is not None:
-            near = np.linalg.norm(obs[:, :2] - goal, axis=-1) <= p.near_goal_radius
             scale = np.where(near, p.near_goal_guidance_scale, scale).astype(np.float32)
+        velocity_weight, action_weight = p.stay_velocity_weight, p.stay_action_weight
+        if p.stay_near_goal_only:
+            velocity_weight = torch.as_tensor(np.where(near, velocity_weight, 0.0), dtype=torch.float32)
+            action_weight = torch.as_tensor(np.where(near, action_weight, 0.0), dtype=torch.float32)
         device = self.device
         step_mask = (torch.arange(num_tokens * frame_stack, device=device) < horizon).float()[None].expand(len(obs), -1)
         cost = None
@@ -255,8 +262,8 @@ class Agent:
                 self.tokenizer,
                 torch.as_tensor(goal, device=device),
                 step_mask,
-                velocity_weight=p.stay_velocity_weight,
-                action_weight=p.stay_action_weight,
+                velocity_weight=velocity_weight,
+                action_weight=action_weight,
                 stay_radius=p.stay_radius,
             )
         action_mask = torch.as_tensor(self.tokenizer.action_mask(), device=device) if p.guide_actions_only else None

@@ -4,6 +4,7 @@ returns one cost per plan (lower is better); the sampler differentiates it throu
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from df_agent.tokens import Tokenizer
@@ -35,11 +36,14 @@ def goal_state_cost(
     redrawn on arrival), so the distance alone makes a plan pass through it; the gated terms ask the steps that are
     already close to stop there, without slowing the way there (an ungated speed cost would) and without pushing a
     step away from the goal to open the gate. With both weights 0 this is ``goal_distance_cost``.
-    positions, velocities, actions (B, L, 2); goal (B, 2); step_mask (B, L).
+    positions, velocities, actions (B, L, 2); goal (B, 2); step_mask (B, L); the weights are numbers or one per
+    plan (B,).
     """
     distance = torch.linalg.vector_norm(positions - goal[:, None, :], dim=-1)
     per_step = distance
-    if velocity_weight or action_weight:
+    velocity_weight = torch.as_tensor(velocity_weight, dtype=distance.dtype, device=distance.device).reshape(-1, 1)
+    action_weight = torch.as_tensor(action_weight, dtype=distance.dtype, device=distance.device).reshape(-1, 1)
+    if bool((velocity_weight != 0).any() or (action_weight != 0).any()):
         gate = torch.exp(-((distance.detach() / stay_radius) ** 2))
         speed = torch.linalg.vector_norm(velocities, dim=-1)
         force = torch.linalg.vector_norm(actions, dim=-1)
@@ -69,7 +73,7 @@ class GoalCost:
         action_weight: float = 0.0,
         stay_radius: float = 1.0,
     ):
-        if velocity_weight < 0 or action_weight < 0 or stay_radius <= 0:
+        if np.any(np.asarray(velocity_weight) < 0) or np.any(np.asarray(action_weight) < 0) or stay_radius <= 0:
             raise ValueError(
                 f"velocity_weight and action_weight must be >= 0 and stay_radius > 0, got {velocity_weight}, "
                 f"{action_weight}, {stay_radius}"
@@ -85,20 +89,27 @@ class GoalCost:
         steps = self.tokenizer.decode(tokens)
         observations = steps["next_observations"]
         goal, mask = self.goal, self.step_mask
+        velocity_weight, action_weight = self.velocity_weight, self.action_weight
         if len(tokens) != len(goal):  # Monte Carlo Guidance stacks several futures per plan
             repeats = len(tokens) // len(goal)
             goal = goal.repeat(repeats, 1)
             mask = mask.repeat(repeats, 1) if mask is not None else None
+            velocity_weight, action_weight = _repeat(velocity_weight, repeats), _repeat(action_weight, repeats)
         return goal_state_cost(
             observations[..., :2],
             observations[..., 2:4],
             steps["actions"],
             goal,
             None if mask is None else mask[:, : observations.shape[1]],
-            self.velocity_weight,
-            self.action_weight,
+            velocity_weight,
+            action_weight,
             self.stay_radius,
         )
+
+
+def _repeat(weight, repeats: int):
+    """A per-plan weight (B,) repeated for the stacked MCG futures; a plain number as it is."""
+    return weight.repeat(repeats) if isinstance(weight, torch.Tensor) and weight.dim() > 0 else weight
 
 
 class RewardCost:

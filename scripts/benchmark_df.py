@@ -71,6 +71,8 @@ class Args:
     """guidance scales near the goal of the evaluation grid (PlannerConfig.near_goal_guidance_scale; 0: off)"""
     near_goal_radius: float = 1.0
     """PlannerConfig.near_goal_radius"""
+    stay_near_goal_only: bool = False
+    """PlannerConfig.stay_near_goal_only"""
     shrink_horizon: tuple[bool, ...] = (True,)
     """PlannerConfig.shrink_horizon values of the evaluation grid"""
     record: str | None = "results/df_planner_grid.jsonl"
@@ -137,6 +139,7 @@ def main(args: Args) -> None:
             stay_radius=args.stay_radius[0],
             near_goal_guidance_scale=args.near_goal_scales[0] or None,
             near_goal_radius=args.near_goal_radius,
+            stay_near_goal_only=args.stay_near_goal_only,
             shrink_horizon=args.shrink_horizon[0],
             horizon_tokens=args.horizon_tokens[0],
             replan_every=args.replan_every[0],
@@ -187,6 +190,7 @@ def main(args: Args) -> None:
                     stay_radius=radius,
                     near_goal_guidance_scale=near or None,
                     near_goal_radius=args.near_goal_radius,
+                    stay_near_goal_only=args.stay_near_goal_only,
                     horizon_tokens=horizon,
                     replan_every=every,
                     shrink_horizon=shrink,
