@@ -267,3 +267,31 @@ def test_the_agent_executes_its_plan_in_order_and_replans_on_time(trained, monke
     obs = {"observation": np.zeros((2, 4), np.float32), "desired_goal": np.ones((2, 2), np.float32)}
     agent.predict(obs, episode_start=np.array([False, True]))
     assert calls == [(1, 20)] and list(agent._elapsed) == [4, 1]
+
+
+def test_the_pretrained_agent_acts_in_a_gymnasium_loop_right_after_install():
+    agent = Agent.from_pretrained("maze2d-umaze-multi", ddim_steps=4, mcg_samples=1)  # the umaze agent
+    assert agent.planner.episode_length == 300 and agent.planner.ddim_steps == 4
+    env = gym.make("maze2d-umaze-v1")
+    obs, _ = env.reset(seed=0)
+    agent.reset()
+    start = np.linalg.norm(obs["achieved_goal"] - obs["desired_goal"])
+    for _ in range(60):
+        action = agent.act(obs)
+        assert action.shape == (2,) and np.all(np.abs(action) <= 1)
+        obs, *_ = env.step(action)
+    # a trained planner makes progress toward the goal within 60 steps (the expert needs about 73 to arrive)
+    assert np.linalg.norm(obs["achieved_goal"] - obs["desired_goal"]) < start - 0.3
+
+
+def test_from_pretrained_errors_name_the_command_that_recreates_the_agent(monkeypatch, tmp_path):
+    import df_agent.agent as agent_module
+
+    with pytest.raises(ValueError, match="unknown"):
+        Agent.from_pretrained("maze2d-giant")
+    monkeypatch.setattr(agent_module, "PRETRAINED_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"python scripts/df_maze2d.py --env maze2d-large"):
+        Agent.from_pretrained("maze2d-large")
+    (tmp_path / "maze2d-large.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt"):
+        Agent.from_pretrained("maze2d-large")
