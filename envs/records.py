@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from importlib import metadata
@@ -81,7 +82,7 @@ def make_record(method: str, result: EvalResult, settings: dict | None = None, *
         },
         "seconds": result.seconds,
         "settings": settings or {},
-        "command": " ".join([Path(sys.argv[0]).name if sys.argv[0] else "python", *sys.argv[1:]]),
+        "command": shlex.join(["python", _script_path(), *sys.argv[1:]]),
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -110,6 +111,15 @@ def read_records(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}:{number} is not a JSON record ({error}); remove or re-run that line") from None
     return records
+
+
+def _script_path() -> str:
+    """The running script as a user would type it: relative to the working folder when inside it."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+    try:
+        return str(script.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def _to_json(value):

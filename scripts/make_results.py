@@ -55,8 +55,13 @@ def describe_settings(record: dict) -> str:
         f"MCG {s.get('mcg_samples', 1)}",
         f"DDIM {s.get('ddim_steps')}",
     ]
+    if s.get("near_goal_guidance_scale"):
+        parts.append(f"near-goal {s['near_goal_guidance_scale']:g} within {s.get('near_goal_radius', 1.0):g}")
     if s.get("stay_velocity_weight") or s.get("stay_action_weight"):
-        parts.append(f"stay v {s.get('stay_velocity_weight', 0):g} a {s.get('stay_action_weight', 0):g}")
+        where = " near goal only" if s.get("stay_near_goal_only") else ""
+        parts.append(f"stay v {s.get('stay_velocity_weight', 0):g} a {s.get('stay_action_weight', 0):g}{where}")
+    if s.get("shrink_horizon") is False:
+        parts.append("horizon kept past the episode's end")
     if s.get("goal_hold_radius"):
         parts.append(f"hold {s['goal_hold_radius']:g}")
     return ", ".join(parts)
