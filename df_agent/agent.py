@@ -88,6 +88,7 @@ class Plan:
     observations: np.ndarray  # (B, H, obs_dim) predicted next observations
     level_history: np.ndarray  # (rows, T) noise level of each token after each sampling row
     tokens: np.ndarray  # (B, T, token_dim) normalized clean tokens
+    row_positions: np.ndarray | None = None  # (rows, B, H, 2) predicted positions of each row's clean estimate
 
 
 class Agent:
@@ -226,6 +227,7 @@ class Agent:
         mcg_samples: int | None = None,
         guidance_scale: float | None = None,
         ddim_steps: int | None = None,
+        return_history: bool = False,
     ) -> Plan:
         """Plan ``horizon`` steps (rounded up to whole tokens) from observations toward goals.
 
@@ -281,7 +283,12 @@ class Agent:
             eta=p.ddim_eta,
             generator=self.generator,
             gradient_mask=action_mask,
+            return_history=return_history,
         )
+        row_positions = None
+        if result.history is not None:
+            rows = torch.stack(result.history).cpu().numpy()
+            row_positions = self.tokenizer.decode(rows)["next_observations"][:, :, :horizon, :2]
         decoded = self.tokenizer.decode(result.tokens.cpu().numpy())
         next_obs = decoded["next_observations"][:, :horizon]
         return Plan(
@@ -290,6 +297,7 @@ class Agent:
             observations=next_obs,
             level_history=levels,
             tokens=result.tokens.cpu().numpy(),
+            row_positions=row_positions,
         )
 
     # --- acting ---

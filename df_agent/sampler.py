@@ -31,6 +31,7 @@ from df_agent.model import DiffusionForcingModel
 class SampleResult:
     tokens: torch.Tensor  # (B, T, D) clean tokens
     levels: np.ndarray  # (rows, T) noise level of every token after each row
+    history: list[torch.Tensor] | None = None  # per row, the (B, T, D) clean-token estimates (with return_history)
 
 
 def _model_x0(model, schedule, z, tokens, levels, prediction):
@@ -84,12 +85,14 @@ def sample(
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     gradient_mask: torch.Tensor | None = None,
+    return_history: bool = False,
 ) -> SampleResult:
     """Generate tokens from initial latents ``z0`` (B, latent) following ``level_matrix`` (rows, T) of noise levels.
 
     Row 0 of the matrix is where every token starts (usually level K: white noise), the last row must be all 0.
     ``guidance_scale`` is one number or one per plan (B,). ``gradient_mask`` (token_dim,), if given, keeps the
-    guidance step to the token dimensions where it is nonzero (e.g. the actions' only).
+    guidance step to the token dimensions where it is nonzero (e.g. the actions' only). ``return_history`` keeps
+    every row's clean-token estimates (the plan as it sharpens, for figures).
     """
     if mcg_samples < 1:
         raise ValueError(f"mcg_samples must be at least 1, got {mcg_samples}")
@@ -106,6 +109,7 @@ def sample(
     x = schedule.add_noise(torch.zeros_like(x), levels_all[0].expand(batch, -1), x)
     cached, z_cached = 0, z0  # z after the first `cached` tokens, which are final
     guided = bool((scale > 0).any()) and cost is not None
+    history = [] if return_history else None
     scale = scale.expand(z0.shape[0])[:, None, None]
     model.eval()
     for m in range(len(level_matrix) - 1):
@@ -143,5 +147,7 @@ def sample(
                 gradient = gradient * gradient_mask
             weight = schedule.guidance_weight(lv, nlv).to(gradient.dtype)
             stepped = stepped - scale * gradient * weight[None, :, None]
+        if history is not None:
+            history.append(torch.cat([x[:, :cached], x0], dim=1).detach())
         x = torch.cat([x[:, :cached], stepped.detach()], dim=1)
-    return SampleResult(tokens=x, levels=level_matrix)
+    return SampleResult(tokens=x, levels=level_matrix, history=history)
