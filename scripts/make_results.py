@@ -173,9 +173,9 @@ def main(args: Args) -> str:
         lines += [
             "## Plans drawn over the maze",
             "",
-            "Made by `python scripts/plot_plan.py --env maze2d-<maze>` with the packaged agent on test episode 0: the",
-            "clean estimate of the plan after several rows of the pyramid (far tokens still noisy, near ones clean), the",
-            "final plan, and the episode the agent then executed with its own actions.",
+            "Made by `python scripts/plot_plan.py --env maze2d-<maze>` with the packaged agent on test episode 0:",
+            "the clean estimate of the plan after several rows of the pyramid (far tokens still noisy, near ones",
+            "clean), the final plan, and the episode the agent then executed with its own actions.",
             "",
             *[f"![plan]({Path(args.figures) / plan.name})" for plan in plans],
             "",
