@@ -295,3 +295,23 @@ def test_from_pretrained_errors_name_the_command_that_recreates_the_agent(monkey
     (tmp_path / "maze2d-large.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="corrupt"):
         Agent.from_pretrained("maze2d-large")
+
+
+def test_plot_plan_draws_the_rows_of_the_schedule_and_the_episode(trained, tmp_path):
+    import importlib.util
+    import pathlib
+    import sys
+
+    agent = Agent.from_trainer(trained, planner(horizon_tokens=3, ddim_steps=2, mcg_samples=1))
+    plan = agent.plan(np.zeros(4, np.float32), goal=np.ones(2, np.float32), return_history=True)
+    rows = len(plan.level_history) - 1  # one clean estimate per sampling row
+    assert plan.row_positions.shape == (rows, 1, 15, 2)
+    np.testing.assert_allclose(plan.row_positions[-1], plan.positions, atol=1e-5)  # the last row's estimate is the plan
+    path = agent.save(tmp_path / "agent.pt")
+    script_path = pathlib.Path(__file__).parents[1] / "scripts" / "plot_plan.py"
+    spec = importlib.util.spec_from_file_location("plot_plan", script_path)
+    script = importlib.util.module_from_spec(spec)
+    sys.modules["plot_plan"] = script
+    spec.loader.exec_module(script)
+    out = script.main(script.Args(env="maze2d-umaze", checkpoint=str(path), output=str(tmp_path / "plan.png")))
+    assert out.stat().st_size > 10_000
