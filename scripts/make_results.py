@@ -31,9 +31,13 @@ class Args:
     """folder of the PNG figures (written beside RESULTS.md's links)"""
 
 
+# Files whose tables come first in RESULTS.md: the headline, the other methods, the ablations; then the rest by name.
+FILE_ORDER = {"df.jsonl": 0, "benchmark.jsonl": 1, "ablations.jsonl": 2}
+
+
 def load_all(pattern: str) -> list[dict]:
     records = []
-    for path in sorted(glob.glob(pattern)):
+    for path in sorted(glob.glob(pattern), key=lambda p: (FILE_ORDER.get(Path(p).name, len(FILE_ORDER)), p)):
         for record in read_records(path):
             record.setdefault("source", Path(path).name)
             records.append(record)
