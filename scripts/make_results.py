@@ -136,6 +136,14 @@ def time_to_goal_figure(records: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+TABLE_ORDER = ("Diffusion Forcing", "maze2d-", "Ablations", "Planner grid", "Probes")
+
+
+def _table_rank(name: str) -> int:
+    """Headline first, then the methods per maze, ablations, grids, probes, anything else (stable within a rank)."""
+    return next((rank for rank, prefix in enumerate(TABLE_ORDER) if name.startswith(prefix)), len(TABLE_ORDER))
+
+
 def main(args: Args) -> str:
     records = load_all(args.records)
     if not records:
@@ -156,7 +164,7 @@ def main(args: Args) -> str:
         "never). Each record's command, settings, machine and per-episode arrays are in its JSON line.",
         "",
     ]
-    for index, (name, group) in enumerate(groups.items()):
+    for index, (name, group) in enumerate(sorted(groups.items(), key=lambda item: _table_rank(item[0]))):
         lines += [f"## {name}", "", table(group)]
         notes = [r["note"] for r in group if r.get("note")]
         lines += [f"- {note}" for note in dict.fromkeys(notes)]
