@@ -77,7 +77,7 @@ def main(args: Args) -> Path:
     ax.plot(*plan.positions[0].T, "-", lw=1.5, color="crimson", label="final plan")
     ax.plot(*goal, "*", ms=16, color="gold", mec="k", label="goal")
     ax.plot(*trajectory[0], "o", ms=7, color="white", mec="k", label="start")
-    ax.set_title("pyramid rows: the plan's clean estimate as it sharpens", fontsize=9)
+    ax.set_title(f"{agent.planner.schedule} schedule: the plan's clean estimate, row by row", fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
     ax = axes[1]
     draw_maze(ax, maze)
