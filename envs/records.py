@@ -66,9 +66,11 @@ def machine() -> dict:
     return info
 
 
-def make_record(method: str, result: EvalResult, settings: dict | None = None, **extra) -> dict:
-    """One evaluation as a JSON-ready dict."""
-    return {
+def make_record(
+    method: str, result: EvalResult, settings: dict | None = None, table: str | None = None, **extra
+) -> dict:
+    """One evaluation as a JSON-ready dict; ``table`` (the RESULTS.md table it belongs to) is kept only when given."""
+    record = {
         "method": method,
         "env_id": result.env_id,
         "metrics": result.metrics(),
@@ -88,6 +90,9 @@ def make_record(method: str, result: EvalResult, settings: dict | None = None, *
         "machine": machine(),
         **extra,
     }
+    if table:
+        record["table"] = table
+    return record
 
 
 def append_record(path: str | os.PathLike, record: dict) -> Path:

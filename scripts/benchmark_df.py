@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -87,6 +88,43 @@ class Args:
     """also evaluate the planner grid on the multi-goal task"""
 
 
+def grid_planners(args: Args, episode_length: int) -> Iterator[PlannerConfig]:
+    """Every planner setting of the evaluation grid (the product of the grid flags), in flag order."""
+    grid = itertools.product(
+        args.guidance_scales,
+        args.mcg_samples,
+        args.ddim_steps,
+        args.horizon_tokens,
+        args.replan_every,
+        args.goal_hold_radius,
+        args.schedules,
+        args.stay_velocity_weights,
+        args.stay_action_weights,
+        args.stay_radius,
+        args.near_goal_scales,
+        args.shrink_horizon,
+    )
+    for scale, mcg, steps, horizon, every, hold, schedule, velocity, action, radius, near, shrink in grid:
+        yield PlannerConfig(
+            ddim_steps=steps,
+            schedule=schedule,
+            guidance_scale=scale,
+            mcg_samples=mcg,
+            stay_velocity_weight=velocity,
+            stay_action_weight=action,
+            stay_radius=radius,
+            near_goal_guidance_scale=near or None,
+            near_goal_radius=args.near_goal_radius,
+            stay_near_goal_only=args.stay_near_goal_only,
+            horizon_tokens=horizon,
+            replan_every=every,
+            shrink_horizon=shrink,
+            goal_hold_radius=hold,
+            episode_length=episode_length,
+            seed=args.seed,
+        )
+
+
 def main(args: Args) -> None:
     task = envs.get_task(args.env)
     if args.checkpoint:
@@ -129,23 +167,7 @@ def main(args: Args) -> None:
         )
 
     if args.checkpoint and args.act_steps:
-        agent.planner = PlannerConfig(  # the first value of each grid
-            ddim_steps=args.ddim_steps[0],
-            schedule=args.schedules[0],
-            guidance_scale=args.guidance_scales[0],
-            mcg_samples=args.mcg_samples[0],
-            stay_velocity_weight=args.stay_velocity_weights[0],
-            stay_action_weight=args.stay_action_weights[0],
-            stay_radius=args.stay_radius[0],
-            near_goal_guidance_scale=args.near_goal_scales[0] or None,
-            near_goal_radius=args.near_goal_radius,
-            stay_near_goal_only=args.stay_near_goal_only,
-            shrink_horizon=args.shrink_horizon[0],
-            horizon_tokens=args.horizon_tokens[0],
-            replan_every=args.replan_every[0],
-            episode_length=task.max_episode_steps,
-            seed=args.seed,
-        )
+        agent.planner = next(grid_planners(args, task.max_episode_steps))  # the first value of each grid
         env = envs.make(task.env_id)
         obs, _ = env.reset(seed=args.seed)
         agent.reset()
@@ -165,52 +187,22 @@ def main(args: Args) -> None:
     if args.checkpoint and args.eval_episodes:
         multi = [envs.resolve_env_id(f"maze2d-{task.maze}-multi")] if args.eval_multi else []
         for env_id in [envs.resolve_env_id(f"maze2d-{task.maze}"), *multi]:
-            grid = itertools.product(
-                args.guidance_scales,
-                args.mcg_samples,
-                args.ddim_steps,
-                args.horizon_tokens,
-                args.replan_every,
-                args.goal_hold_radius,
-                args.schedules,
-                args.stay_velocity_weights,
-                args.stay_action_weights,
-                args.stay_radius,
-                args.near_goal_scales,
-                args.shrink_horizon,
-            )
-            for scale, mcg, steps, horizon, every, hold, schedule, velocity, action, radius, near, shrink in grid:
-                agent.planner = PlannerConfig(
-                    ddim_steps=steps,
-                    schedule=schedule,
-                    guidance_scale=scale,
-                    mcg_samples=mcg,
-                    stay_velocity_weight=velocity,
-                    stay_action_weight=action,
-                    stay_radius=radius,
-                    near_goal_guidance_scale=near or None,
-                    near_goal_radius=args.near_goal_radius,
-                    stay_near_goal_only=args.stay_near_goal_only,
-                    horizon_tokens=horizon,
-                    replan_every=every,
-                    shrink_horizon=shrink,
-                    goal_hold_radius=hold,
-                    episode_length=envs.get_task(env_id).max_episode_steps,
-                    seed=args.seed,
-                )
+            for planner in grid_planners(args, envs.get_task(env_id).max_episode_steps):
+                agent.planner = planner
                 agent.generator.manual_seed(args.seed)
                 result = evaluate(agent, env_id, num_episodes=args.eval_episodes, seed=args.seed, progress=False)
+                p = planner
                 print(
-                    f"{env_id} {schedule} scale {scale} mcg {mcg} ddim {steps} horizon {horizon} replan {every} "
-                    f"hold {hold} stay v {velocity} a {action} r {radius} near {near} shrink {shrink}: {result} "
-                    f"[{result.seconds:.0f} s]",
+                    f"{env_id} {p.schedule} scale {p.guidance_scale} mcg {p.mcg_samples} ddim {p.ddim_steps} horizon "
+                    f"{p.horizon_tokens} replan {p.replan_every} hold {p.goal_hold_radius} stay v "
+                    f"{p.stay_velocity_weight} a {p.stay_action_weight} r {p.stay_radius} near "
+                    f"{p.near_goal_guidance_scale or 0.0} shrink {p.shrink_horizon}: {result} [{result.seconds:.0f} s]",
                     flush=True,
                 )
                 if args.record:
-                    settings = {**asdict(agent.planner), "checkpoint": args.checkpoint}
-                    method = "Diffusion Forcing + goal hold" if hold else "Diffusion Forcing"
-                    extra = {"table": args.table} if args.table else {}
-                    append_record(args.record, make_record(method, result, settings, **extra))
+                    settings = {**asdict(planner), "checkpoint": args.checkpoint}
+                    method = "Diffusion Forcing + goal hold" if planner.goal_hold_radius else "Diffusion Forcing"
+                    append_record(args.record, make_record(method, result, settings, table=args.table))
 
 
 if __name__ == "__main__":

@@ -32,11 +32,6 @@ DEFAULT_WINDOW_TOKENS = {"umaze": 30, "medium": 60, "large": 60}
 # Goal guidance per maze, chosen on held-out episodes (README, "Choosing the planner"): 4 reaches the goal sooner on
 # umaze and medium; on large it failed to reach the goal in 37 of 100 test episodes, so large keeps 1.
 DEFAULT_GUIDANCE_SCALE = {"umaze": 4.0, "medium": 4.0, "large": 1.0}
-# Goal-state guidance (velocity weight, action weight) per maze, chosen on held-out episodes (README).
-DEFAULT_STAY_WEIGHTS = {"umaze": (0.0, 0.0), "medium": (0.0, 0.0), "large": (0.0, 0.0)}
-# Guidance scale once within --near-goal-radius of the goal (0: the maze's scale everywhere).
-DEFAULT_NEAR_GOAL_SCALE = {"umaze": 128.0, "medium": 128.0, "large": 128.0}
-DEFAULT_SHRINK_HORIZON = True
 # Scheduling matrix and Monte Carlo Guidance samples per maze, from the held-out grids (RESULTS.md): on umaze the
 # autoregressive matrix with plain guidance scored 129.6 +- 7.8 against the pyramid's 125.2 +- 9.2 (MCG 4) and
 # 115.3 +- 10.3 (MCG 1); on medium the pyramid scored higher (65.4 against 51.5, MCG 1).
@@ -113,18 +108,20 @@ class Args:
     """Monte Carlo Guidance futures per plan (default: per maze)"""
     no_mcg: bool = False
     """plain guidance (same as --mcg-samples 1)"""
-    stay_velocity_weight: float | None = None
-    """goal-state guidance: weight of the planned speed near the goal, so the plan stops there (0: off)"""
-    stay_action_weight: float | None = None
+    stay_velocity_weight: float = 0.0
+    """goal-state guidance: weight of the planned speed near the goal, so the plan stops there (0: off; measured
+    on held-out episodes, it slowed the way to the goal more than it helped staying)"""
+    stay_action_weight: float = 0.0
     """goal-state guidance: weight of the planned force near the goal (0: off)"""
     stay_radius: float = 1.0
     """goal-state guidance: distance scale of the gate exp(-(d / radius)^2) that turns the stay terms on"""
-    near_goal_guidance_scale: float | None = None
-    """guidance scale for plans that start within --near-goal-radius of the goal (default: per maze; 0: off)"""
+    near_goal_guidance_scale: float = 128.0
+    """guidance scale for plans that start within --near-goal-radius of the goal (0: the maze's scale everywhere;
+    128 chosen on umaze's held-out episodes)"""
     near_goal_radius: float = 1.0
     """distance to the goal within which --near-goal-guidance-scale applies"""
-    shrink_horizon: bool | None = None
-    """plan only to the episode's end, as the paper (default: per maze)"""
+    shrink_horizon: bool = True
+    """plan only to the episode's end, as the paper (planning past it scored lower on held-out episodes)"""
     horizon_tokens: int | None = 30
     """longest plan in tokens (None: to the episode's end, as in the paper; 30 scored better and plans 4x faster)"""
     replan_every: int = 1
@@ -153,9 +150,6 @@ class Args:
 
 
 def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
-    default_velocity, default_action = DEFAULT_STAY_WEIGHTS[task.maze]
-    near_scale = args.near_goal_guidance_scale
-    near_scale = DEFAULT_NEAR_GOAL_SCALE[task.maze] if near_scale is None else near_scale
     return PlannerConfig(
         ddim_steps=args.ddim_steps,
         schedule=DEFAULT_SCHEDULE[task.maze][0] if args.schedule is None else args.schedule,
@@ -164,12 +158,12 @@ def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
         mcg_samples=1
         if args.no_mcg
         else (DEFAULT_SCHEDULE[task.maze][1] if args.mcg_samples is None else args.mcg_samples),
-        stay_velocity_weight=default_velocity if args.stay_velocity_weight is None else args.stay_velocity_weight,
-        stay_action_weight=default_action if args.stay_action_weight is None else args.stay_action_weight,
+        stay_velocity_weight=args.stay_velocity_weight,
+        stay_action_weight=args.stay_action_weight,
         stay_radius=args.stay_radius,
-        near_goal_guidance_scale=near_scale or None,
+        near_goal_guidance_scale=args.near_goal_guidance_scale or None,
         near_goal_radius=args.near_goal_radius,
-        shrink_horizon=DEFAULT_SHRINK_HORIZON if args.shrink_horizon is None else args.shrink_horizon,
+        shrink_horizon=args.shrink_horizon,
         horizon_tokens=args.horizon_tokens,
         replan_every=args.replan_every,
         goal_hold_radius=args.goal_hold_radius,
@@ -282,8 +276,8 @@ def main(args: Args) -> dict:
         summary[env_id] = {**result.metrics(), "seconds": result.seconds}
         if args.record:
             settings = {**asdict(agent.planner), "checkpoint": args.checkpoint or str(run_dir / "agent.pt")}
-            extra = {"table": args.table} if args.table else {}
-            append_record(args.record, make_record("Diffusion Forcing", result, settings, train_steps=step, **extra))
+            record = make_record("Diffusion Forcing", result, settings, table=args.table, train_steps=step)
+            append_record(args.record, record)
     writer.close()
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
