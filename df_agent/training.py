@@ -52,25 +52,45 @@ class WindowSampler:
     """Random windows of ``num_steps`` consecutive steps from a dataset's continuous segments.
 
     ``observations``/``actions``/``next_observations``/``rewards`` are the flat arrays of ``envs.Transitions``;
-    ``segment_ids`` marks stretches where each row follows the previous one in time.
+    ``segment_ids`` marks stretches where each row follows the previous one in time. With ``device`` the arrays are
+    held there as tensors and windows are gathered there (on a GPU, gathering a batch on the CPU and copying it over
+    costs more than the training step); the windows drawn are the same either way, since ``rng`` picks them.
     """
 
-    def __init__(self, observations, actions, next_observations, rewards, segment_ids, num_steps: int):
-        self.observations = np.asarray(observations, dtype=np.float32)
-        self.actions = np.asarray(actions, dtype=np.float32)
-        self.next_observations = np.asarray(next_observations, dtype=np.float32)
-        self.rewards = np.asarray(rewards, dtype=np.float32)
+    def __init__(
+        self,
+        observations,
+        actions,
+        next_observations,
+        rewards,
+        segment_ids,
+        num_steps: int,
+        device: torch.device | str | None = None,
+    ):
         self.num_steps = num_steps
         self.starts = window_starts(segment_ids, num_steps)
+        self.device = torch.device(device) if device is not None else None
+        arrays = [np.asarray(a, dtype=np.float32) for a in (observations, actions, next_observations, rewards)]
+        if self.device is not None:
+            arrays = [torch.as_tensor(a, device=self.device) for a in arrays]
+            self._offsets = torch.arange(num_steps, device=self.device)
+        self.observations, self.actions, self.next_observations, self.rewards = arrays
 
     @classmethod
-    def from_transitions(cls, data, num_steps: int) -> WindowSampler:
+    def from_transitions(cls, data, num_steps: int, device: torch.device | str | None = None) -> WindowSampler:
         """Windows of an ``envs.datasets.Transitions``."""
-        return cls(data.observations, data.actions, data.next_observations, data.rewards, data.segment_ids, num_steps)
+        return cls(
+            data.observations, data.actions, data.next_observations, data.rewards, data.segment_ids, num_steps, device
+        )
 
-    def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def sample(self, batch_size: int, rng: np.random.Generator) -> dict:
+        """A batch of windows: numpy arrays, or tensors on ``device`` when the sampler has one."""
         starts = self.starts[rng.integers(len(self.starts), size=batch_size)]
-        rows = starts[:, None] + np.arange(self.num_steps)[None, :]
+        if self.device is None:
+            rows = starts[:, None] + np.arange(self.num_steps)[None, :]
+        else:
+            starts = torch.as_tensor(starts, device=self.device)
+            rows = starts[:, None] + self._offsets[None, :]
         return {
             "obs": self.observations[starts],
             "actions": self.actions[rows],
@@ -121,7 +141,7 @@ class Trainer:
         warm = min(1.0, (self.step + 1) / max(1, self.config.warmup_steps))
         return self.config.learning_rate * warm
 
-    def loss(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
+    def loss(self, batch: dict) -> torch.Tensor:
         """Algorithm 1 on one batch: noise every token to its own uniformly drawn level, predict, MSE."""
         device = self.device
         tokens = torch.as_tensor(
@@ -136,7 +156,7 @@ class Trainer:
         target = self.schedule.target(tokens, levels, noise, self.config.prediction)
         return torch.nn.functional.mse_loss(output, target)
 
-    def train_step(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+    def train_step(self, batch: dict) -> dict[str, float]:
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
@@ -194,9 +214,7 @@ class Trainer:
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.step = state["step"]
         trainer.rng.bit_generator.state = state["numpy_rng"]
-        trainer.generator.set_state(
-            state["torch_generator"].cpu() if trainer.device.type == "cpu" else state["torch_generator"]
-        )
+        trainer.generator.set_state(state["torch_generator"].cpu())  # a byte tensor on the host, for any device
         return trainer
 
 

@@ -193,8 +193,14 @@ def train(args: Args, task: envs.TaskSpec, writer: SummaryWriter, run_dir: Path,
         model_config = {"latent_dim": args.latent_dim, "width": args.width, "depth": args.depth}
         trainer = make_trainer(data, layout, model_config, config, device=device, seed=args.seed)
     config = trainer.config
-    sampler = WindowSampler.from_transitions(data, config.window_tokens * trainer.tokenizer.layout.frame_stack)
+    sampler = WindowSampler.from_transitions(
+        data, config.window_tokens * trainer.tokenizer.layout.frame_stack, device=trainer.device
+    )
     print(f"model: {trainer.model.num_parameters():,} parameters; {len(sampler.starts):,} training windows")
+    print(
+        f"device {trainer.device}; batch {config.batch_size} windows of {config.window_tokens} tokens; "
+        f"learning rate {config.learning_rate}"
+    )
     checkpoint_path = run_dir / "checkpoint.pt"
     start, last_log = time.perf_counter(), time.perf_counter()
     bar = tqdm(total=args.total_steps, initial=trainer.step, desc="train", unit="step")

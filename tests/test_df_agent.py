@@ -51,13 +51,30 @@ def test_training_lowers_the_loss(trained):
 def test_windows_never_cross_a_gap_between_runs(data):
     sampler = window_sampler(data)
     batch = sampler.sample(200, np.random.default_rng(0))
-    np.testing.assert_array_equal(batch["next_observations"][:, :-1], batch["next_observations"][:, :-1])
-    # each window is one continuous run: o_{t+1} of step t is the observation of step t + 1
+    # the batch is the rows picked by the same draws, each window one continuous run: o_{t+1} of step t is the
+    # observation of step t + 1, and the window's first observation is o_t of its first step
     starts = sampler.starts[np.random.default_rng(0).integers(len(sampler.starts), size=200)]
     rows = starts[:, None] + np.arange(40)
+    np.testing.assert_array_equal(batch["next_observations"], data.next_observations[rows])
     np.testing.assert_array_equal(data.observations[rows[:, 1:]], data.next_observations[rows[:, :-1]])
+    np.testing.assert_array_equal(batch["obs"], data.observations[starts])
     with pytest.raises(ValueError, match="shorter windows"):
         WindowSampler.from_transitions(data, 5000)
+
+
+def test_a_sampler_on_a_device_draws_the_same_windows_as_tensors(data):
+    on_host = window_sampler(data).sample(50, np.random.default_rng(4))
+    on_device = WindowSampler.from_transitions(data, 40, device="cpu").sample(50, np.random.default_rng(4))
+    for key, value in on_host.items():
+        assert isinstance(on_device[key], torch.Tensor) and on_device[key].dtype == torch.float32
+        np.testing.assert_array_equal(on_device[key].numpy(), value)
+    # the trainer takes either: the same batch gives the same loss
+    trainer = make_trainer(data, LAYOUT, MODEL, CONFIG, device="cpu", seed=0)
+    losses = []
+    for batch in (on_host, on_device):
+        trainer.generator.manual_seed(0)
+        losses.append(trainer.loss(batch).item())
+    assert losses[0] == losses[1]
 
 
 def test_checkpoints_resume_exactly(data, tmp_path):
