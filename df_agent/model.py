@@ -97,7 +97,10 @@ class DiffusionForcingModel(nn.Module):
         """
         embedding = self.level_embedding(levels)
         inputs = self.token_encoder(torch.cat([tokens, embedding], dim=-1))
-        latents, _ = self.dynamics(inputs, z_prev.unsqueeze(0).contiguous())
+        # The GRU runs in float32 even under mixed precision: autocast would hand cuDNN's RNN fp16 (not bf16)
+        # with no loss scaling; the recurrence is a small part of the cost.
+        with torch.autocast(inputs.device.type, enabled=False):
+            latents, _ = self.dynamics(inputs.float(), z_prev.float().unsqueeze(0).contiguous())
         prediction = self.observation_model(torch.cat([latents, embedding], dim=-1))
         return prediction, latents
 

@@ -5,8 +5,10 @@ that resume exactly.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -103,8 +105,27 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+class TrainingForward(torch.nn.Module):
+    """The training forward pass as one module call: z_0 from the observation, then the roll-out over the noisy
+    tokens. ``Trainer.loss`` goes through it so that a wrapper hooking ``forward`` (``DistributedDataParallel``)
+    sees every parameter of the model in one call."""
+
+    def __init__(self, model: DiffusionForcingModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, obs: torch.Tensor, noisy: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        output, _ = self.model(self.model.initial_latent(obs), noisy, levels)
+        return output
+
+
 class Trainer:
-    """Owns the model, its EMA copy, the optimizer and the step count; ``save``/``load`` resume exactly."""
+    """Owns the model, its EMA copy, the optimizer and the step count; ``save``/``load`` resume exactly.
+
+    Two settings are not part of checkpoints, since they concern the hardware rather than the experiment:
+    ``wrap`` (e.g. ``DistributedDataParallel``) and ``autocast_dtype`` (mixed precision of the training forward
+    pass).
+    """
 
     def __init__(
         self,
@@ -131,6 +152,22 @@ class Trainer:
         self.step = 0
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.forward_module: torch.nn.Module = TrainingForward(self.model)
+        """what ``loss`` calls: ``TrainingForward(model)``, or that module wrapped by ``wrap``"""
+        self.autocast_dtype: torch.dtype | None = None
+        """autocast the training forward pass to this dtype (e.g. ``torch.bfloat16``); None: float32 throughout.
+        The loss, the optimizer, the EMA and planning stay float32 either way."""
+
+    def wrap(self, wrapper: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
+        """Run the training forward pass through ``wrapper(forward_module)``, e.g.
+        ``trainer.wrap(lambda m: DistributedDataParallel(m))``. The parameters, the optimizer, the EMA and the
+        checkpoints stay those of the unwrapped ``model``, so checkpoints load without the wrapper."""
+        self.forward_module = wrapper(self.forward_module)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the streams that draw windows (``rng``) and noise (``generator``) from ``seed``."""
+        self.rng = np.random.default_rng(seed)
+        self.generator.manual_seed(seed)
 
     @property
     def sampling_model(self) -> DiffusionForcingModel:
@@ -151,13 +188,18 @@ class Trainer:
         levels = torch.randint(0, self.config.num_levels + 1, tokens.shape[:2], device=device, generator=self.generator)
         noise = torch.randn(tokens.shape, device=device, generator=self.generator)
         noisy = self.schedule.add_noise(tokens, levels, noise)
-        z0 = self.model.initial_latent(obs)
-        output, _ = self.model(z0, noisy, levels)
+        autocast = (
+            torch.autocast(device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            output = self.forward_module(obs, noisy, levels)
         target = self.schedule.target(tokens, levels, noise, self.config.prediction)
-        return torch.nn.functional.mse_loss(output, target)
+        return torch.nn.functional.mse_loss(output.float(), target)
 
     def train_step(self, batch: dict) -> dict[str, float]:
-        self.model.train()
+        self.forward_module.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
         loss = self.loss(batch)

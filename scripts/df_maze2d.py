@@ -7,15 +7,21 @@ Carlo Guidance, evaluated on the single-goal and the multi-goal task with the sh
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import tyro
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
@@ -54,6 +60,11 @@ class Args:
     """torch CPU threads (default: torch's choice, all cores)"""
     dataset_source: str = "auto"
     """'auto' (the public Minari dataset if on disk, else the local one, generated on first use), 'public', 'local'"""
+    preset: Literal["paper"] | None = None
+    """a configuration for users with a GPU, set in the fields left at their defaults (a flag given with another
+    value wins). 'paper': the paper's maze2d setting (Appendix D): latent 128, width 384, depth 4 (4.1M parameters;
+    the paper's model has about 4.33M), batch 4096 windows in all (the authors' code; split evenly over the torchrun
+    processes), learning rate 2e-4, 120,000 steps, 50 DDIM steps. Windows keep the paper's 300 / 600 steps"""
 
     # model and tokens
     frame_stack: int = 10
@@ -93,7 +104,13 @@ class Args:
     checkpoint_every: int = 2000
     """steps between checkpoints (written atomically; resume with --resume)"""
     resume: str | None = None
-    """training checkpoint to continue from"""
+    """training checkpoint to continue from (under torchrun every process loads it; see train())"""
+    mixed_precision: bool = True
+    """bf16 autocast of the training forward pass on a GPU that supports it (never on CPU); the loss, the optimizer,
+    the EMA and planning (guidance gradients included) stay float32"""
+    print_weight_checksums: bool = False
+    """debug: every process prints checksums of its batch's windows and of its weights and EMA weights after each
+    step (under torchrun the weights must agree and the windows differ; tests/test_distributed.py compares them)"""
 
     # planning and evaluation
     schedule: str | None = None
@@ -149,6 +166,35 @@ class Args:
     """RESULTS.md table of those records"""
 
 
+PRESETS = {
+    "paper": {
+        "latent_dim": 128,
+        "width": 384,
+        "depth": 4,
+        "batch_size": 4096,
+        "learning_rate": 2e-4,
+        "total_steps": 120_000,
+        "ddim_steps": 50,
+    },
+}
+
+
+def apply_preset(args: Args, world_size: int = 1) -> Args:
+    """``args`` with ``args.preset``'s values in the fields still at their defaults. The preset's batch is the global
+    batch: each of ``world_size`` processes takes an equal share."""
+    if args.preset is None:
+        return args
+    if args.preset not in PRESETS:
+        raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
+    defaults = Args()
+    values = {k: v for k, v in PRESETS[args.preset].items() if getattr(args, k) == getattr(defaults, k)}
+    if "batch_size" in values:
+        if values["batch_size"] % world_size:
+            raise ValueError(f"the preset's batch of {values['batch_size']} does not split over {world_size} processes")
+        values["batch_size"] //= world_size
+    return dataclasses.replace(args, **values)
+
+
 def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
     return PlannerConfig(
         ddim_steps=args.ddim_steps,
@@ -172,13 +218,54 @@ def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
     )
 
 
-def train(args: Args, task: envs.TaskSpec, writer: SummaryWriter, run_dir: Path, device: torch.device) -> Trainer:
-    data = load_transitions(task.env_id, source=args.dataset_source)
+def weight_checksum(module: torch.nn.Module) -> str:
+    """A short hash of a module's weights, bit for bit."""
+    digest = hashlib.sha256()
+    for tensor in module.state_dict().values():
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def from_rank_zero(flag: bool, device: torch.device) -> bool:
+    """Rank 0's ``flag`` on every rank, for a decision all ranks must take together (e.g. stopping)."""
+    if not dist.is_initialized():
+        return flag
+    tensor = torch.tensor([float(flag)], device=device)
+    dist.broadcast(tensor, src=0)
+    return bool(tensor.item())
+
+
+def mean_over_ranks(value: float, device: torch.device) -> float:
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value], device=device)
+    dist.all_reduce(tensor)
+    return tensor.item() / dist.get_world_size()
+
+
+def train(
+    args: Args, task: envs.TaskSpec, writer: SummaryWriter | None, run_dir: Path, device: torch.device
+) -> Trainer:
+    """Train on one process, or on each of torchrun's processes when main() has joined them in a process group.
+
+    Data parallel (``torchrun --nproc_per_node N scripts/df_maze2d.py ...``): every rank holds the same weights and
+    draws its own batch of ``batch_size`` windows (the global batch is ``batch_size`` x N; the learning rate is not
+    rescaled); DistributedDataParallel averages the gradients, so the optimizer steps and the EMA stay identical
+    across ranks. Rank r draws windows and noise from seeds derived from (seed, r, first step), so a resumed run
+    does not replay the draws it made before its checkpoint; rank 0 alone logs, prints and writes checkpoints
+    (``writer`` is None on the other ranks). ``--resume``: every rank loads the same checkpoint (weights, EMA,
+    optimizer, step); the random streams saved in it are rank 0's, used as they are by a single-process resume
+    (which continues exactly) and replaced by the per-rank seeds above in a distributed one.
+    """
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    main_process = rank == 0
+    data = load_transitions(task.env_id, source=args.dataset_source, progress=main_process)
     layout = TokenLayout(frame_stack=args.frame_stack, use_reward=args.use_reward)
     window = args.window_tokens or DEFAULT_WINDOW_TOKENS[task.maze]
     if args.resume:
         trainer = Trainer.load(args.resume, device=device)
-        print(f"resumed from {args.resume} at step {trainer.step}")
+        if main_process:
+            print(f"resumed from {args.resume} at step {trainer.step}")
     else:
         config = TrainConfig(
             window_tokens=window,
@@ -192,52 +279,85 @@ def train(args: Args, task: envs.TaskSpec, writer: SummaryWriter, run_dir: Path,
         )
         model_config = {"latent_dim": args.latent_dim, "width": args.width, "depth": args.depth}
         trainer = make_trainer(data, layout, model_config, config, device=device, seed=args.seed)
+    if world_size > 1:
+        trainer.reseed(int(np.random.SeedSequence([args.seed, rank, trainer.step]).generate_state(1)[0]))
+        device_ids = [trainer.device.index] if trainer.device.type == "cuda" else None
+        trainer.wrap(lambda module: DistributedDataParallel(module, device_ids=device_ids))
+    if args.mixed_precision and trainer.device.type == "cuda" and torch.cuda.is_bf16_supported():
+        trainer.autocast_dtype = torch.bfloat16
     config = trainer.config
     sampler = WindowSampler.from_transitions(
         data, config.window_tokens * trainer.tokenizer.layout.frame_stack, device=trainer.device
     )
-    print(f"model: {trainer.model.num_parameters():,} parameters; {len(sampler.starts):,} training windows")
-    print(
-        f"device {trainer.device}; batch {config.batch_size} windows of {config.window_tokens} tokens; "
-        f"learning rate {config.learning_rate}"
+    global_batch = config.batch_size * world_size
+    setup = (
+        f"device {trainer.device} x {world_size} process{'es' if world_size > 1 else ''}; "
+        f"batch {config.batch_size} windows per process x {world_size} = {global_batch} windows (global) "
+        f"of {config.window_tokens} tokens; learning rate {config.learning_rate}; "
+        f"forward pass in {str(trainer.autocast_dtype or torch.float32).removeprefix('torch.')}"
     )
+    if main_process:
+        print(f"model: {trainer.model.num_parameters():,} parameters; {len(sampler.starts):,} training windows")
+        print(setup)
+        writer.add_text("training", setup)
     checkpoint_path = run_dir / "checkpoint.pt"
     start, last_log = time.perf_counter(), time.perf_counter()
-    bar = tqdm(total=args.total_steps, initial=trainer.step, desc="train", unit="step")
+    bar = tqdm(total=args.total_steps, initial=trainer.step, desc="train", unit="step", disable=not main_process)
     while trainer.step < args.total_steps:
-        metrics = trainer.train_step(sampler.sample(config.batch_size, trainer.rng))
+        batch = sampler.sample(config.batch_size, trainer.rng)
+        metrics = trainer.train_step(batch)
+        if args.print_weight_checksums:
+            windows = hashlib.sha256(torch.as_tensor(batch["obs"]).cpu().numpy().tobytes()).hexdigest()[:16]
+            ema = weight_checksum(trainer.ema_model) if trainer.ema_model is not None else None
+            line = (
+                f"rank {rank} step {trainer.step} windows {windows} weights {weight_checksum(trainer.model)} ema {ema}"
+            )
+            print(line + "\n", end="", flush=True)  # one write: the ranks share stdout, unbuffered under -u
         bar.update(1)
         if trainer.step % args.log_every == 0:
+            loss = mean_over_ranks(metrics["loss"], trainer.device)  # the global batch's loss
             now = time.perf_counter()
             steps_per_second = args.log_every / (now - last_log)
             last_log = now
-            writer.add_scalar("losses/loss", metrics["loss"], trainer.step)
-            writer.add_scalar("losses/grad_norm", metrics["grad_norm"], trainer.step)
-            writer.add_scalar("charts/learning_rate", metrics["learning_rate"], trainer.step)
-            writer.add_scalar("charts/SPS", steps_per_second, trainer.step)
-            writer.add_scalar(
-                "charts/tokens_per_second", steps_per_second * config.batch_size * config.window_tokens, trainer.step
-            )
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-        if trainer.step % args.checkpoint_every == 0:
+            if main_process:
+                writer.add_scalar("losses/loss", loss, trainer.step)
+                writer.add_scalar("losses/grad_norm", metrics["grad_norm"], trainer.step)
+                writer.add_scalar("charts/learning_rate", metrics["learning_rate"], trainer.step)
+                writer.add_scalar("charts/SPS", steps_per_second, trainer.step)
+                writer.add_scalar(
+                    "charts/tokens_per_second", steps_per_second * global_batch * config.window_tokens, trainer.step
+                )
+                bar.set_postfix(loss=f"{loss:.4f}")
+        if main_process and trainer.step % args.checkpoint_every == 0:
             trainer.save(checkpoint_path)
-        if args.train_minutes is not None and time.perf_counter() - start > 60 * args.train_minutes:
-            print(f"time budget of {args.train_minutes} minutes reached at step {trainer.step}")
+        if args.train_minutes is not None and from_rank_zero(
+            time.perf_counter() - start > 60 * args.train_minutes, trainer.device
+        ):
+            if main_process:
+                print(f"time budget of {args.train_minutes} minutes reached at step {trainer.step}")
             break
     bar.close()
-    trainer.save(checkpoint_path)
-    writer.add_scalar("charts/train_minutes", (time.perf_counter() - start) / 60, trainer.step)
+    if main_process:
+        trainer.save(checkpoint_path)
+        writer.add_scalar("charts/train_minutes", (time.perf_counter() - start) / 60, trainer.step)
     return trainer
 
 
 def main(args: Args) -> dict:
+    # torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; a plain `python` run is one process, as before
+    world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if rank > 0 and args.eval_only:
+        return {}  # evaluation runs on rank 0 alone
+    distributed = world_size > 1 and not args.eval_only
+    args = apply_preset(args, world_size if distributed else 1)
     task = envs.get_task(args.env)
     run_name = f"{task.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = Path(args.runs_dir) / run_name
-    writer = SummaryWriter(str(run_dir))
-    writer.add_text(
-        "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
-    )
+    writer = SummaryWriter(str(run_dir)) if rank == 0 else None  # rank 0 alone logs, evaluates and saves
+    if writer is not None:
+        writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+        )
 
     # seeding
     random.seed(args.seed)
@@ -251,6 +371,11 @@ def main(args: Args) -> dict:
         if args.device == "auto"
         else torch.device(args.device)
     )
+    if distributed:  # one process per GPU (LOCAL_RANK picks it), NCCL between GPUs, gloo between CPU processes
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
     planner = planner_config(args, task)
     step = 0
@@ -264,8 +389,14 @@ def main(args: Args) -> dict:
         if args.save_model:  # the checkpoint's weights with this command's planner settings
             print(f"saved agent to {agent.save(run_dir / 'agent.pt')}")
     else:
-        trainer = train(args, task, writer, run_dir, device)
+        try:
+            trainer = train(args, task, writer, run_dir, device)
+        finally:
+            if distributed:
+                dist.destroy_process_group()
         step = trainer.step
+        if rank > 0:
+            return {"rank": rank, "train_steps": step}
         agent = Agent.from_trainer(trainer, planner)
         if args.save_model:
             print(f"saved agent to {agent.save(run_dir / 'agent.pt')}")
