@@ -171,6 +171,26 @@ def test_cql_runs_end_to_end_saves_loads_and_resumes_exactly(tmp_path):
 
 
 def test_cql_trains_on_the_single_goal_task(tmp_path):
+    from envs.evaluation import evaluate
+
     result = cql.main(tiny_args(tmp_path, env_id="maze2d-umaze", total_steps=50, eval_freq=0, final_eval_episodes=1))
-    assert not result["policy"].goal_conditioned
-    assert result["final_eval"].env_id == "maze2d-umaze-v1"
+    policy = result["policy"]
+    assert not policy.goal_conditioned
+    # the actor reads the 4-D state alone (a goal-conditioned one reads state and goal, 6-D) ...
+    actor = policy.act.__self__
+    first_layer = next(m for m in actor.modules() if isinstance(m, torch.nn.Linear))
+    assert first_layer.in_features == 4
+    # ... so the desired goal of an observation changes nothing, while the state does
+    rng = np.random.default_rng(0)
+    states = rng.uniform(-1.5, 1.5, size=(6, 4))
+    actions = policy({"observation": states, "desired_goal": rng.uniform(-1.5, 1.5, size=(6, 2))})
+    other_goals = policy({"observation": states, "desired_goal": rng.uniform(-1.5, 1.5, size=(6, 2))})
+    np.testing.assert_array_equal(actions, other_goals)
+    other_states = policy({"observation": states[::-1].copy(), "desired_goal": np.zeros((6, 2))})
+    assert np.abs(other_states - actions[::-1]).max() == 0 and np.abs(other_states - actions).max() > 0
+    # the final evaluation is the single-goal task's, episode seed 0 (--eval-seed), and reproduces
+    final = result["final_eval"]
+    assert final.env_id == "maze2d-umaze-v1" and final.seeds == [0]
+    again = evaluate(policy, "maze2d-umaze", num_episodes=1, seed=0, progress=False)
+    np.testing.assert_array_equal(again.returns, final.returns)
+    np.testing.assert_array_equal(again.time_to_goal, final.time_to_goal)

@@ -144,3 +144,38 @@ def test_first_use_generation_is_done_once_across_concurrent_loaders():
     waiter.join(timeout=60)
     assert not waiter.is_alive()
     assert loaded["dataset"].total_steps == 2000  # it loaded the other generator's dataset (a new one has 2M steps)
+
+
+def test_actions_are_the_controllers_plus_noise_of_std_one_half_clipped_to_the_action_range(monkeypatch):
+    """D4RL's recipe: action = clip(controller + N(0, 0.5^2), -1, 1). With the controller's own action held at 0,
+    every recorded action is clip(N(0, 0.25)): by hand, its median absolute value is 0.5 * 0.6745 (unaffected by
+    the clip) and P(|n| >= 1) = 2 * (1 - Phi(2)) = 4.55% of the actions sit exactly on a bound."""
+
+    class ZeroController(datasets.WaypointController):
+        def act(self, positions, velocities):
+            _, solved = super().act(positions, velocities)
+            return np.zeros_like(positions), solved
+
+    monkeypatch.setattr(datasets, "WaypointController", ZeroController)
+    actions = datasets.simulate("umaze", num_steps=8000, seed=0, num_chains=16, progress=False).actions.reshape(-1)
+    assert np.abs(actions).max() == 1.0  # clipped, and the clip is reached
+    assert np.median(np.abs(actions)) / 0.6745 == pytest.approx(0.5, abs=0.03)  # robust estimate of the std
+    assert np.mean(np.abs(actions) == 1.0) == pytest.approx(0.0455, abs=0.01)
+
+
+def test_goals_are_free_cells_plus_uniform_noise_of_one_tenth():
+    """Each goal is a uniformly drawn free cell of the maze (the single-goal task's goal cell included) plus
+    U(-0.1, 0.1) per axis: offsets within 0.1 of the cell centre, mean 0, standard deviation 0.1 / sqrt(3)."""
+    maze = envs.Maze.from_name("umaze")
+    rollouts = datasets.simulate("umaze", num_steps=20000, seed=0, num_chains=64, progress=False)
+    goals = np.unique(rollouts.goals.reshape(-1, 2), axis=0)  # every goal pursued, once each
+    assert len(goals) > 150
+    cells = maze.xy_to_cell(goals)
+    # umaze's free cells, read off D4RL's layout "#####\#GOO#\###O#\#OOO#\#####" by hand
+    assert {tuple(c) for c in cells} == {(1, 1), (1, 2), (1, 3), (2, 3), (3, 1), (3, 2), (3, 3)}
+    counts = np.unique(cells, axis=0, return_counts=True)[1]
+    assert counts.min() > 0.6 * len(goals) / 7  # about uniform over the 7 cells (measured: 38-52 of ~320)
+    offsets = goals - maze.cell_to_xy(cells)
+    assert np.abs(offsets).max() <= 0.1 and np.abs(offsets).max() > 0.09
+    assert np.abs(offsets.mean(axis=0)).max() < 0.015
+    np.testing.assert_allclose(offsets.std(axis=0), 0.1 / np.sqrt(3), atol=0.012)

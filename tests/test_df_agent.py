@@ -134,13 +134,21 @@ def test_guided_plans_end_nearer_the_goal(trained):
 
 
 def test_act_in_a_plain_gymnasium_loop(trained):
+    """In a Gymnasium loop, act() executes the plan made from the observation it was given when its queue ran out:
+    a twin agent (same weights, same seed) asked for a plan of 2 tokens from that observation every token (5 steps)
+    gives the same actions, in order."""
     env = gym.make("maze2d-umaze-v1")
     agent = Agent.from_trainer(trained, planner(horizon_tokens=2, ddim_steps=2))
+    twin = Agent.from_trainer(trained, planner(horizon_tokens=2, ddim_steps=2))
     obs, _ = env.reset(seed=0)
     agent.reset()
-    for _ in range(12):
+    queue = []
+    for t in range(12):
+        if t % 5 == 0:
+            queue = list(twin.plan(obs["observation"], obs["desired_goal"], horizon=10).actions[0, :5])
         action = agent.act(obs)
-        assert action.shape == (2,) and np.all(np.abs(action) <= 1) and np.all(np.isfinite(action))
+        assert action.shape == (2,)
+        np.testing.assert_array_equal(action, queue.pop(0))
         obs, *_ = env.step(action)
     batch = agent.act({"observation": np.zeros((3, 4)), "desired_goal": np.ones((3, 2))})
     assert batch.shape == (3, 2)
@@ -177,9 +185,29 @@ def test_bad_observations_raise_clear_errors(trained):
 def test_predict_runs_in_the_shared_evaluation(trained):
     from envs.evaluation import evaluate
 
+    # The pretrained umaze agent, planning cheaply, reaches the goal in both episodes, so returns and first hits
+    # are not all 0 / 300 and the comparison below has something to compare.
+    def pretrained():
+        return Agent.from_pretrained("maze2d-umaze", schedule="pyramid", ddim_steps=4, mcg_samples=1, horizon_tokens=6)
+
+    result = evaluate(pretrained(), "maze2d-umaze", num_episodes=2, progress=False)
+    assert result.success.all()
+    # The same two episodes (seeds 0 and 1) run by hand in a lockstep loop with act(): the evaluation drives the
+    # agent exactly so (reset, then one batched call per step) and counts its returns and first hits from them.
+    twin = pretrained()
+    episodes = [gym.make("maze2d-umaze-v1") for _ in range(2)]
+    observations = [env.reset(seed=seed)[0] for seed, env in enumerate(episodes)]
+    returns, first_hit = np.zeros(2), np.full(2, 300.0)
+    for t in range(300):
+        actions = twin.act({key: np.stack([o[key] for o in observations]) for key in observations[0]})
+        for i, env in enumerate(episodes):
+            observations[i], reward, *_ = env.step(actions[i])
+            returns[i] += reward
+            if reward and first_hit[i] == 300:
+                first_hit[i] = t + 1
+    np.testing.assert_array_equal(result.returns, returns)
+    np.testing.assert_array_equal(result.time_to_goal, first_hit)
     agent = Agent.from_trainer(trained, planner(horizon_tokens=2, ddim_steps=2, mcg_samples=1))
-    result = evaluate(agent, "maze2d-umaze", num_episodes=2, progress=False)
-    assert result.num_episodes == 2 and np.isfinite(result.normalized_score)
     actions, state = agent.predict(
         {"observation": np.zeros((2, 4)), "desired_goal": np.ones((2, 2))}, episode_start=np.array([True, False])
     )
@@ -216,9 +244,21 @@ def test_script_runs_end_to_end(data, tmp_path):
     )
     summary = script.main(args)
     run_dir = tmp_path / summary["run"]
-    assert (run_dir / "agent.pt").exists() and (run_dir / "checkpoint.pt").exists()
+    assert summary["train_steps"] == 30
+    # the saved agent plans with the EMA weights of the final training checkpoint (the script's EMA is on)
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert checkpoint["step"] == 30 and checkpoint["train_config"]["ema_decay"] == args.ema_decay > 0
+    saved = Agent.load(run_dir / "agent.pt").model.state_dict()
+    assert all(torch.equal(saved[name], checkpoint["ema_model"][name]) for name in saved)
+    assert not all(torch.equal(saved[name], checkpoint["model"][name]) for name in saved)
     events = EventAccumulator(str(run_dir))
     events.Reload()
+    # the summary reports the logged evaluation, whose score is D4RL's normalization of its return (umaze)
+    (logged,) = events.Scalars("eval/normalized_score")
+    (logged_return,) = events.Scalars("eval/return")
+    assert logged.step == 30
+    assert summary["maze2d-umaze-v1"]["normalized_score"] == pytest.approx(logged.value, rel=1e-6)
+    assert logged.value == pytest.approx(100 * (logged_return.value - 23.85) / (161.86 - 23.85), rel=1e-5, abs=1e-4)
     tags = set(events.Tags()["scalars"])
     assert {
         "losses/loss",

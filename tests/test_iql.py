@@ -120,8 +120,15 @@ def test_relabelled_reward_is_one_exactly_within_the_goal_radius():
 
 
 def test_fixed_goal_is_the_tasks_goal():
-    for env_id in ("maze2d-umaze", "maze2d-medium", "maze2d-large"):
-        np.testing.assert_allclose(fixed_goal(env_id), envs.make(env_id).unwrapped.fixed_goal, atol=1e-6)
+    # D4RL's goal cells (1, 1), (6, 6), (7, 9) in the Gymnasium-Robotics frame, x = col + 0.5 - W / 2 and
+    # y = H / 2 - (row + 0.5), worked out by hand (tests/test_tasks.py checks the frame against Gymnasium-Robotics)
+    by_hand = {"maze2d-umaze": (-1.0, 1.0), "maze2d-medium": (2.5, -2.5), "maze2d-large": (3.5, -3.0)}
+    for env_id, goal in by_hand.items():
+        np.testing.assert_allclose(fixed_goal(env_id), goal, atol=1e-6)
+        env = envs.make(env_id)
+        obs, _ = env.reset(seed=0)
+        np.testing.assert_allclose(obs["desired_goal"], goal, atol=1e-6)  # the goal the task's episodes use
+        env.close()
 
 
 def test_single_goal_sampler_relabels_against_the_fixed_goal():

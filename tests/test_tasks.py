@@ -100,12 +100,49 @@ def test_bad_actions_and_cells_are_refused():
         env.reset(options={"goal_cell": (0, 0)})
 
 
-def test_normalized_score_uses_d4rl_references():
-    task = envs.get_task("maze2d-large")
-    np.testing.assert_allclose(
-        envs.get_normalized_score("maze2d-large", [task.ref_min_score, task.ref_max_score]), [0, 100]
-    )
-    np.testing.assert_allclose(envs.get_normalized_score("maze2d-umaze-multi", 161.86), 100.0)
+# D4RL's published constants, typed from its source as recorded in the reference notes (d4rl/infos.py for the
+# reference scores, d4rl/__init__.py for the episode lengths): max episode steps, ref min score, ref max score. The
+# multi-goal tasks (the papers' Multi2D) are normalized with their maze's references.
+D4RL_REFERENCES = {
+    "umaze": (300, 23.85, 161.86),
+    "medium": (600, 13.13, 277.39),
+    "large": (800, 6.7, 273.99),
+}
+# d4rl/pointmaze/maze_model.py: U_MAZE, MEDIUM_MAZE, LARGE_MAZE, rows separated by a backslash.
+D4RL_LAYOUTS = {
+    "umaze": "#####\\#GOO#\\###O#\\#OOO#\\#####",
+    "medium": "########\\#OO##OO#\\#OO#OOO#\\##OOO###\\#OO#OOO#\\#O#OO#O#\\#OOO#OG#\\########",
+    "large": (
+        "############\\#OOOO#OOOOO#\\#O##O#O#O#O#\\#OOOOOO#OOO#\\#O####O###O#\\#OO#O#OOOOO#\\##O#O#O#O###"
+        "\\#OO#OOO#OGO#\\############"
+    ),
+}
+D4RL_GOAL_CELLS = {"umaze": (1, 1), "medium": (6, 6), "large": (7, 9)}
+
+
+@pytest.mark.parametrize("env_id", sorted(envs.TASKS))
+def test_all_six_tasks_carry_d4rls_reference_scores_and_lengths(env_id):
+    task = envs.get_task(env_id)
+    steps, ref_min, ref_max = D4RL_REFERENCES[task.maze]
+    assert (task.max_episode_steps, task.ref_min_score, task.ref_max_score) == (steps, ref_min, ref_max)
+    assert gym.spec(env_id).max_episode_steps == steps
+    # the normalized score of two returns by hand, 100 * (return - min) / (max - min)
+    returns = np.array([0.0, 150.0])
+    expected = 100 * (returns - ref_min) / (ref_max - ref_min)
+    np.testing.assert_allclose(envs.get_normalized_score(env_id, returns), expected, rtol=1e-12)
+    assert envs.get_normalized_score(env_id, ref_max) == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("maze", ["umaze", "medium", "large"])
+def test_maze_layouts_are_d4rls_and_the_env_is_built_from_them(maze):
+    rows = tuple(D4RL_LAYOUTS[maze].split("\\"))
+    layout = Maze.from_name(maze)
+    assert layout.layout == rows
+    assert layout.goal_cell == D4RL_GOAL_CELLS[maze]
+    walls = [[int(c == "#") for c in row] for row in rows]
+    env = gym.make(f"maze2d-{maze}-v1")
+    assert env.unwrapped.maze.maze_map == walls  # the MuJoCo maze Gymnasium-Robotics built
+    env.close()
 
 
 def _bfs_distances(layout: Maze, target):
