@@ -189,6 +189,20 @@ class Agent:
             ) from error
         return agent
 
+    @classmethod
+    def for_task(
+        cls, checkpoint: str | os.PathLike, env_id: str, device: torch.device | str | None = None, **planner_overrides
+    ) -> Agent:
+        """The agent a script evaluates on a task: ``checkpoint`` is a path (an agent or a training checkpoint) or
+        ``"pretrained"`` (the agent shipped for the task's maze); the episode length comes from the task. Planner
+        settings can be overridden by keyword, as in ``load``."""
+        if str(checkpoint) == "pretrained":
+            return cls.from_pretrained(env_id, device=device, **planner_overrides)
+        import envs
+
+        overrides = {"episode_length": envs.get_task(env_id).max_episode_steps, **planner_overrides}
+        return cls.load(checkpoint, device=device, **overrides)
+
     # --- episode state ---
     def reset(self, num_envs: int | None = None) -> None:
         """Forget plans and step counts (call at each episode start; the shared evaluation does)."""

@@ -82,15 +82,10 @@ def df_entries(args: Args, tasks: list[str]) -> Iterator[Entry]:
     overrides = {key: value for key, value in overrides.items() if value is not None}
     label = "Diffusion Forcing + goal hold" if args.df_goal_hold_radius else "Diffusion Forcing"
     for env_id in tasks:
-        length = envs.get_task(env_id).max_episode_steps
         yield (
             label,
             env_id,
-            lambda length=length, env_id=env_id: (
-                Agent.from_pretrained(env_id, seed=args.seed, **overrides)
-                if args.df == "pretrained"
-                else Agent.load(args.df, episode_length=length, seed=args.seed, **overrides)
-            ),
+            lambda env_id=env_id: Agent.for_task(args.df, env_id, seed=args.seed, **overrides),
         )
 
 

@@ -128,10 +128,7 @@ def grid_planners(args: Args, episode_length: int) -> Iterator[PlannerConfig]:
 def main(args: Args) -> None:
     task = envs.get_task(args.env)
     if args.checkpoint:
-        if args.checkpoint == "pretrained":
-            agent = Agent.from_pretrained(task.env_id)
-        else:
-            agent = Agent.load(args.checkpoint, episode_length=task.max_episode_steps)
+        agent = Agent.for_task(args.checkpoint, task.env_id)
     else:
         data = load_transitions(task.env_id, progress=False)
         model = {"width": args.width, "latent_dim": args.latent_dim, "depth": args.depth}

@@ -382,10 +382,7 @@ def main(args: Args) -> dict:
     if args.eval_only:
         if not args.checkpoint:
             raise SystemExit("--eval-only needs --checkpoint PATH")
-        if args.checkpoint == "pretrained":  # the agent shipped with the package for this maze
-            agent = Agent.from_pretrained(task.env_id, device=device, **asdict(planner))
-        else:
-            agent = Agent.load(args.checkpoint, device=device, **asdict(planner))
+        agent = Agent.for_task(args.checkpoint, task.env_id, device=device, **asdict(planner))
         if args.save_model:  # the checkpoint's weights with this command's planner settings
             print(f"saved agent to {agent.save(run_dir / 'agent.pt')}")
     else:

@@ -51,10 +51,7 @@ def draw_maze(ax, maze: envs.Maze) -> None:
 
 def main(args: Args) -> Path:
     task = envs.get_task(args.env)
-    if args.checkpoint == "pretrained":
-        agent = Agent.from_pretrained(task.env_id)
-    else:
-        agent = Agent.load(args.checkpoint, episode_length=task.max_episode_steps)
+    agent = Agent.for_task(args.checkpoint, task.env_id)
     env = envs.make(task.env_id)
     obs, _ = env.reset(seed=args.seed)
     plan = agent.plan(obs, return_history=True)

@@ -354,6 +354,17 @@ def test_from_pretrained_errors_name_the_command_that_recreates_the_agent(monkey
         Agent.from_pretrained("maze2d-large")
 
 
+def test_for_task_loads_a_path_or_the_pretrained_agent_with_the_task_episode_length(trained, tmp_path):
+    path = Agent.from_trainer(trained, PlannerConfig(episode_length=17)).save(tmp_path / "agent.pt")
+    from_path = Agent.for_task(path, "maze2d-medium-multi", ddim_steps=3)
+    assert from_path.planner.episode_length == 600 and from_path.planner.ddim_steps == 3  # medium's, not 17
+    pretrained = Agent.for_task("pretrained", "maze2d-umaze", mcg_samples=2)
+    reference = Agent.from_pretrained("maze2d-umaze")
+    assert pretrained.planner.episode_length == 300 and pretrained.planner.mcg_samples == 2
+    for a, b in zip(pretrained.model.parameters(), reference.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_plot_plan_draws_the_rows_of_the_schedule_and_the_episode(trained, tmp_path):
     import importlib.util
     import pathlib
