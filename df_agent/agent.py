@@ -109,13 +109,15 @@ class Agent:
         self.schedule = schedule.to(self.device)
         self.planner = planner or PlannerConfig()
         self.prediction = prediction
+        self.training: dict = {}
+        """where the weights came from (steps, batch size, device), saved with the agent and copied into records"""
         self.generator = torch.Generator(device=self.device).manual_seed(self.planner.seed)
         self.reset()
 
     # --- construction and persistence ---
     @classmethod
     def from_trainer(cls, trainer: Trainer, planner: PlannerConfig | None = None) -> Agent:
-        return cls(
+        agent = cls(
             trainer.sampling_model,
             trainer.tokenizer,
             trainer.schedule,
@@ -123,6 +125,8 @@ class Agent:
             trainer.config.prediction,
             trainer.device,
         )
+        agent.training = training_summary(trainer.step, trainer.config.batch_size, trainer.device)
+        return agent
 
     def save(self, path: str | os.PathLike) -> Path:
         """Everything needed to rebuild the agent alone (weights, tokenizer statistics, configs), atomically."""
@@ -137,6 +141,7 @@ class Agent:
             "noise": {"num_levels": self.schedule.num_levels, "kind": self.schedule.kind},
             "prediction": self.prediction,
             "planner": asdict(self.planner),
+            "training": self.training,
         }
         partial = path.with_name(path.name + ".partial")
         torch.save(state, partial)
@@ -154,14 +159,18 @@ class Agent:
             schedule = NoiseSchedule(state["noise"]["num_levels"], state["noise"]["kind"])
             planner = PlannerConfig(**state["planner"])
             prediction = state["prediction"]
+            training = state.get("training", {})  # agents saved before provenance was kept have none
         else:  # a Trainer checkpoint
             train = TrainConfig(**state["train_config"])
             model.load_state_dict(state["ema_model"] if state.get("ema_model") else state["model"])
             schedule = NoiseSchedule(train.num_levels, train.noise_schedule)
             planner = PlannerConfig()
             prediction = train.prediction
+            training = training_summary(state["step"], train.batch_size, None)
         planner = replace(planner, **planner_overrides)
-        return cls(model, tokenizer, schedule, planner, prediction, device)
+        agent = cls(model, tokenizer, schedule, planner, prediction, device)
+        agent.training = training
+        return agent
 
     @classmethod
     def from_pretrained(
@@ -370,3 +379,13 @@ class Agent:
             else:
                 self.reset()
         return self.act(observation), state
+
+
+def training_summary(steps: int, batch_size: int, device: torch.device | str | None) -> dict:
+    """The provenance an agent carries: gradient steps, windows per step (per process) and the device's name."""
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = device.type if device is not None else "unknown"
+    return {"steps": int(steps), "batch_size": int(batch_size), "device": name}

@@ -410,7 +410,9 @@ def main(args: Args) -> dict:
         summary[env_id] = {**result.metrics(), "seconds": result.seconds}
         if args.record:
             settings = {**asdict(agent.planner), "checkpoint": args.checkpoint or str(run_dir / "agent.pt")}
-            record = make_record("Diffusion Forcing", result, settings, table=args.table, train_steps=step)
+            record = make_record(
+                "Diffusion Forcing", result, settings, table=args.table, train_steps=step, model=agent.training
+            )
             append_record(args.record, record)
     writer.close()
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

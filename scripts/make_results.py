@@ -53,12 +53,19 @@ def describe_settings(record: dict) -> str:
     s = record.get("settings", {})
     if "guidance_scale" not in s:
         return record.get("label", "")
-    parts = [
+    parts = []
+    if record.get("model", {}).get("steps"):
+        model = record["model"]
+        parts.append(f"model: {model['steps']:,} steps of {model['batch_size']:,} windows on {model['device']}")
+    parts += [
         s.get("schedule", "pyramid"),
         f"guidance {s['guidance_scale']:g}",
         f"MCG {s.get('mcg_samples', 1)}",
         f"DDIM {s.get('ddim_steps')}",
     ]
+    if "horizon_tokens" in s:
+        horizon = s["horizon_tokens"]
+        parts.append("plan to the episode's end" if horizon is None else f"horizon {horizon} tokens")
     if s.get("near_goal_guidance_scale"):
         parts.append(f"near-goal {s['near_goal_guidance_scale']:g} within {s.get('near_goal_radius', 1.0):g}")
     if s.get("stay_velocity_weight") or s.get("stay_action_weight"):

@@ -365,6 +365,14 @@ def test_for_task_loads_a_path_or_the_pretrained_agent_with_the_task_episode_len
         assert torch.equal(a, b)
 
 
+def test_an_agent_carries_where_its_weights_came_from(trained, tmp_path):
+    agent = Agent.from_trainer(trained)
+    assert agent.training == {"steps": trained.step, "batch_size": CONFIG.batch_size, "device": "cpu"}
+    assert Agent.load(agent.save(tmp_path / "agent.pt")).training == agent.training
+    checkpoint = trained.save(tmp_path / "checkpoint.pt")
+    assert Agent.load(checkpoint).training["steps"] == trained.step
+
+
 def test_plot_plan_draws_the_rows_of_the_schedule_and_the_episode(trained, tmp_path):
     import importlib.util
     import pathlib
