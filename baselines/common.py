@@ -5,7 +5,8 @@
   or, on the multi-goal tasks, a goal drawn per sample from the data itself (HER-style relabelling).
 - ``Normalizer``: the dataset's state mean / std (goals are normalized like the position part of the state).
 - ``OfflinePolicy``: an actor wrapped as the batch policy that ``envs.evaluation.evaluate`` takes.
-- Checkpoint helpers: RNG states (so that a resumed run continues exactly), atomic saving, resumed arguments.
+- Checkpoint helpers: RNG states (so that a resumed run continues exactly), atomic saving, resumed arguments, and
+  the arguments of checkpoints written before the scripts shared one vocabulary (``upgrade_args``).
 - ``run_offline``: the CleanRL-style run both scripts share (seeding, TensorBoard, the training loop, periodic and
   final evaluation with the shared evaluation, checkpoints, resume, ``--eval-only``); each script keeps only its
   algorithm and its ``Args``.
@@ -20,9 +21,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+import tyro
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
@@ -251,11 +254,34 @@ def save_checkpoint(path: str | Path, payload: dict) -> Path:
     return path
 
 
+# Arguments renamed when the scripts took one vocabulary (old name -> new name); checkpoints written before store
+# the old names. ``cuda`` (a bool) became ``device``: see ``upgrade_args``.
+RENAMED_ARGS = {
+    "env_id": "env",
+    "eval_env_id": "eval_env",
+    "eval_freq": "eval_every",
+    "log_freq": "log_every",
+    "checkpoint_freq": "checkpoint_every",
+}
+
+
+def upgrade_args(saved: dict) -> dict:
+    """A checkpoint's arguments under today's names: an older checkpoint's ``env_id``, ``*_freq``, ``eval_env_id``
+    and ``cuda`` become ``env``, ``*_every``, ``eval_env`` and ``device`` ('auto' for cuda=True, else 'cpu')."""
+    args = {RENAMED_ARGS.get(name, name): value for name, value in saved.items()}
+    if "cuda" in args:
+        cuda = args.pop("cuda")
+        args.setdefault("device", "auto" if cuda else "cpu")
+    return args
+
+
 def load_checkpoint(path: str | Path, algorithm: str, device: torch.device | str = "cpu") -> dict:
-    """Load a checkpoint written by this project's scripts (it holds numpy and RNG states: trusted files only)."""
+    """Load a checkpoint written by this project's scripts (it holds numpy and RNG states: trusted files only).
+
+    ``payload["args"]`` is given under today's argument names, whichever version of the script wrote the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; pass the .pt file a --save-model run wrote")
+        raise FileNotFoundError(f"no checkpoint at {path}; pass the .pt file a training run wrote")
     try:
         payload = torch.load(path, map_location=device, weights_only=False)
     except Exception as error:  # torch raises several types for a truncated or foreign file
@@ -265,6 +291,8 @@ def load_checkpoint(path: str | Path, algorithm: str, device: torch.device | str
     if not isinstance(payload, dict) or payload.get("algorithm") != algorithm:
         payload = payload if isinstance(payload, dict) else {}
         raise ValueError(f"{path} is a {payload.get('algorithm')!r} checkpoint, not {algorithm!r}")
+    if isinstance(payload.get("args"), dict):
+        payload["args"] = upgrade_args(payload["args"])
     return payload
 
 
@@ -286,7 +314,7 @@ def resumed_args(args, saved: dict, run_fields: set[str]):
 @dataclass
 class OfflineRunArgs:
     """The arguments ``run_offline`` reads besides an algorithm's own: goal relabelling, evaluation, logging,
-    checkpoints. Each script's ``Args`` adds its algorithm's fields (and exp_name, seed, env_id, ...)."""
+    checkpoints. Each script's ``Args`` adds its algorithm's fields (and exp_name, seed, env, ...)."""
 
     future_goal_prob: float = 0.5
     """multi-goal tasks: probability of relabelling with a later position of the same run (else the episode's goal)"""
@@ -296,7 +324,7 @@ class OfflineRunArgs:
     """done = reward: end the value recursion where the reward is earned (default: never, as in the tasks)"""
 
     # Evaluation, logging, checkpoints
-    eval_freq: int = 50_000
+    eval_every: int = 50_000
     """evaluate every this many steps (0: only at the end)"""
     eval_episodes: int = 20
     """episodes of each periodic evaluation"""
@@ -304,11 +332,11 @@ class OfflineRunArgs:
     """episodes of the final evaluation (and of --eval-only); 0: no final evaluation"""
     eval_seed: int = 0
     """evaluation episode i is seeded eval_seed + i"""
-    log_freq: int = 1_000
+    log_every: int = 1_000
     """write the losses and SPS every this many steps"""
-    save_model: bool = False
-    """save checkpoints: every --checkpoint-freq steps and at the end (runs/{run_name}/...)"""
-    checkpoint_freq: int = 100_000
+    save_model: bool = True
+    """save checkpoints: every --checkpoint-every steps and at the end (runs/{run_name}/...; --no-save-model: none)"""
+    checkpoint_every: int = 100_000
     """steps between intermediate checkpoints (with --save-model)"""
     resume: str | None = None
     """continue training from this checkpoint (networks, optimizers, step, normalizer, RNG states)"""
@@ -316,14 +344,14 @@ class OfflineRunArgs:
     """only evaluate --checkpoint (--final-eval-episodes episodes) and exit"""
     checkpoint: str | None = None
     """checkpoint to evaluate with --eval-only"""
-    eval_env_id: str | None = None
+    eval_env: Annotated[str | None, tyro.conf.arg(aliases=("--eval-env-id",))] = None
     """--eval-only on another task of the same maze (e.g. a multi-goal model on the single-goal task)"""
 
 
 # Fields a resumed run takes from the command line; all others come from the checkpoint.
 RUN_FIELDS = {
-    "exp_name", "cuda", "runs_dir", "progress", "total_steps", "eval_freq", "eval_episodes", "final_eval_episodes",
-    "eval_seed", "log_freq", "save_model", "checkpoint_freq", "resume", "eval_only", "checkpoint", "eval_env_id",
+    "exp_name", "device", "runs_dir", "progress", "total_steps", "eval_every", "eval_episodes", "final_eval_episodes",
+    "eval_seed", "log_every", "save_model", "checkpoint_every", "resume", "eval_only", "checkpoint", "eval_env",
 }  # fmt: skip
 
 
@@ -338,7 +366,7 @@ def load_policy(
     """The evaluation policy of a checkpoint written by ``run_offline``."""
     payload = load_checkpoint(path, algorithm, device)
     args = args_type(**payload["args"])
-    goal_conditioned = get_task(args.env_id).multi_goal
+    goal_conditioned = get_task(args.env).multi_goal
     agent = make_agent(4 + 2 * goal_conditioned, args).to(device)
     agent.load_state_dict(payload["training_state"]["networks"])
     return OfflinePolicy(agent.actor.act, Normalizer.from_state_dict(payload["normalizer"]), goal_conditioned, device)
@@ -355,7 +383,7 @@ def run_offline(
     ``args`` is a script's ``Args`` (an ``OfflineRunArgs``); a resumed run takes ``RUN_FIELDS`` from it.
     Returns the run name and folder, the final evaluation, the policy and the checkpoint path.
     """
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
 
     def run_evaluation(policy, env_id: str, episodes: int, writer=None, step: int = 0):
         result = evaluate(policy, env_id, num_episodes=episodes, seed=args.eval_seed, progress=args.progress)
@@ -370,9 +398,9 @@ def run_offline(
         if args.final_eval_episodes < 1:
             raise ValueError("--eval-only evaluates --final-eval-episodes episodes; give at least 1")
         saved = type(args)(**load_checkpoint(args.checkpoint, algorithm, "cpu")["args"])
-        env_id = resolve_env_id(args.eval_env_id or saved.env_id)
-        if get_task(env_id).maze != get_task(saved.env_id).maze:
-            raise ValueError(f"the checkpoint was trained on {saved.env_id}; {env_id} is another maze")
+        env_id = resolve_env_id(args.eval_env or saved.env)
+        if get_task(env_id).maze != get_task(saved.env).maze:
+            raise ValueError(f"the checkpoint was trained on {saved.env}; {env_id} is another maze")
         policy = load_policy(args.checkpoint, algorithm, type(args), make_agent, device)
         result = run_evaluation(policy, env_id, args.final_eval_episodes)
         return {"final_eval": result, "policy": policy, "checkpoint": args.checkpoint}
@@ -382,9 +410,9 @@ def run_offline(
         payload = load_checkpoint(args.resume, algorithm, "cpu")
         args = resumed_args(args, payload["args"], RUN_FIELDS)
         run_name, start_step = payload["run_name"], payload["step"]
-    args = dataclasses.replace(args, env_id=resolve_env_id(args.env_id))
+    args = dataclasses.replace(args, env=resolve_env_id(args.env))
     if payload is None:
-        run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        run_name = f"{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = Path(args.runs_dir) / run_name
     writer = SummaryWriter(str(run_dir), purge_step=start_step if payload is not None else None)
     writer.add_text(
@@ -398,7 +426,7 @@ def run_offline(
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
 
-    data = load_transitions(args.env_id, generate=True, progress=args.progress)
+    data = load_transitions(args.env, generate=True, progress=args.progress)
     normalizer = (
         Normalizer.from_state_dict(payload["normalizer"])
         if payload is not None
@@ -406,7 +434,7 @@ def run_offline(
     )
     sampler = GoalRelabelSampler(
         data,
-        args.env_id,
+        args.env,
         normalizer,
         device,
         future_goal_prob=args.future_goal_prob,
@@ -439,7 +467,7 @@ def run_offline(
     start_time, logged_step = time.perf_counter(), start_step
     bar = tqdm(
         range(start_step, args.total_steps),
-        desc=f"{algorithm} {args.env_id}",
+        desc=f"{algorithm} {args.env}",
         initial=start_step,
         total=args.total_steps,
         disable=not args.progress,
@@ -447,7 +475,7 @@ def run_offline(
     for step in bar:
         info = agent.update(sampler.sample(args.batch_size))
         global_step = step + 1
-        if global_step % args.log_freq == 0 or global_step == args.total_steps:
+        if global_step % args.log_every == 0 or global_step == args.total_steps:
             for name, value in info.items():
                 writer.add_scalar(f"losses/{name}", value.item(), global_step)
             for name, value in (extra_scalars(agent) if extra_scalars else {}).items():
@@ -457,10 +485,10 @@ def run_offline(
             start_time, logged_step = time.perf_counter(), global_step
             bar.set_postfix(sps=f"{sps:.0f}", score=None if last_eval is None else f"{last_eval.normalized_score:.1f}")
         if global_step == args.total_steps and args.final_eval_episodes > 0:
-            last_eval = run_evaluation(policy, args.env_id, args.final_eval_episodes, writer, global_step)
-        elif args.eval_freq > 0 and global_step % args.eval_freq == 0:
-            last_eval = run_evaluation(policy, args.env_id, args.eval_episodes, writer, global_step)
-        if args.save_model and global_step % args.checkpoint_freq == 0 and global_step != args.total_steps:
+            last_eval = run_evaluation(policy, args.env, args.final_eval_episodes, writer, global_step)
+        elif args.eval_every > 0 and global_step % args.eval_every == 0:
+            last_eval = run_evaluation(policy, args.env, args.eval_episodes, writer, global_step)
+        if args.save_model and global_step % args.checkpoint_every == 0 and global_step != args.total_steps:
             write_checkpoint(global_step, run_dir / "checkpoints" / f"step_{global_step}.pt")
     bar.close()
 

@@ -14,9 +14,9 @@ step (inpainting). Two ways to act on a plan, both evaluated:
   * "Diffuser, diffused actions" (``actions``): execute the planned actions a_0, ..., a_{H-1} open loop; when they
     run out, plan again from the current state (Diffuser's code does not say what comes after the plan here).
 
-    python baselines/diffuser.py --env-id maze2d-umaze --total-steps 20000 --save-model
-    python baselines/diffuser.py --env-id maze2d-umaze --eval-only --checkpoint runs/<run>/diffuser.pt
-    python baselines/diffuser.py --env-id maze2d-large --dim 32 --dim-mults 1 4 8 --total-steps 2000000 \
+    python baselines/diffuser.py --env maze2d-umaze --total-steps 20000
+    python baselines/diffuser.py --env maze2d-umaze --eval-only --checkpoint runs/<run>/diffuser.pt
+    python baselines/diffuser.py --env maze2d-large --dim 32 --dim-mults 1 4 8 --total-steps 2000000 \
         --gradient-accumulation 2 --eval-episodes 100   # Diffuser's own settings and budget (a GPU's job)
 """
 
@@ -28,6 +28,7 @@ import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -56,12 +57,15 @@ class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run name)"""
     seed: int = 1
-    """seed of the experiment (the evaluation's episodes are seeded seed + i)"""
+    """seed of the experiment (training and the sampler's noise)"""
+    eval_seed: int = 0
+    """seed of the first evaluation episode (episode i: eval_seed + i; the test episodes are seeds 0-99, as for
+    every method)"""
     torch_deterministic: bool = True
     """torch.backends.cudnn.deterministic"""
-    cuda: bool = True
-    """use the GPU when one is present"""
-    env_id: str = "maze2d-umaze-v1"
+    device: str = "auto"
+    """'auto' (the GPU when there is one), 'cpu' or 'cuda'"""
+    env: Annotated[str, tyro.conf.arg(aliases=("--env-id",))] = "maze2d-umaze-v1"
     """the maze2d task (single- and multi-goal tasks of a maze share the same dataset and model)"""
 
     # data and model
@@ -97,8 +101,8 @@ class Args:
     """steps between loss logs"""
     checkpoint_every: int = 5000
     """steps between checkpoints written to runs/<run>/diffuser.pt (0: only at the end, with --save-model)"""
-    save_model: bool = False
-    """save the final checkpoint to runs/<run>/diffuser.pt"""
+    save_model: bool = True
+    """save the final checkpoint to runs/<run>/diffuser.pt (--no-save-model: not)"""
     resume: str | None = None
     """continue training from this checkpoint (model, EMA, optimizer, step, normalizer, random states)"""
     dataset_source: str = "auto"
@@ -415,7 +419,7 @@ def save_checkpoint(path: str, diffuser: Diffuser, ema: Diffuser, optimizer, ste
 def load_checkpoint(path: str, device: torch.device | str = "cpu") -> tuple[Diffuser, Diffuser, dict]:
     """(model, EMA model, the raw checkpoint dict) from a file written by ``save_checkpoint``."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}; pass the diffuser.pt that a --save-model run wrote")
+        raise FileNotFoundError(f"no checkpoint at {path}; pass the diffuser.pt that a training run wrote")
     try:
         state = torch.load(path, map_location=device, weights_only=False)
         config = DiffuserConfig(**{**state["config"], "dim_mults": tuple(state["config"]["dim_mults"])})
@@ -438,7 +442,7 @@ def evaluate_modes(ema: Diffuser, args: Args, writer: SummaryWriter | None, step
     for mode in args.modes:
         planner = DiffuserPlanner(ema, mode, args.sampling_steps, args.eta, args.clip_denoised, seed=args.seed)
         result = evaluate(
-            planner, args.env_id, args.eval_episodes, seed=args.seed, num_envs=args.eval_num_envs,
+            planner, args.env, args.eval_episodes, seed=args.eval_seed, num_envs=args.eval_num_envs,
             progress=args.progress,
         )  # fmt: skip
         name = "Diffuser" if mode == "pd" else "Diffuser, diffused actions"
@@ -450,13 +454,13 @@ def evaluate_modes(ema: Diffuser, args: Args, writer: SummaryWriter | None, step
 
 
 def main(args: Args) -> dict:
-    task = envs.get_task(args.env_id)
-    args.env_id = task.env_id
+    task = envs.get_task(args.env)
+    args.env = task.env_id
     if unknown := set(args.modes) - set(MODES):
         raise ValueError(f"unknown execution modes {sorted(unknown)}; valid modes: {list(MODES)}")
     if args.train_minutes is not None and args.train_minutes <= 0:
         raise ValueError(f"--train-minutes must be positive, got {args.train_minutes}; leave it out for no time limit")
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_name = f"{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
     writer = SummaryWriter(f"{args.runs_dir}/{run_name}")
     table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
@@ -467,14 +471,14 @@ def main(args: Args) -> dict:
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     rng = np.random.default_rng(args.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
 
     if args.eval_only:
         if args.checkpoint is None:
             raise ValueError("--eval-only needs --checkpoint PATH")
         _, ema, state = load_checkpoint(args.checkpoint, device)
         if ema.config.maze != task.maze:
-            raise ValueError(f"checkpoint is for maze {ema.config.maze!r}, the task {args.env_id} for {task.maze!r}")
+            raise ValueError(f"checkpoint is for maze {ema.config.maze!r}, the task {args.env} for {task.maze!r}")
         results = evaluate_modes(ema.eval(), args, writer, state["step"])
         writer.close()
         return {"results": results, "step": state["step"], "run_name": run_name}
@@ -484,14 +488,14 @@ def main(args: Args) -> dict:
         diffuser, ema, state = load_checkpoint(args.resume, device)
         config = diffuser.config
         if config.maze != task.maze:
-            raise ValueError(f"checkpoint is for maze {config.maze!r}, the task {args.env_id} for {task.maze!r}")
+            raise ValueError(f"checkpoint is for maze {config.maze!r}, the task {args.env} for {task.maze!r}")
     else:
         horizon = args.horizon or PAPER_HORIZON[task.maze]
         config = DiffuserConfig(
             task.maze, horizon, args.diffusion_steps or PAPER_DIFFUSION_STEPS[task.maze], args.dim,
             tuple(args.dim_mults), args.kernel_size,
         )  # fmt: skip
-    transitions = load_transitions(args.env_id, source=args.dataset_source, progress=args.progress)
+    transitions = load_transitions(args.env, source=args.dataset_source, progress=args.progress)
     sampler = WindowSampler(transitions, config.horizon, device)
     if state is None:
         config.mins, config.maxs = sampler.mins.tolist(), sampler.maxs.tolist()
@@ -508,7 +512,7 @@ def main(args: Args) -> dict:
         torch.set_rng_state(state["torch_rng"])
     num_params = sum(p.numel() for p in diffuser.model.parameters())
     print(
-        f"Diffuser on {args.env_id}: {num_params / 1e6:.2f}M parameters, horizon {config.horizon}, "
+        f"Diffuser on {args.env}: {num_params / 1e6:.2f}M parameters, horizon {config.horizon}, "
         f"{config.diffusion_steps} diffusion steps, {len(sampler.starts):,} windows, device {device}"
     )
     writer.add_scalar("charts/num_parameters", num_params, start_step)

@@ -1,7 +1,7 @@
 """Implicit Q-Learning (Kostrikov, Nair and Levine, ICLR 2022) on the maze2d tasks, in one file.
 
-    python baselines/iql.py --env-id maze2d-umaze                           # CORL's maze2d settings, 1M steps
-    python baselines/iql.py --env-id maze2d-large-multi --total-steps 200000 --save-model
+    python baselines/iql.py --env maze2d-umaze                              # CORL's maze2d settings, 1M steps
+    python baselines/iql.py --env maze2d-large-multi --total-steps 200000  # checkpoints in runs/<run>/
     python baselines/iql.py --eval-only --checkpoint runs/<run>/iql.pt     # 100 episodes of the shared evaluation
     python baselines/iql.py --resume runs/<run>/checkpoints/step_100000.pt  # continue a run exactly
 
@@ -20,6 +20,7 @@ import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.nn as nn
@@ -38,13 +39,13 @@ LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 class Args(common.OfflineRunArgs):
     exp_name: str = ALGORITHM
     """the name of this experiment (part of the run name)"""
-    seed: int = 0
+    seed: int = 1
     """seed of the networks' initialization and of the minibatch sampling"""
     torch_deterministic: bool = True
     """sets `torch.backends.cudnn.deterministic`"""
-    cuda: bool = True
-    """use the GPU when one is available"""
-    env_id: str = "maze2d-umaze-v1"
+    device: str = "auto"
+    """'auto' (the GPU when there is one), 'cpu' or 'cuda'"""
+    env: Annotated[str, tyro.conf.arg(aliases=("--env-id",))] = "maze2d-umaze-v1"
     """the maze2d task: maze2d-{umaze,medium,large}[-multi]-v1 (short forms such as maze2d-large work)"""
     runs_dir: str = "runs"
     """folder of the TensorBoard runs and checkpoints (runs/{run_name})"""

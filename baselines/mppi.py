@@ -11,8 +11,8 @@ No training. At every control step, for each environment:
 The cost sees only ``horizon`` steps ahead, so MPPI gets stuck behind walls between the point and the goal; that is
 the expected behaviour of this baseline on maze2d (DF paper, Table 1: 33.2 / 10.2 / 5.1 on umaze / medium / large).
 
-    python baselines/mppi.py --env-id maze2d-umaze --num-episodes 20
-    python baselines/mppi.py --env-id maze2d-large-multi --num-samples 128 --horizon 40
+    python baselines/mppi.py --env maze2d-umaze --num-episodes 20
+    python baselines/mppi.py --env maze2d-large-multi --num-samples 128 --horizon 40
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import tyro
@@ -37,8 +38,11 @@ class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run name)"""
     seed: int = 1
-    """seed of the planner's noise and of the evaluation episodes (episode i is seeded seed + i)"""
-    env_id: str = "maze2d-umaze-v1"
+    """seed of the planner's noise"""
+    eval_seed: int = 0
+    """seed of the first evaluation episode (episode i: eval_seed + i; the test episodes are seeds 0-99, as for
+    every method)"""
+    env: Annotated[str, tyro.conf.arg(aliases=("--env-id",))] = "maze2d-umaze-v1"
     """the maze2d task (any of the six; short forms such as maze2d-large or large-multi work)"""
     num_episodes: int = 20
     """evaluation episodes"""
@@ -133,7 +137,7 @@ class MPPIPlanner:
 
 def make_planner(args: Args) -> MPPIPlanner:
     return MPPIPlanner(
-        envs.get_task(args.env_id).maze,
+        envs.get_task(args.env).maze,
         horizon=args.horizon,
         num_samples=args.num_samples,
         temperature=args.temperature,
@@ -148,7 +152,7 @@ def control_steps_per_second(args: Args) -> tuple[float, float]:
     """Control steps per second of one environment (batch of 1), env stepping excluded: per wall-clock second and
     per CPU second of this process (the two agree on an idle machine with --num-threads 1)."""
     planner = make_planner(args)
-    env = envs.make(args.env_id)
+    env = envs.make(args.env)
     obs, _ = env.reset(seed=args.seed)
     planner.reset(1)
     for _ in range(args.timing_steps):
@@ -159,7 +163,7 @@ def control_steps_per_second(args: Args) -> tuple[float, float]:
 
 
 def main(args: Args) -> dict:
-    env_id = envs.resolve_env_id(args.env_id)
+    env_id = envs.resolve_env_id(args.env)
     run_name = f"{env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     writer = SummaryWriter(str(Path(args.runs_dir) / run_name))
     table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
@@ -182,7 +186,7 @@ def main(args: Args) -> dict:
 
     planner = make_planner(args)
     result = evaluate(
-        planner, env_id, args.num_episodes, seed=args.seed, num_envs=args.num_envs, progress=args.progress
+        planner, env_id, args.num_episodes, seed=args.eval_seed, num_envs=args.num_envs, progress=args.progress
     )
     log_evaluation(writer, result, global_step=0)
     batched_rate = planner.control_steps / planner.planning_seconds

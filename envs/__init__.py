@@ -4,7 +4,17 @@ Importing this package registers the Gymnasium ids ``maze2d-{umaze,medium,large}
 """
 
 from envs.mazes import MAZE_LAYOUTS, Maze
-from envs.tasks import TASKS, Maze2DEnv, TaskSpec, get_normalized_score, get_task, make, register_tasks, resolve_env_id
+from envs.tasks import (
+    TASKS,
+    Maze2DEnv,
+    TaskSpec,
+    get_normalized_score,
+    get_task,
+    make,
+    register_tasks,
+    resolve_env_id,
+    twin_env_id,
+)
 
 register_tasks()
 
@@ -19,4 +29,5 @@ __all__ = [
     "make",
     "register_tasks",
     "resolve_env_id",
+    "twin_env_id",
 ]

@@ -65,6 +65,12 @@ def get_task(env_id: str) -> TaskSpec:
     return TASKS[resolve_env_id(env_id)]
 
 
+def twin_env_id(env_id: str) -> str:
+    """The other task of the same maze: ``maze2d-large-multi-v1`` for ``maze2d-large`` and back (short ids work)."""
+    task = get_task(env_id)
+    return f"maze2d-{task.maze}{'' if task.multi_goal else '-multi'}-v1"
+
+
 def get_normalized_score(env_id: str, returns) -> np.ndarray:
     """D4RL normalized score, 100 * (return - ref_min) / (ref_max - ref_min), for one return or an array."""
     task = get_task(env_id)

@@ -2,9 +2,9 @@
 
 Trained methods are read from their checkpoints (train them with their own scripts first); MPPI needs none.
 
-    python scripts/benchmark.py --maze large --df runs/<run>/agent.pt \
+    python scripts/benchmark.py --env maze2d-large --df runs/<run>/agent.pt \
         --iql runs/<single-goal run>/iql.pt runs/<multi-goal run>/iql.pt --diffuser runs/<run>/diffuser.pt --mppi
-    python scripts/benchmark.py --maze umaze --mppi --episodes 20 --output umaze.json
+    python scripts/benchmark.py --env maze2d-umaze --mppi --episodes 20 --output umaze.json
 
 Prints one markdown row per (method, task): D4RL normalized score ± standard error, success rate, mean time to
 first reach the goal, and the evaluation's wall-clock time. DF and Diffuser are evaluated on both the single-goal
@@ -17,6 +17,7 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import tyro
@@ -28,8 +29,9 @@ from envs.records import append_record, make_record
 
 @dataclass
 class Args:
-    maze: str = "large"
-    """umaze, medium or large: its single-goal and multi-goal tasks are evaluated"""
+    env: Annotated[str, tyro.conf.arg(aliases=("--maze",))] = "maze2d-large"
+    """a task of the maze (maze2d-large, maze2d-large-multi, or just large): the maze's single-goal and multi-goal
+    tasks are both evaluated"""
     episodes: int = 100
     """episodes per method and task (episode i is seeded seed + i for every method)"""
     seed: int = 0
@@ -47,11 +49,11 @@ class Args:
     df_goal_hold_radius: float | None = None
     """override the DF agent's goal-hold radius (0: pure DF)"""
     iql: tuple[str, ...] = ()
-    """IQL checkpoints (baselines/iql.py --save-model), each evaluated on the task it was trained on"""
+    """IQL checkpoints (written by baselines/iql.py), each evaluated on the task it was trained on"""
     cql: tuple[str, ...] = ()
-    """CQL checkpoints (baselines/cql.py --save-model), each evaluated on the task it was trained on"""
+    """CQL checkpoints (written by baselines/cql.py), each evaluated on the task it was trained on"""
     diffuser: str | None = None
-    """Diffuser checkpoint (baselines/diffuser.py --save-model): both execution modes"""
+    """Diffuser checkpoint (written by baselines/diffuser.py): both execution modes"""
     mppi: bool = False
     """evaluate MPPI on the true dynamics (baselines/mppi.py defaults)"""
     expert: bool = False
@@ -63,7 +65,7 @@ class Args:
     record: str | None = None
     """append each evaluation as a JSON record to this file (e.g. results/benchmark.jsonl; make_results.py reads it)"""
     table: str | None = None
-    """RESULTS.md table of those records (default: the maze)"""
+    """RESULTS.md table of those records (default: maze2d-<maze>)"""
 
 
 Entry = tuple[str, str, Callable[[], object]]  # method, task id, policy factory (built only when evaluated)
@@ -94,7 +96,7 @@ def offline_entries(name: str, paths: tuple[str, ...], maze: str) -> Iterator[En
 
     module = {"iql": iql, "cql": cql}[name]
     for path in paths:
-        env_id = envs.resolve_env_id(common.load_checkpoint(path, name, "cpu")["args"]["env_id"])
+        env_id = envs.resolve_env_id(common.load_checkpoint(path, name, "cpu")["args"]["env"])
         if envs.get_task(env_id).maze != maze:
             raise SystemExit(f"{path} was trained on {env_id}, not on the {maze} maze")
         yield name.upper(), env_id, lambda path=path: module.load_policy(path)
@@ -113,7 +115,7 @@ def mppi_entries(args: Args, tasks: list[str]) -> Iterator[Entry]:
     from baselines import mppi
 
     for env_id in tasks:
-        yield "MPPI", env_id, lambda env_id=env_id: mppi.make_planner(mppi.Args(env_id=env_id, seed=args.seed))
+        yield "MPPI", env_id, lambda env_id=env_id: mppi.make_planner(mppi.Args(env=env_id, seed=args.seed))
 
 
 def scale_entries(args: Args, tasks: list[str], maze: str) -> Iterator[Entry]:
@@ -137,8 +139,9 @@ def row(method: str, env_id: str, result: EvalResult) -> str:
 
 
 def main(args: Args) -> list[dict]:
-    maze = envs.get_task(f"maze2d-{args.maze}").maze
-    tasks = [envs.resolve_env_id(f"maze2d-{maze}"), envs.resolve_env_id(f"maze2d-{maze}-multi")]
+    task = envs.get_task(args.env)
+    maze, twin = task.maze, envs.twin_env_id(task.env_id)
+    tasks = [twin, task.env_id] if task.multi_goal else [task.env_id, twin]  # the single-goal task first
     entries: list[Entry] = []
     if args.df:
         entries += df_entries(args, tasks)

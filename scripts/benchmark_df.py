@@ -182,8 +182,8 @@ def main(args: Args) -> None:
         )
 
     if args.checkpoint and args.eval_episodes:
-        multi = [envs.resolve_env_id(f"maze2d-{task.maze}-multi")] if args.eval_multi else []
-        for env_id in [envs.resolve_env_id(f"maze2d-{task.maze}"), *multi]:
+        single = envs.twin_env_id(task.env_id) if task.multi_goal else task.env_id
+        for env_id in [single, envs.twin_env_id(single)] if args.eval_multi else [single]:
             for planner in grid_planners(args, envs.get_task(env_id).max_episode_steps):
                 agent.planner = planner
                 agent.generator.manual_seed(args.seed)

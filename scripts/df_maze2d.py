@@ -401,7 +401,7 @@ def main(args: Args) -> dict:
     summary = {"run": run_name, "train_steps": step}
     tasks = [task.env_id]
     if args.eval_multi:
-        tasks.append(envs.resolve_env_id(f"maze2d-{task.maze}{'' if task.multi_goal else '-multi'}"))
+        tasks.append(envs.twin_env_id(task.env_id))
     for env_id in tasks if args.eval_episodes > 0 else []:
         agent.planner.episode_length = envs.get_task(env_id).max_episode_steps
         result = evaluate(agent, env_id, num_episodes=args.eval_episodes, seed=args.eval_seed)

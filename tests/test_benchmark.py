@@ -22,9 +22,9 @@ def load_script():
 @pytest.fixture(scope="module")
 def tiny_iql_checkpoints(tmp_path_factory, tiny_umaze_dataset):
     runs = tmp_path_factory.mktemp("runs")
-    common = dict(total_steps=50, batch_size=32, hidden_dim=16, eval_freq=0, final_eval_episodes=3, log_freq=25)
-    single = iql.main(iql.Args(env_id="maze2d-umaze", save_model=True, runs_dir=str(runs), progress=False, **common))
-    multi = iql.main(iql.Args(env_id="umaze-multi", save_model=True, runs_dir=str(runs), progress=False, **common))
+    common = dict(total_steps=50, batch_size=32, hidden_dim=16, eval_every=0, final_eval_episodes=3, log_every=25)
+    single = iql.main(iql.Args(env="maze2d-umaze", save_model=True, runs_dir=str(runs), progress=False, **common))
+    multi = iql.main(iql.Args(env="umaze-multi", save_model=True, runs_dir=str(runs), progress=False, **common))
     return single, multi
 
 
@@ -34,7 +34,10 @@ def test_benchmark_reproduces_each_scripts_own_evaluation(tiny_iql_checkpoints, 
     output = tmp_path / "results.json"
     records = benchmark.main(
         benchmark.Args(
-            maze="umaze", episodes=3, iql=(str(single["checkpoint"]), str(multi["checkpoint"])), output=str(output)
+            env="maze2d-umaze",
+            episodes=3,
+            iql=(str(single["checkpoint"]), str(multi["checkpoint"])),
+            output=str(output),
         )
     )
     assert [(r["method"], r["task"]) for r in records] == [("IQL", "maze2d-umaze-v1"), ("IQL", "maze2d-umaze-multi-v1")]
@@ -50,9 +53,9 @@ def test_benchmark_refuses_a_checkpoint_of_another_maze(tiny_iql_checkpoints):
     benchmark = load_script()
     single, _ = tiny_iql_checkpoints
     with pytest.raises(SystemExit, match="not on the large maze"):
-        benchmark.main(benchmark.Args(maze="large", episodes=1, iql=(str(single["checkpoint"]),)))
+        benchmark.main(benchmark.Args(env="maze2d-large", episodes=1, iql=(str(single["checkpoint"]),)))
     with pytest.raises(SystemExit, match="nothing to evaluate"):
-        benchmark.main(benchmark.Args(maze="umaze"))
+        benchmark.main(benchmark.Args(env="maze2d-umaze"))
 
 
 def test_benchmark_scales_with_expert_and_random_and_writes_records(tmp_path):
@@ -60,7 +63,7 @@ def test_benchmark_scales_with_expert_and_random_and_writes_records(tmp_path):
 
     benchmark = load_script()
     path = tmp_path / "results" / "b.jsonl"
-    rows = benchmark.main(benchmark.Args(maze="umaze", episodes=2, expert=True, random=True, record=str(path)))
+    rows = benchmark.main(benchmark.Args(env="maze2d-umaze", episodes=2, expert=True, random=True, record=str(path)))
     records = read_records(path)
     assert [(r["method"], r["env_id"]) for r in records] == [(r["method"], r["task"]) for r in rows]
     assert {r["method"] for r in records} == {"expert (waypoints + PD)", "random"} and len(records) == 4

@@ -15,18 +15,18 @@ pytestmark = pytest.mark.usefixtures("tiny_umaze_dataset")  # tests/conftest.py
 
 def tiny_args(tmp_path, **overrides) -> cql.Args:
     settings = dict(
-        env_id="maze2d-umaze-multi",
+        env="maze2d-umaze-multi",
         total_steps=200,
         batch_size=32,
         hidden_dim=16,
         n_hidden=2,
         cql_n_actions=4,
-        eval_freq=100,
+        eval_every=100,
         eval_episodes=2,
         final_eval_episodes=2,
-        log_freq=50,
+        log_every=50,
         save_model=True,
-        checkpoint_freq=100,
+        checkpoint_every=100,
         runs_dir=str(tmp_path / "runs"),
         progress=False,
     )
@@ -127,7 +127,7 @@ def test_the_lagrange_multiplier_tracks_the_target_gap():
 def test_cql_runs_end_to_end_saves_loads_and_resumes_exactly(tmp_path):
     result = cql.main(tiny_args(tmp_path))
     run_dir = result["run_dir"]
-    assert run_dir.name.startswith("maze2d-umaze-multi-v1__cql__0__")
+    assert run_dir.name.startswith("maze2d-umaze-multi-v1__cql__1__")
     events = EventAccumulator(str(run_dir))
     events.Reload()
     tags = set(events.Tags()["scalars"])
@@ -149,9 +149,7 @@ def test_cql_runs_end_to_end_saves_loads_and_resumes_exactly(tmp_path):
 
     # A goal-conditioned model also runs on the single-goal task of its maze.
     single = cql.main(
-        cql.Args(
-            eval_only=True, checkpoint=str(final), eval_env_id="maze2d-umaze", final_eval_episodes=1, progress=False
-        )
+        cql.Args(eval_only=True, checkpoint=str(final), eval_env="maze2d-umaze", final_eval_episodes=1, progress=False)
     )
     assert single["final_eval"].env_id == "maze2d-umaze-v1"
 
@@ -173,7 +171,7 @@ def test_cql_runs_end_to_end_saves_loads_and_resumes_exactly(tmp_path):
 def test_cql_trains_on_the_single_goal_task(tmp_path):
     from envs.evaluation import evaluate
 
-    result = cql.main(tiny_args(tmp_path, env_id="maze2d-umaze", total_steps=50, eval_freq=0, final_eval_episodes=1))
+    result = cql.main(tiny_args(tmp_path, env="maze2d-umaze", total_steps=50, eval_every=0, final_eval_episodes=1))
     policy = result["policy"]
     assert not policy.goal_conditioned
     # the actor reads the 4-D state alone (a goal-conditioned one reads state and goal, 6-D) ...

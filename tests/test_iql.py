@@ -6,7 +6,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import envs
-from baselines import iql
+from baselines import common, iql
 from baselines.common import Batch, GoalRelabelSampler, Normalizer, fixed_goal, goal_reward
 from envs.datasets import load_transitions
 from envs.tasks import GOAL_RADIUS
@@ -16,16 +16,16 @@ pytestmark = pytest.mark.usefixtures("tiny_umaze_dataset")  # tests/conftest.py
 
 def tiny_args(tmp_path, **overrides) -> iql.Args:
     settings = dict(
-        env_id="maze2d-umaze",
+        env="maze2d-umaze",
         total_steps=200,
         batch_size=32,
         hidden_dim=16,
-        eval_freq=100,
+        eval_every=100,
         eval_episodes=2,
         final_eval_episodes=2,
-        log_freq=50,
+        log_every=50,
         save_model=True,
-        checkpoint_freq=100,
+        checkpoint_every=100,
         runs_dir=str(tmp_path / "runs"),
         progress=False,
     )
@@ -192,7 +192,7 @@ def scalar_tags(run_dir) -> set:
 def test_iql_runs_end_to_end_saves_loads_and_resumes_exactly(tmp_path):
     result = iql.main(tiny_args(tmp_path))
     run_dir = result["run_dir"]
-    assert run_dir.name.startswith("maze2d-umaze-v1__iql__0__")
+    assert run_dir.name.startswith("maze2d-umaze-v1__iql__1__")
     assert list(run_dir.glob("events.out.tfevents.*"))
     tags = scalar_tags(run_dir)
     assert {"charts/SPS", "losses/value_loss", "losses/q_loss", "losses/actor_loss", "eval/normalized_score"} <= tags
@@ -235,15 +235,43 @@ def test_iql_runs_end_to_end_saves_loads_and_resumes_exactly(tmp_path):
 
 
 def test_iql_resume_keeps_the_checkpoint_hyperparameters(tmp_path, capsys):
-    first = iql.main(tiny_args(tmp_path, total_steps=60, eval_freq=0, final_eval_episodes=0, checkpoint_freq=1000))
+    first = iql.main(tiny_args(tmp_path, total_steps=60, eval_every=0, final_eval_episodes=0, checkpoint_every=1000))
     assert first["final_eval"] is None  # --final-eval-episodes 0: train and save only
-    resumed = iql.main(tiny_args(tmp_path, resume=str(first["checkpoint"]), total_steps=80, hidden_dim=64, eval_freq=0))
+    resumed = iql.main(
+        tiny_args(tmp_path, resume=str(first["checkpoint"]), total_steps=80, hidden_dim=64, eval_every=0)
+    )
     assert "hidden_dim=16 (not 64)" in capsys.readouterr().out
     assert torch.load(resumed["checkpoint"], weights_only=False)["step"] == 80
 
 
+def test_checkpoints_written_before_the_renames_still_load_evaluate_and_resume(tmp_path, capsys):
+    first = iql.main(tiny_args(tmp_path, total_steps=60, eval_every=0, final_eval_episodes=1, checkpoint_every=1000))
+    # The same checkpoint as the scripts wrote it before --env, --device and --*-every: env_id, cuda, *_freq.
+    payload = torch.load(first["checkpoint"], weights_only=False)
+    old_names = {"env": "env_id", "eval_env": "eval_env_id", "eval_every": "eval_freq", "log_every": "log_freq"}
+    old_names["checkpoint_every"] = "checkpoint_freq"
+    payload["args"] = {old_names.get(k, k): v for k, v in payload["args"].items() if k != "device"}
+    payload["args"]["cuda"] = False
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+
+    args = common.load_checkpoint(old, "iql")["args"]
+    assert args["env"] == "maze2d-umaze-v1" and args["device"] == "cpu" and "env_id" not in args
+    assert (args["eval_every"], args["log_every"], args["checkpoint_every"]) == (0, 50, 1000)
+    obs = random_observations()
+    np.testing.assert_array_equal(iql.load_policy(old)(obs), first["policy"](obs))
+    evaluation = iql.main(iql.Args(eval_only=True, checkpoint=str(old), final_eval_episodes=1, progress=False))
+    np.testing.assert_array_equal(evaluation["final_eval"].returns, first["final_eval"].returns)
+    # A resumed run keeps the checkpoint's task (read from env_id), whatever --env says.
+    resumed = iql.main(
+        tiny_args(tmp_path, env="maze2d-umaze-multi", resume=str(old), total_steps=70, final_eval_episodes=0)
+    )
+    assert "env='maze2d-umaze-v1' (not 'maze2d-umaze-multi')" in capsys.readouterr().out
+    assert resumed["run_name"] == first["run_name"] and not resumed["policy"].goal_conditioned
+
+
 def test_iql_trains_goal_conditioned_on_the_multi_goal_task(tmp_path):
-    args = tiny_args(tmp_path, env_id="maze2d-umaze-multi", total_steps=60, eval_freq=0, final_eval_episodes=1)
+    args = tiny_args(tmp_path, env="maze2d-umaze-multi", total_steps=60, eval_every=0, final_eval_episodes=1)
     result = iql.main(args)
     assert result["run_name"].startswith("maze2d-umaze-multi-v1__iql__")
     policy = result["policy"]

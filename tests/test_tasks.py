@@ -89,6 +89,15 @@ def test_short_ids_and_unknown_id():
         envs.make("maze2d-huge")
 
 
+def test_twin_env_id_is_the_other_task_of_the_same_maze():
+    assert envs.twin_env_id("maze2d-umaze") == "maze2d-umaze-multi-v1"
+    assert envs.twin_env_id("large-multi") == "maze2d-large-v1"
+    for env_id, task in envs.TASKS.items():
+        twin = envs.get_task(envs.twin_env_id(env_id))
+        assert twin.maze == task.maze and twin.multi_goal != task.multi_goal
+        assert envs.twin_env_id(twin.env_id) == env_id
+
+
 def test_bad_actions_and_cells_are_refused():
     env = envs.make("maze2d-umaze")
     env.reset(seed=0)
