@@ -301,7 +301,7 @@ def train(
         print(setup)
         writer.add_text("training", setup)
     checkpoint_path = run_dir / "checkpoint.pt"
-    start, last_log = time.perf_counter(), time.perf_counter()
+    start, last_log, last_log_step = time.perf_counter(), time.perf_counter(), trainer.step
     bar = tqdm(total=args.total_steps, initial=trainer.step, desc="train", unit="step", disable=not main_process)
     while trainer.step < args.total_steps:
         batch = sampler.sample(config.batch_size, trainer.rng)
@@ -317,8 +317,9 @@ def train(
         if trainer.step % args.log_every == 0:
             loss = mean_over_ranks(metrics["loss"], trainer.device)  # the global batch's loss
             now = time.perf_counter()
-            steps_per_second = args.log_every / (now - last_log)
-            last_log = now
+            # steps since the last log: fewer than log_every after a resume from a step between two logs
+            steps_per_second = (trainer.step - last_log_step) / (now - last_log)
+            last_log, last_log_step = now, trainer.step
             if main_process:
                 writer.add_scalar("losses/loss", loss, trainer.step)
                 writer.add_scalar("losses/grad_norm", metrics["grad_norm"], trainer.step)

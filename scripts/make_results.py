@@ -143,7 +143,14 @@ def time_to_goal_figure(records: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-TABLE_ORDER = ("Diffusion Forcing", "maze2d-", "Ablations", "Planner grid", "Probes")
+TABLE_ORDER = (
+    "Diffusion Forcing, pure: the shipped",
+    "Diffusion Forcing",
+    "maze2d-",
+    "Ablations",
+    "Planner grid",
+    "Probes",
+)
 
 
 def _table_rank(name: str) -> int:
