@@ -344,6 +344,10 @@ class OfflineRunArgs:
     """only evaluate --checkpoint (--final-eval-episodes episodes) and exit"""
     checkpoint: str | None = None
     """checkpoint to evaluate with --eval-only"""
+    train_minutes: float | None = None
+    """stop training after this many minutes of wall time, even before --total-steps (None: no time limit); the
+    final evaluation and checkpoint then happen at the step reached (the actor's learning-rate schedule, where there
+    is one, still spans --total-steps)"""
     eval_env: Annotated[str | None, tyro.conf.arg(aliases=("--eval-env-id",))] = None
     """--eval-only on another task of the same maze (e.g. a multi-goal model on the single-goal task)"""
 
@@ -352,6 +356,7 @@ class OfflineRunArgs:
 RUN_FIELDS = {
     "exp_name", "device", "runs_dir", "progress", "total_steps", "eval_every", "eval_episodes", "final_eval_episodes",
     "eval_seed", "log_every", "save_model", "checkpoint_every", "resume", "eval_only", "checkpoint", "eval_env",
+    "train_minutes",
 }  # fmt: skip
 
 
@@ -381,9 +386,11 @@ def run_offline(
     """Train ``make_agent(input_dim, args)`` on the task's dataset, evaluating and checkpointing as ``args`` says.
 
     ``args`` is a script's ``Args`` (an ``OfflineRunArgs``); a resumed run takes ``RUN_FIELDS`` from it.
-    Returns the run name and folder, the final evaluation, the policy and the checkpoint path.
+    Returns the run name and folder, the final evaluation, the policy, the checkpoint path and the last step.
     """
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if args.train_minutes is not None and args.train_minutes <= 0:
+        raise ValueError(f"--train-minutes must be positive, got {args.train_minutes}; leave it out for no time limit")
 
     def run_evaluation(policy, env_id: str, episodes: int, writer=None, step: int = 0):
         result = evaluate(policy, env_id, num_episodes=episodes, seed=args.eval_seed, progress=args.progress)
@@ -465,6 +472,7 @@ def run_offline(
 
     last_eval = None
     start_time, logged_step = time.perf_counter(), start_step
+    train_start, final_step = start_time, start_step
     bar = tqdm(
         range(start_step, args.total_steps),
         desc=f"{algorithm} {args.env}",
@@ -474,8 +482,10 @@ def run_offline(
     )
     for step in bar:
         info = agent.update(sampler.sample(args.batch_size))
-        global_step = step + 1
-        if global_step % args.log_every == 0 or global_step == args.total_steps:
+        global_step = final_step = step + 1
+        out_of_time = args.train_minutes is not None and time.perf_counter() - train_start > 60 * args.train_minutes
+        last = global_step == args.total_steps or out_of_time
+        if global_step % args.log_every == 0 or last:
             for name, value in info.items():
                 writer.add_scalar(f"losses/{name}", value.item(), global_step)
             for name, value in (extra_scalars(agent) if extra_scalars else {}).items():
@@ -484,19 +494,30 @@ def run_offline(
             writer.add_scalar("charts/SPS", sps, global_step)
             start_time, logged_step = time.perf_counter(), global_step
             bar.set_postfix(sps=f"{sps:.0f}", score=None if last_eval is None else f"{last_eval.normalized_score:.1f}")
-        if global_step == args.total_steps and args.final_eval_episodes > 0:
+        if last and args.final_eval_episodes > 0:
             last_eval = run_evaluation(policy, args.env, args.final_eval_episodes, writer, global_step)
         elif args.eval_every > 0 and global_step % args.eval_every == 0:
             last_eval = run_evaluation(policy, args.env, args.eval_episodes, writer, global_step)
-        if args.save_model and global_step % args.checkpoint_every == 0 and global_step != args.total_steps:
+        if args.save_model and global_step % args.checkpoint_every == 0 and not last:
             write_checkpoint(global_step, run_dir / "checkpoints" / f"step_{global_step}.pt")
+        if out_of_time:
+            tqdm.write(f"[{algorithm}] time budget of {args.train_minutes} minutes reached at step {global_step:,}")
+            break
     bar.close()
+    writer.add_scalar("charts/train_minutes", (time.perf_counter() - train_start) / 60, final_step)
 
     saved = None
     if args.save_model:
-        saved = write_checkpoint(max(start_step, args.total_steps), run_dir / f"{args.exp_name}.pt")
+        saved = write_checkpoint(final_step, run_dir / f"{args.exp_name}.pt")
         print(f"[{algorithm}] checkpoint: {saved}")
     if last_eval is not None:
-        writer.add_text("final_evaluation", str(last_eval), args.total_steps)
+        writer.add_text("final_evaluation", str(last_eval), final_step)
     writer.close()
-    return {"run_name": run_name, "run_dir": run_dir, "final_eval": last_eval, "policy": policy, "checkpoint": saved}
+    return {
+        "run_name": run_name,
+        "run_dir": run_dir,
+        "final_eval": last_eval,
+        "policy": policy,
+        "checkpoint": saved,
+        "step": final_step,
+    }

@@ -2,6 +2,7 @@
 
     python baselines/cql.py --env maze2d-umaze                              # CORL's maze2d settings, 1M steps
     python baselines/cql.py --env maze2d-medium-multi --total-steps 200000  # checkpoints in runs/<run>/
+    python baselines/cql.py --env maze2d-umaze --train-minutes 10           # a time budget (and --total-steps)
     python baselines/cql.py --eval-only --checkpoint runs/<run>/cql.pt     # 100 episodes of the shared evaluation
     python baselines/cql.py --resume runs/<run>/checkpoints/step_100000.pt  # continue a run exactly
 

@@ -2,6 +2,7 @@
 
     python baselines/iql.py --env maze2d-umaze                              # CORL's maze2d settings, 1M steps
     python baselines/iql.py --env maze2d-large-multi --total-steps 200000  # checkpoints in runs/<run>/
+    python baselines/iql.py --env maze2d-umaze --train-minutes 10           # a time budget (and --total-steps)
     python baselines/iql.py --eval-only --checkpoint runs/<run>/iql.pt     # 100 episodes of the shared evaluation
     python baselines/iql.py --resume runs/<run>/checkpoints/step_100000.pt  # continue a run exactly
 

@@ -18,7 +18,7 @@ import torch
 
 from df_agent.diffusion import NoiseSchedule
 from df_agent.guidance import GoalCost
-from df_agent.model import DiffusionForcingModel, ModelConfig
+from df_agent.model import CausalModel, ModelConfig, build_model
 from df_agent.sampler import sample
 from df_agent.schedules import make_schedule, to_noise_levels, validate_schedule
 from df_agent.tokens import Tokenizer
@@ -96,7 +96,7 @@ class Agent:
 
     def __init__(
         self,
-        model: DiffusionForcingModel,
+        model: CausalModel,
         tokenizer: Tokenizer,
         schedule: NoiseSchedule,
         planner: PlannerConfig | None = None,
@@ -152,7 +152,7 @@ class Agent:
     def load(cls, path: str | os.PathLike, device: torch.device | str | None = None, **planner_overrides) -> Agent:
         """Load an agent saved by ``save`` or a training checkpoint (which plans with its EMA weights if any)."""
         state = load_checkpoint(path, device)
-        model = DiffusionForcingModel(ModelConfig(**state["model_config"]))
+        model = build_model(ModelConfig(**state["model_config"]))
         tokenizer = Tokenizer.from_state_dict(state["tokenizer"])
         if state.get("kind") == "agent":
             model.load_state_dict(state["model"])

@@ -1,5 +1,9 @@
 """The causal Diffusion Forcing model for low-dimensional tokens (paper Section 3.2, Appendix D.2).
 
+Two backbones share one interface (``CausalModel``), chosen by ``ModelConfig.backbone`` through ``build_model``:
+``"rnn"`` (this module's ``DiffusionForcingModel``, the default) and ``"transformer"``
+(``df_agent.transformer.CausalTransformerModel``). For the RNN:
+
 z_0 = encoder(o_t); for each token, z_t = GRU(z_{t-1}, ResMLP([x_t^{k_t}, emb(k_t)])) and the clean token is
 predicted from z_t by a second ResMLP. Per-token networks run on the whole sequence at once and the GRU runs as one
 fused ``nn.GRU`` call, so a sequence costs one pass, not a Python loop over time. Nothing at t sees anything after t.
@@ -23,6 +27,11 @@ class ModelConfig:
     depth: int = 2
     level_embedding_dim: int = 64
     num_levels: int = 1000
+    backbone: str = "rnn"
+    """'rnn' (ResMLP-GRU; ``latent_dim`` is its latent) or 'transformer' (causal self-attention, ``depth`` layers of
+    ``width``; ``latent_dim`` unused). Checkpoints written before the field existed load as 'rnn'."""
+    heads: int = 4
+    """attention heads of the transformer backbone (``width`` must be a multiple)"""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +64,14 @@ class ResMLP(nn.Module):
         return self.net(x)
 
 
+def sinusoidal_embedding(values: torch.Tensor, dim: int) -> torch.Tensor:
+    """[sin, cos] of ``values`` (...,) at ``dim // 2`` geometric frequencies, (..., dim)."""
+    half = dim // 2
+    frequencies = torch.exp(-math.log(10_000.0) * torch.arange(half, device=values.device) / half)
+    angles = values.float()[..., None] * frequencies
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
 class LevelEmbedding(nn.Module):
     """Sinusoidal embedding of the integer noise level, then an MLP."""
 
@@ -65,14 +82,57 @@ class LevelEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, levels: torch.Tensor) -> torch.Tensor:
-        half = self.dim // 2
-        frequencies = torch.exp(-math.log(10_000.0) * torch.arange(half, device=levels.device) / half)
-        angles = levels.float()[..., None] * frequencies
-        return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))
+        return self.mlp(sinusoidal_embedding(levels, self.dim))
 
 
-class DiffusionForcingModel(nn.Module):
-    """Causal latent dynamics with per-token noise levels; predicts each clean token (x0) from its latent."""
+class CausalModel(nn.Module):
+    """What the trainer, the sampler (guidance and MCG included) and the agent use of a backbone. The past enters as
+    a *state*, a tensor of batch size B whose meaning is the backbone's own (the RNN's latent, the transformer's
+    embedded prefix); the sampler only passes states back to the model.
+
+    - ``initial_latent(obs)``: the state before the first token, from the (normalized) observation (B, obs_dim).
+    - ``forward(state, tokens, levels)``: tokens (B, T, D) at levels (B, T) after ``state``; returns the clean-token
+      predictions (B, T, D) and ``states``, the per-token states of this call, which only ``advance``'s result and
+      ``predict_each_alone`` read.
+    - ``advance(state, tokens, levels)``: the state after the tokens.
+    - ``predict_each_alone(state, states, tokens, levels)``: Monte Carlo Guidance's redraws, below.
+    """
+
+    config: ModelConfig
+
+    def initial_latent(self, obs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def advance(self, state: torch.Tensor, tokens: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict_each_alone(
+        self, state: torch.Tensor, states: torch.Tensor, tokens: torch.Tensor, levels: torch.Tensor
+    ) -> torch.Tensor:
+        """Predictions (N, B, T, D) for tokens (N, B, T, D) at levels (N, B, T), where token t of every one of the
+        N sets is seen alone after the past of token t of a plan of T tokens: ``state`` (the state before the plan)
+        and the plan's tokens before t, as given by ``states`` from ``forward(state, plan, plan_levels)``. As if
+        ``forward(advance(state, plan[:, :t], ...), tokens[n, :, t:t+1], levels[n, :, t:t+1])`` for every n, t."""
+        raise NotImplementedError
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def build_model(config: ModelConfig) -> CausalModel:
+    """The backbone ``config.backbone`` names, freshly initialized."""
+    if config.backbone == "rnn":
+        return DiffusionForcingModel(config)
+    if config.backbone == "transformer":
+        from df_agent.transformer import CausalTransformerModel  # it builds on this module's blocks
+
+        return CausalTransformerModel(config)
+    raise ValueError(f"unknown backbone {config.backbone!r}; choose 'rnn' or 'transformer'")
+
+
+class DiffusionForcingModel(CausalModel):
+    """Causal latent dynamics with per-token noise levels; predicts each clean token (x0) from its latent. The state
+    is the latent (B, latent); ``forward``'s per-token states are the latents z_1..z_T (B, T, latent)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -104,5 +164,15 @@ class DiffusionForcingModel(nn.Module):
         prediction = self.observation_model(torch.cat([latents, embedding], dim=-1))
         return prediction, latents
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def advance(self, state: torch.Tensor, tokens: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        return self(state, tokens, levels)[1][:, -1]
+
+    def predict_each_alone(
+        self, state: torch.Tensor, states: torch.Tensor, tokens: torch.Tensor, levels: torch.Tensor
+    ) -> torch.Tensor:
+        # One model step per (set, plan, token): a batch of single tokens, each from its own past latent.
+        draws, batch, num_tokens, token_dim = tokens.shape
+        before = torch.cat([state[:, None], states[:, :-1]], dim=1)  # each token's latent of the plan's past
+        flat_latents = before.expand(draws, -1, -1, -1).reshape(-1, before.shape[-1])
+        output, _ = self(flat_latents, tokens.reshape(-1, 1, token_dim), levels.reshape(-1, 1))
+        return output.view(draws, batch, num_tokens, token_dim)

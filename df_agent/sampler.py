@@ -11,8 +11,12 @@ the plan's own clean estimate plus ``mcg_samples - 1`` redraws of every token's 
 latent chain (``redraw_clean_estimates``), and its gradient is taken with respect to the plan alone: an estimate of
 the gradient of the expected cost-to-go. With one sample it is plain guidance.
 
-Leading tokens that are clean in two consecutive rows no longer change; their latent is cached and never
-recomputed.
+Leading tokens that are clean in two consecutive rows no longer change; the model's state after them is cached
+(``CausalModel.advance``): the RNN's latent is never recomputed, the transformer keeps their embeddings and
+recomputes attention over them (no KV cache).
+
+Any ``df_agent.model.CausalModel`` backbone serves: the sampler calls the model and hands its states back to it, and
+"latent" below means the backbone's state.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 import torch
 
 from df_agent.diffusion import NoiseSchedule
-from df_agent.model import DiffusionForcingModel
+from df_agent.model import CausalModel
 
 
 @dataclass
@@ -40,8 +44,16 @@ def _model_x0(model, schedule, z, tokens, levels, prediction):
     return schedule.to_x0(tokens, level_batch, output, prediction)
 
 
+def _advance(model, state, tokens, levels):
+    """The state after ``tokens``: ``CausalModel.advance``; a bare module with only ``forward`` (a test's oracle) is
+    taken to return latents as the RNN does, the last one being the state."""
+    if isinstance(model, CausalModel):
+        return model.advance(state, tokens, levels)
+    return model(state, tokens, levels)[1][:, -1]
+
+
 def redraw_clean_estimates(
-    model: DiffusionForcingModel,
+    model: CausalModel,
     schedule: NoiseSchedule,
     z_prev: torch.Tensor,
     latents: torch.Tensor,
@@ -54,27 +66,23 @@ def redraw_clean_estimates(
     """Monte Carlo Guidance's futures (paper Section 3.4): ``num_draws`` new clean estimates of every token, each
     drawn by re-noising the plan's estimate ``x0`` (B, T, D) to the token's level ``levels`` (T,) and denoising it
     again from the plan's own latent before that token (``z_prev`` (B, latent) for the first, ``latents`` (B, T,
-    latent) after each). The plan's latent chain is kept, so every draw is a possible completion of the same plan;
-    tokens still at high noise get diverse draws, nearly clean ones almost the plan's. Differentiable in ``x0`` and
-    the latents, so a cost averaged over the draws has a gradient with respect to the plan. Returns
+    latent) after each; for any backbone, the state before the plan and ``forward``'s per-token states, see
+    ``CausalModel.predict_each_alone``). The plan's latent chain is kept, so every draw is a possible completion of
+    the same plan; tokens still at high noise get diverse draws, nearly clean ones almost the plan's. Differentiable
+    in ``x0`` and the latents, so a cost averaged over the draws has a gradient with respect to the plan. Returns
     (num_draws * B, T, D), draw-major like ``Tensor.repeat``.
     """
     batch, num_tokens, token_dim = x0.shape
-    before = torch.cat([z_prev[:, None], latents[:, :-1]], dim=1)  # each token's latent of the plan's past
     noise = torch.randn((num_draws, *x0.shape), generator=generator, device=x0.device, dtype=x0.dtype)
     level_grid = levels.expand(num_draws, batch, num_tokens)
     renoised = schedule.add_noise(x0.expand(num_draws, -1, -1, -1), level_grid, noise)
-    # One model step per (draw, plan, token): a batch of single tokens, each from its own past latent.
-    flat_tokens = renoised.reshape(-1, 1, token_dim)
-    flat_levels = level_grid.reshape(-1, 1)
-    flat_latents = before.expand(num_draws, -1, -1, -1).reshape(-1, before.shape[-1])
-    output, _ = model(flat_latents, flat_tokens, flat_levels)
-    draws = schedule.to_x0(flat_tokens, flat_levels, output, prediction)
+    output = model.predict_each_alone(z_prev, latents, renoised, level_grid)  # each token alone after its past
+    draws = schedule.to_x0(renoised, level_grid, output, prediction)
     return draws.view(num_draws * batch, num_tokens, token_dim)
 
 
 def sample(
-    model: DiffusionForcingModel,
+    model: CausalModel,
     schedule: NoiseSchedule,
     z0: torch.Tensor,
     level_matrix: np.ndarray,
@@ -87,7 +95,8 @@ def sample(
     gradient_mask: torch.Tensor | None = None,
     return_history: bool = False,
 ) -> SampleResult:
-    """Generate tokens from initial latents ``z0`` (B, latent) following ``level_matrix`` (rows, T) of noise levels.
+    """Generate tokens from initial latents ``z0`` (B, latent; a backbone's ``initial_latent``) following
+    ``level_matrix`` (rows, T) of noise levels.
 
     Row 0 of the matrix is where every token starts (usually level K: white noise), the last row must be all 0.
     ``guidance_scale`` is one number or one per plan (B,). ``gradient_mask`` (token_dim,), if given, keeps the
@@ -117,8 +126,8 @@ def sample(
         final = int(torch.cumprod(((level == 0) & (next_level == 0)).long(), 0).sum())
         if final > cached:  # advance the cached latent over tokens that just became final
             with torch.no_grad():
-                _, latents = model(z_cached, x[:, cached:final], level[cached:final].expand(batch, -1))
-            z_cached, cached = latents[:, -1], final
+                z_cached = _advance(model, z_cached, x[:, cached:final], level[cached:final].expand(batch, -1))
+            cached = final
         active, lv, nlv = x[:, cached:], level[cached:], next_level[cached:]
         if not guided:
             with torch.no_grad():

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from df_agent.diffusion import NoiseSchedule
-from df_agent.model import DiffusionForcingModel, ModelConfig
+from df_agent.model import CausalModel, ModelConfig, build_model
 from df_agent.tokens import Tokenizer, TokenLayout
 
 CHECKPOINT_VERSION = 1
@@ -110,7 +110,7 @@ class TrainingForward(torch.nn.Module):
     tokens. ``Trainer.loss`` goes through it so that a wrapper hooking ``forward`` (``DistributedDataParallel``)
     sees every parameter of the model in one call."""
 
-    def __init__(self, model: DiffusionForcingModel):
+    def __init__(self, model: CausalModel):
         super().__init__()
         self.model = model
 
@@ -143,7 +143,7 @@ class Trainer:
         self.config = config
         self.tokenizer = tokenizer
         torch.manual_seed(seed)
-        self.model = DiffusionForcingModel(model_config).to(self.device)
+        self.model = build_model(model_config).to(self.device)
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False) if config.ema_decay > 0 else None
         self.schedule = NoiseSchedule(config.num_levels, config.noise_schedule).to(self.device)
         self.optimizer = torch.optim.AdamW(
@@ -170,7 +170,7 @@ class Trainer:
         self.generator.manual_seed(seed)
 
     @property
-    def sampling_model(self) -> DiffusionForcingModel:
+    def sampling_model(self) -> CausalModel:
         """The weights to plan with: the EMA copy when EMA is on."""
         return self.ema_model if self.ema_model is not None else self.model
 

@@ -71,12 +71,16 @@ class Args:
     """steps per token"""
     use_reward: bool = False
     """keep the reward slot in tokens (maze2d guides by goal, so the paper drops it)"""
+    backbone: Literal["rnn", "transformer"] = "rnn"
+    """'rnn': the ResMLP-GRU; 'transformer': causal self-attention (depth layers of width, heads heads)"""
     latent_dim: int = 128
-    """size of the GRU latent z_t"""
+    """size of the GRU latent z_t (rnn only)"""
     width: int = 128
-    """width of the residual MLPs"""
+    """width of the residual MLPs (and of the transformer)"""
     depth: int = 1
-    """residual blocks per MLP"""
+    """residual blocks per MLP (rnn); attention blocks (transformer)"""
+    heads: int = 4
+    """attention heads (transformer only)"""
 
     # training
     total_steps: int = 20_000
@@ -278,6 +282,7 @@ def train(
             noise_schedule=args.noise_schedule,
         )
         model_config = {"latent_dim": args.latent_dim, "width": args.width, "depth": args.depth}
+        model_config |= {"backbone": args.backbone, "heads": args.heads}
         trainer = make_trainer(data, layout, model_config, config, device=device, seed=args.seed)
     if world_size > 1:
         trainer.reseed(int(np.random.SeedSequence([args.seed, rank, trainer.step]).generate_state(1)[0]))
