@@ -120,7 +120,6 @@ def sample(
     guided = bool((scale > 0).any()) and cost is not None
     history = [] if return_history else None
     scale = scale.expand(z0.shape[0])[:, None, None]
-    model.eval()
     for m in range(len(level_matrix) - 1):
         level, next_level = levels_all[m], levels_all[m + 1]
         final = int(torch.cumprod(((level == 0) & (next_level == 0)).long(), 0).sum())

@@ -58,7 +58,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
-import torch
 import tyro
 from torch.utils.tensorboard import SummaryWriter
 
@@ -442,5 +441,4 @@ def main(args: Args) -> list[dict]:
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(True)
     main(tyro.cli(Args))

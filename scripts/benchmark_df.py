@@ -203,5 +203,4 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(True)
     main(tyro.cli(Args))
