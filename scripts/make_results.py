@@ -148,6 +148,7 @@ TABLE_ORDER = (
     "Diffusion Forcing",
     "maze2d-",
     "Ablations",
+    "Backbones",
     "Planner grid",
     "Probes",
 )
