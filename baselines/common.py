@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ import tyro
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from df_agent.checkpoints import read_checkpoint_file, save_atomically
 from envs.datasets import Transitions, load_transitions
 from envs.evaluation import evaluate, log_evaluation
 from envs.mazes import Maze
@@ -246,12 +246,7 @@ def restore_rng_states(states: dict, sampler: GoalRelabelSampler) -> None:
 
 def save_checkpoint(path: str | Path, payload: dict) -> Path:
     """``torch.save`` written to a temporary file and renamed into place, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)
-    return path
+    return save_atomically(payload, path)
 
 
 # Arguments renamed when the scripts took one vocabulary (old name -> new name); checkpoints written before store
@@ -279,15 +274,7 @@ def load_checkpoint(path: str | Path, algorithm: str, device: torch.device | str
     """Load a checkpoint written by this project's scripts (it holds numpy and RNG states: trusted files only).
 
     ``payload["args"]`` is given under today's argument names, whichever version of the script wrote the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; pass the .pt file a training run wrote")
-    try:
-        payload = torch.load(path, map_location=device, weights_only=False)
-    except Exception as error:  # torch raises several types for a truncated or foreign file
-        raise ValueError(
-            f"{path} is corrupt or not a checkpoint ({error}); train again or pick another file"
-        ) from error
+    payload = read_checkpoint_file(path, device, "pass the .pt file a training run wrote, or train again")
     if not isinstance(payload, dict) or payload.get("algorithm") != algorithm:
         payload = payload if isinstance(payload, dict) else {}
         raise ValueError(f"{path} is a {payload.get('algorithm')!r} checkpoint, not {algorithm!r}")

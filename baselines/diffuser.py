@@ -39,6 +39,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 import envs
+from df_agent.checkpoints import read_checkpoint_file, save_atomically
 from df_agent.diffusion import NoiseSchedule
 from df_agent.schedules import full_sequence, to_noise_levels
 from df_agent.training import window_starts
@@ -410,21 +411,17 @@ def save_checkpoint(path: str, diffuser: Diffuser, ema: Diffuser, optimizer, ste
         "torch_rng": torch.get_rng_state(),
         "args": asdict(args),
     }
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    partial = f"{path}.partial"
-    torch.save(state, partial)
-    os.replace(partial, path)  # atomic: an interrupted save never leaves a half-written checkpoint
+    save_atomically(state, path)  # an interrupted save never leaves a half-written checkpoint
 
 
 def load_checkpoint(path: str, device: torch.device | str = "cpu") -> tuple[Diffuser, Diffuser, dict]:
     """(model, EMA model, the raw checkpoint dict) from a file written by ``save_checkpoint``."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}; pass the diffuser.pt that a training run wrote")
+    remedy = "pass the diffuser.pt that a training run wrote"
+    state = read_checkpoint_file(path, device, remedy, kind="a Diffuser")
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
         config = DiffuserConfig(**{**state["config"], "dim_mults": tuple(state["config"]["dim_mults"])})
-    except Exception as error:  # a truncated file, another algorithm's checkpoint, ...
-        raise ValueError(f"{path} is corrupt or not a Diffuser checkpoint ({error})") from error
+    except Exception as error:  # another algorithm's checkpoint, ...
+        raise ValueError(f"{path} is corrupt or not a Diffuser checkpoint ({error}); {remedy}") from error
     diffuser, ema = Diffuser(config).to(device), Diffuser(config).to(device)
     diffuser.load_state_dict(state["model"])
     ema.load_state_dict(state["ema"])

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from df_agent.checkpoints import read_checkpoint_file, save_atomically
 from df_agent.diffusion import NoiseSchedule
 from df_agent.model import CausalModel, ModelConfig, build_model
 from df_agent.tokens import Tokenizer, TokenLayout
@@ -233,12 +234,7 @@ class Trainer:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a checkpoint atomically (a crash mid-write never leaves a truncated file under ``path``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        torch.save(self.checkpoint(), partial)
-        os.replace(partial, path)
-        return path
+        return save_atomically(self.checkpoint(), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str | None = None) -> Trainer:
@@ -262,15 +258,7 @@ class Trainer:
 
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str | None = None) -> dict:
     """Read a df-agent checkpoint with clear errors for a missing, corrupt or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; train one with `python scripts/df_maze2d.py`")
-    try:
-        state = torch.load(path, map_location=device or "cpu", weights_only=False)
-    except Exception as error:
-        raise ValueError(
-            f"checkpoint {path} is corrupt or not a torch file ({type(error).__name__}: {error})"
-        ) from error
+    state = read_checkpoint_file(path, device, "train one with `python scripts/df_maze2d.py`")
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or "model_config" not in state:
         raise ValueError(f"{path} is not a df-agent checkpoint (version {CHECKPOINT_VERSION})")
     return state
