@@ -42,7 +42,7 @@ import envs
 from df_agent.checkpoints import read_checkpoint_file, save_atomically
 from df_agent.diffusion import NoiseSchedule
 from df_agent.schedules import full_sequence, to_noise_levels
-from df_agent.training import window_starts
+from df_agent.training import update_ema, window_starts
 from envs.datasets import load_transitions
 from envs.evaluation import evaluate, log_evaluation
 
@@ -426,12 +426,6 @@ def load_checkpoint(path: str, device: torch.device | str = "cpu") -> tuple[Diff
     diffuser.load_state_dict(state["model"])
     ema.load_state_dict(state["ema"])
     return diffuser, ema, state
-
-
-@torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
-        p_ema.lerp_(p, 1.0 - decay)
 
 
 def evaluate_modes(ema: Diffuser, args: Args, writer: SummaryWriter | None, step: int) -> dict:

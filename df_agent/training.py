@@ -102,6 +102,13 @@ class WindowSampler:
         }
 
 
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter (both modules of the same architecture)."""
+    for ema_parameter, parameter in zip(ema.parameters(), model.parameters(), strict=True):
+        ema_parameter.lerp_(parameter, 1.0 - decay)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -211,9 +218,7 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         if self.ema_model is not None:
-            with torch.no_grad():
-                for ema, p in zip(self.ema_model.parameters(), self.model.parameters(), strict=True):
-                    ema.lerp_(p, 1 - self.config.ema_decay)
+            update_ema(self.ema_model, self.model, self.config.ema_decay)
         self.step += 1
         return {"loss": loss.item(), "grad_norm": float(grad_norm), "learning_rate": self.learning_rate()}
 
