@@ -139,6 +139,9 @@ class Args:
 
 
 class SinusoidalEmbedding(nn.Module):
+    """Diffuser's own time embedding, as in jannerm/diffuser: frequencies spaced by log(10000) / (half - 1), not
+    df_agent.model.sinusoidal_embedding's / half; kept apart so Diffuser matches its reference and its checkpoints."""
+
     def __init__(self, dim: int):
         super().__init__()
         self.dim = dim
