@@ -32,7 +32,7 @@ from df_agent.checkpoints import read_checkpoint_file, save_atomically
 from envs.datasets import Transitions, load_transitions
 from envs.evaluation import evaluate, log_evaluation
 from envs.mazes import Maze
-from envs.tasks import GOAL_RADIUS, get_task, resolve_env_id
+from envs.tasks import GOAL_RADIUS, get_task, resolve_env_id, split_observation
 
 
 def fixed_goal(env_id: str) -> np.ndarray:
@@ -213,10 +213,9 @@ class OfflinePolicy:
     @torch.no_grad()
     def predict(self, obs: dict, state=None, episode_start=None, deterministic: bool = True):
         """SB3-style: ``(actions, None)``; a single unbatched observation gives a single action (2,)."""
-        states = np.asarray(obs["observation"], dtype=np.float32)
-        single = states.ndim == 1
-        goals = np.atleast_2d(np.asarray(obs["desired_goal"], dtype=np.float32)) if self.goal_conditioned else None
-        inputs = torch.from_numpy(self.normalizer.inputs(np.atleast_2d(states), goals)).to(self.device)
+        states, goals, single = split_observation(obs)
+        inputs = torch.from_numpy(self.normalizer.inputs(states, goals if self.goal_conditioned else None))
+        inputs = inputs.to(self.device)
         actions = self.act(inputs, deterministic).clamp(-1.0, 1.0).cpu().numpy().astype(np.float32)
         return (actions[0] if single else actions), None
 

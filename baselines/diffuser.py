@@ -360,8 +360,7 @@ class DiffuserPlanner:
         self.num_plans += 1
 
     def __call__(self, obs: dict) -> np.ndarray:
-        state = np.asarray(obs["observation"], dtype=np.float32).reshape(-1, OBS_DIM)
-        goal = np.asarray(obs["desired_goal"], dtype=np.float32).reshape(-1, 2)
+        state, goal, _ = envs.split_observation(obs)
         horizon = self.diffuser.config.horizon
         if self.observations is None or len(self.observations) != len(state):
             self._plan(state, goal)

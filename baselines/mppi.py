@@ -109,8 +109,7 @@ class MPPIPlanner:
 
     def __call__(self, obs: dict) -> np.ndarray:
         start, start_cpu = time.perf_counter(), time.process_time()
-        state = np.asarray(obs["observation"], dtype=np.float64).reshape(-1, 4)
-        goals = np.asarray(obs["desired_goal"], dtype=np.float64).reshape(-1, 2)
+        state, goals, _ = envs.split_observation(obs, dtype=np.float64)
         b, k, h = len(state), self.num_samples, self.horizon
         if self.nominal is None or len(self.nominal) != b:
             self.reset(b)

@@ -13,6 +13,7 @@ from envs.tasks import (
     make,
     register_tasks,
     resolve_env_id,
+    split_observation,
     twin_env_id,
 )
 
@@ -29,5 +30,6 @@ __all__ = [
     "make",
     "register_tasks",
     "resolve_env_id",
+    "split_observation",
     "twin_env_id",
 ]

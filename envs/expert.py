@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from envs.mazes import Maze
+from envs.tasks import split_observation
 
 P_GAIN = 10.0
 D_GAIN = -1.0
@@ -89,8 +90,7 @@ class WaypointExpert:
         self.controller = None if num_envs is None else WaypointController(self.maze, num_envs, self.rng)
 
     def __call__(self, obs: dict) -> np.ndarray:
-        state = np.atleast_2d(obs["observation"])
-        goal = np.atleast_2d(obs["desired_goal"])
+        state, goal, _ = split_observation(obs, dtype=np.float64)
         if self.controller is None or self.controller.batch_size != len(state):
             self.controller = WaypointController(self.maze, len(state), self.rng)
         changed = ~np.all(np.isclose(self.controller.target, goal), axis=-1)  # NaN targets count as changed

@@ -71,6 +71,29 @@ def twin_env_id(env_id: str) -> str:
     return f"maze2d-{task.maze}{'' if task.multi_goal else '-multi'}-v1"
 
 
+def split_observation(obs, dtype=np.float32) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``(states (B, 4), goals (B, 2), single)`` from one or a batch of Gymnasium-Robotics dict observations
+    (``single``: the input was one unbatched observation). Every policy reads its input through this, so a wrong
+    shape, a missing key or a NaN gets the same clear error everywhere."""
+    if not isinstance(obs, dict) or "observation" not in obs or "desired_goal" not in obs:
+        found = sorted(obs) if isinstance(obs, dict) else type(obs).__name__
+        raise ValueError(
+            f"expected a Gymnasium-Robotics dict observation with 'observation' and 'desired_goal', got {found}"
+        )
+    states = np.asarray(obs["observation"], dtype=dtype)
+    goals = np.asarray(obs["desired_goal"], dtype=dtype)
+    single = states.ndim == 1
+    states, goals = np.atleast_2d(states), np.atleast_2d(goals)
+    if states.ndim != 2 or states.shape[1] != 4 or goals.shape != (len(states), 2):
+        raise ValueError(
+            f"observation must be (4,) or (batch, 4) with desired_goal (2,) or (batch, 2); got {states.shape} and "
+            f"{goals.shape}"
+        )
+    if not (np.all(np.isfinite(states)) and np.all(np.isfinite(goals))):
+        raise ValueError("observation or desired_goal contains NaN or infinity")
+    return states, goals, single
+
+
 def get_normalized_score(env_id: str, returns) -> np.ndarray:
     """D4RL normalized score, 100 * (return - ref_min) / (ref_max - ref_min), for one return or an array."""
     task = get_task(env_id)

@@ -174,3 +174,25 @@ def test_waypoint_planner_follows_shortest_paths(maze):
         dist = _bfs_distances(layout, target)
         for start in layout.free_cells:
             assert layout.shortest_path_length(tuple(start), tuple(target)) == dist[tuple(start)]
+
+
+def test_every_policy_reads_observations_through_one_checked_parser():
+    from envs import split_observation
+
+    states, goals, single = split_observation({"observation": [1, 2, 3, 4], "desired_goal": [5, 6]})
+    assert single and states.shape == (1, 4) and goals.tolist() == [[5.0, 6.0]] and states.dtype == np.float32
+    states, goals, single = split_observation({"observation": np.zeros((3, 4)), "desired_goal": np.ones((3, 2))})
+    assert not single and states.shape == (3, 4) and goals.shape == (3, 2)
+    with pytest.raises(ValueError, match="'observation' and 'desired_goal'"):
+        split_observation(np.zeros(4))
+    with pytest.raises(ValueError, match=r"\(batch, 4\)"):
+        split_observation({"observation": np.zeros(8), "desired_goal": np.zeros(2)})
+    with pytest.raises(ValueError, match="NaN"):
+        split_observation({"observation": [np.nan, 0, 0, 0], "desired_goal": [0, 0]})
+    # the baselines and the expert reject a bad observation with that message, not a reshape error deep inside
+    from baselines.mppi import MPPIPlanner
+    from envs.expert import WaypointExpert
+
+    for policy in (MPPIPlanner("umaze", horizon=4, num_samples=4, seed=0), WaypointExpert("umaze", seed=0)):
+        with pytest.raises(ValueError, match=r"\(batch, 4\)"):
+            policy({"observation": np.zeros(8), "desired_goal": np.zeros(2)})
