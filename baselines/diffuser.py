@@ -383,8 +383,10 @@ class DiffuserPlanner:
 # Data, checkpoints, training.
 
 
-class WindowSampler:
-    """Random windows of ``horizon`` consecutive rows [a_t, o_t], each inside one continuous segment of the run."""
+class StateActionWindows:
+    """Random windows of ``horizon`` consecutive rows [a_t, o_t], each inside one continuous segment of the run
+    (Diffuser's trajectory layout; DF's ``df_agent.training.WindowSampler`` gives [a_t, o_{t+1}] steps instead, and
+    both find their windows with ``window_starts``)."""
 
     def __init__(self, transitions, horizon: int, device: torch.device):
         rows = np.concatenate([transitions.actions, transitions.observations], axis=-1).astype(np.float32)
@@ -489,7 +491,7 @@ def main(args: Args) -> dict:
             tuple(args.dim_mults), args.kernel_size,
         )  # fmt: skip
     transitions = load_transitions(args.env, source=args.dataset_source, progress=args.progress)
-    sampler = WindowSampler(transitions, config.horizon, device)
+    sampler = StateActionWindows(transitions, config.horizon, device)
     if state is None:
         config.mins, config.maxs = sampler.mins.tolist(), sampler.maxs.tolist()
         diffuser = Diffuser(config).to(device)

@@ -5,7 +5,15 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from baselines.diffuser import Args, Diffuser, DiffuserConfig, DiffuserPlanner, WindowSampler, load_checkpoint, main
+from baselines.diffuser import (
+    Args,
+    Diffuser,
+    DiffuserConfig,
+    DiffuserPlanner,
+    StateActionWindows,
+    load_checkpoint,
+    main,
+)
 
 TINY = dict(
     env="maze2d-umaze",
@@ -149,8 +157,8 @@ def test_windows_stay_inside_continuous_segments():
     data = SimpleNamespace(
         actions=np.zeros((13, 2)), observations=np.arange(52, dtype=np.float32).reshape(13, 4), segment_ids=segments
     )
-    np.testing.assert_array_equal(WindowSampler(data, 3, "cpu").starts, [0, 1, 2, 5, 6, 7, 8, 9, 10])
-    windows = WindowSampler(data, 8, "cpu").sample(4, np.random.default_rng(0))
+    np.testing.assert_array_equal(StateActionWindows(data, 3, "cpu").starts, [0, 1, 2, 5, 6, 7, 8, 9, 10])
+    windows = StateActionWindows(data, 8, "cpu").sample(4, np.random.default_rng(0))
     np.testing.assert_array_equal(windows[:, :, 2], np.tile(np.arange(5, 13) * 4, (4, 1)))  # x of rows 5..12
     with pytest.raises(ValueError, match="lower it"):
-        WindowSampler(data, 9, "cpu")
+        StateActionWindows(data, 9, "cpu")
