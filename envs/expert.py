@@ -20,6 +20,11 @@ SOLVE_THRESHOLD = 0.1  # distance at which a waypoint (or the goal) counts as re
 WAYPOINT_JITTER = 0.2
 
 
+def pd_action(target: np.ndarray, positions: np.ndarray, velocities: np.ndarray) -> np.ndarray:
+    """D4RL's PD law toward ``target`` (B, 2): ``10 * (target - position) - velocity``, clipped to [-1, 1]."""
+    return np.clip(P_GAIN * (target - positions) + D_GAIN * velocities, -1.0, 1.0)
+
+
 class WaypointController:
     """Batched waypoint controller. Call ``set_targets`` for the points whose goal changes, then ``act``."""
 
@@ -67,7 +72,7 @@ class WaypointController:
             raise RuntimeError("set_targets must give every point a target before act")
         solved = np.linalg.norm(positions - self.target, axis=-1) < SOLVE_THRESHOLD
         aim = np.where(solved[:, None], self.target, self.waypoint)
-        action = np.clip(P_GAIN * (aim - positions) + D_GAIN * velocities, -1.0, 1.0)
+        action = pd_action(aim, positions, velocities)
         switch = ~solved & (np.linalg.norm(positions - self.waypoint, axis=-1) < SOLVE_THRESHOLD)
         if switch.any():
             self._advance(switch, self.waypoint_index[switch])
