@@ -20,7 +20,7 @@ from df_agent.diffusion import NoiseSchedule
 from df_agent.guidance import GoalCost
 from df_agent.model import CausalModel, ModelConfig, build_model
 from df_agent.sampler import sample
-from df_agent.schedules import make_schedule, to_noise_levels, validate_schedule
+from df_agent.schedules import make_schedule, to_noise_levels, validate_schedule, warm_start
 from df_agent.tokens import Tokenizer
 from df_agent.training import TrainConfig, Trainer, default_device, load_checkpoint
 
@@ -77,6 +77,11 @@ class PlannerConfig:
     """within this distance of the goal, hold it with a PD law instead of planning (0: off, pure DF). The data
     never stays at a goal, so a DF plan passes through it (paper, Appendix D.5); Diffuser's PD controller holds
     its last waypoint the same way. Off by default; scores with it on are reported separately."""
+    warm_start_level: float = 0.0
+    """warm start of each replan (0: off, every plan starts from pure noise). With f in (0, 1], ``act`` starts a
+    new plan from the previous plan's clean tokens shifted by the steps executed since, noised to level round(f * K)
+    (SDEdit-style), and skips the sampling rows above that level for them; tokens past the old plan's end start from
+    pure noise. Lower f keeps more of the previous route (consecutive plans agree more), f = 1 re-noises fully"""
     ddim_eta: float = 0.0
     seed: int = 0
 
@@ -217,6 +222,8 @@ class Agent:
         """Forget plans and step counts (call at each episode start; the shared evaluation does)."""
         self._queues: list[np.ndarray] = []  # per env: planned actions not yet executed
         self._elapsed = np.zeros(0, dtype=np.int64)  # per env: steps since its episode started
+        self._last_tokens: list[np.ndarray | None] = []  # per env: the last plan's clean tokens (T, token_dim)
+        self._since_plan = np.zeros(0, dtype=np.int64)  # per env: steps executed since that plan
 
     def _parse(self, obs, goal) -> tuple[np.ndarray, np.ndarray, bool]:
         obs_dim = self.tokenizer.layout.obs_dim
@@ -251,11 +258,17 @@ class Agent:
         guidance_scale: float | None = None,
         ddim_steps: int | None = None,
         return_history: bool = False,
+        warm_tokens: np.ndarray | None = None,
+        warm_start_level: float | None = None,
     ) -> Plan:
         """Plan ``horizon`` steps (rounded up to whole tokens) from observations toward goals.
 
         ``schedule`` is a name (see ``df_agent.schedules``) or a matrix of denoising-step indices
         (rows, tokens) with entries in [0, ddim_steps], validated.
+
+        ``warm_tokens`` (B, W, token_dim), normalized clean tokens (e.g. a previous plan's, shifted), warm-start the
+        plan's first min(W, tokens) tokens at ``warm_start_level`` (a fraction of the noise scale K; None: the
+        planner's; 0: no warm start), see ``PlannerConfig.warm_start_level``.
         """
         obs, goal, _ = self._parse(obs, goal)
         p = self.planner
@@ -271,6 +284,23 @@ class Agent:
         else:
             matrix = validate_schedule(schedule, num_tokens, steps)
         levels = to_noise_levels(matrix, steps, self.schedule.num_levels)
+        warm_fraction = p.warm_start_level if warm_start_level is None else warm_start_level
+        if not warm_fraction >= 0:
+            raise ValueError(f"warm_start_level must be >= 0, got {warm_fraction}")
+        initial_tokens = initial_mask = None
+        if warm_tokens is not None and warm_fraction > 0:
+            warm_tokens = np.asarray(warm_tokens, dtype=np.float32)
+            token_dim = self.tokenizer.layout.token_dim
+            if warm_tokens.ndim != 3 or warm_tokens.shape[0] != len(obs) or warm_tokens.shape[2] != token_dim:
+                raise ValueError(f"warm_tokens must have shape ({len(obs)}, W, {token_dim}), got {warm_tokens.shape}")
+            num_warm = min(warm_tokens.shape[1], num_tokens)
+            if num_warm > 0:
+                num_levels = self.schedule.num_levels
+                levels = warm_start(levels, num_warm, min(num_levels, int(round(warm_fraction * num_levels))))
+                initial = np.zeros((len(obs), num_tokens, token_dim), dtype=np.float32)
+                initial[:, :num_warm] = warm_tokens[:, :num_warm]
+                initial_tokens = torch.as_tensor(initial, device=self.device)
+                initial_mask = (torch.arange(num_tokens, device=self.device) < num_warm)[None].expand(len(obs), -1)
         scale = p.guidance_scale if guidance_scale is None else guidance_scale
         near = np.linalg.norm(obs[:, :2] - goal, axis=-1) <= p.near_goal_radius
         if p.near_goal_guidance_scale is not None:
@@ -307,6 +337,7 @@ class Agent:
             generator=self.generator,
             gradient_mask=action_mask,
             return_history=return_history,
+            **({} if initial_tokens is None else {"initial_tokens": initial_tokens, "initial_mask": initial_mask}),
         )
         row_positions = None
         if result.history is not None:
@@ -331,11 +362,14 @@ class Agent:
         if len(self._queues) != batch:
             self._queues = [np.zeros((0, self.tokenizer.layout.action_dim), np.float32) for _ in range(batch)]
             self._elapsed = np.zeros(batch, dtype=np.int64)
+            self._last_tokens = [None] * batch
+            self._since_plan = np.zeros(batch, dtype=np.int64)
         holding = np.zeros(batch, dtype=bool)
         if self.planner.goal_hold_radius > 0:
             holding = np.linalg.norm(obs_arr[:, :2] - goal_arr, axis=-1) <= self.planner.goal_hold_radius
             for env in np.flatnonzero(holding):  # drop the plan: once the point leaves the radius, plan afresh
                 self._queues[env] = self._queues[env][:0]
+                self._last_tokens[env] = None  # the point moves off the plan: no warm start from it
         need = np.array([len(q) == 0 for q in self._queues]) & ~holding
         if need.any():
             self._replan(np.flatnonzero(need), obs_arr, goal_arr)
@@ -344,6 +378,7 @@ class Agent:
         actions = np.stack([hold[i] if holding[i] else q[0] for i, q in enumerate(self._queues)])
         self._queues = [q[1:] for q in self._queues]
         self._elapsed += 1
+        self._since_plan += 1
         return actions[0] if single else actions
 
     def _replan(self, envs: np.ndarray, obs: np.ndarray, goal: np.ndarray) -> None:
@@ -357,12 +392,42 @@ class Agent:
             horizon = min(remaining, p.horizon_tokens * frame_stack)
         else:
             horizon = p.horizon_tokens * frame_stack
-        plan = self.plan(obs[envs], goal[envs], horizon=horizon)
         execute = min(horizon, p.replan_every * frame_stack)
         if p.execute_steps is not None:
             execute = max(1, min(execute, p.execute_steps))
+        if p.warm_start_level > 0:
+            # envs grouped by how many whole tokens of their last plan are left after the steps executed since
+            # (the matrix is shared by a batch); a group with none plans cold
+            num_tokens = max(1, math.ceil(horizon / frame_stack))
+            warm = {env: self._shifted_tokens(env, num_tokens) for env in envs}
+            groups: dict[int, list[int]] = {}
+            for env in envs:
+                groups.setdefault(len(warm[env]) if warm[env] is not None else 0, []).append(env)
+            for num_warm, members in groups.items():
+                members = np.asarray(members)
+                kwargs = {"warm_tokens": np.stack([warm[env] for env in members])} if num_warm else {}
+                self._store(members, self.plan(obs[members], goal[members], horizon=horizon, **kwargs), execute)
+        else:
+            self._store(envs, self.plan(obs[envs], goal[envs], horizon=horizon), execute)
+
+    def _store(self, envs: np.ndarray, plan: Plan, execute: int) -> None:
         for i, env in enumerate(envs):
             self._queues[env] = plan.actions[i, :execute]
+            self._last_tokens[env] = np.array(plan.tokens[i])
+            self._since_plan[env] = 0
+
+    def _shifted_tokens(self, env: int, num_tokens: int) -> np.ndarray | None:
+        """The env's last plan shifted by the steps executed since: its whole tokens left, at most ``num_tokens``
+        (a partial token at the end, after a shift by part of a token, is dropped); None without a last plan."""
+        tokens = self._last_tokens[env]
+        if tokens is None:
+            return None
+        layout = self.tokenizer.layout
+        steps = tokens.reshape(-1, layout.step_dim)[self._since_plan[env] :]  # steps are normalized alike
+        left = min(len(steps) // layout.frame_stack, num_tokens)
+        if left == 0:
+            return None
+        return steps[: left * layout.frame_stack].reshape(left, layout.token_dim)
 
     def __call__(self, obs) -> np.ndarray:
         """Batch policy for ``envs.evaluation.evaluate``."""
@@ -376,6 +441,8 @@ class Agent:
                 for env in np.flatnonzero(starts):  # a new episode in that env: fresh plan, fresh clock
                     self._queues[env] = self._queues[env][:0]
                     self._elapsed[env] = 0
+                    self._last_tokens[env] = None
+                    self._since_plan[env] = 0
             else:
                 self.reset()
         return self.act(observation), state

@@ -94,6 +94,8 @@ def sample(
     generator: torch.Generator | None = None,
     gradient_mask: torch.Tensor | None = None,
     return_history: bool = False,
+    initial_tokens: torch.Tensor | None = None,
+    initial_mask: torch.Tensor | None = None,
 ) -> SampleResult:
     """Generate tokens from initial latents ``z0`` (B, latent; a backbone's ``initial_latent``) following
     ``level_matrix`` (rows, T) of noise levels.
@@ -102,6 +104,10 @@ def sample(
     ``guidance_scale`` is one number or one per plan (B,). ``gradient_mask`` (token_dim,), if given, keeps the
     guidance step to the token dimensions where it is nonzero (e.g. the actions' only). ``return_history`` keeps
     every row's clean-token estimates (the plan as it sharpens, for figures).
+
+    Warm start (SDEdit-style): where ``initial_mask`` (B, T) is true, a token starts from ``initial_tokens``
+    (B, T, D), a previous clean estimate, noised to its row-0 level, instead of from pure noise; the matrix then
+    usually starts those tokens below K (``df_agent.schedules.warm_start``). Elsewhere tokens start as without it.
     """
     if mcg_samples < 1:
         raise ValueError(f"mcg_samples must be at least 1, got {mcg_samples}")
@@ -115,7 +121,17 @@ def sample(
     token_dim = model.config.token_dim
     levels_all = torch.as_tensor(level_matrix, device=device, dtype=torch.long)
     x = torch.randn(batch, num_tokens, token_dim, generator=generator, device=device)
-    x = schedule.add_noise(torch.zeros_like(x), levels_all[0].expand(batch, -1), x)
+    start = torch.zeros_like(x)
+    if initial_tokens is not None:
+        mask = torch.ones(batch, num_tokens, dtype=torch.bool, device=device) if initial_mask is None else initial_mask
+        mask = mask.to(device=device, dtype=torch.bool)
+        if initial_tokens.shape != x.shape or mask.shape != x.shape[:2]:
+            raise ValueError(
+                f"initial_tokens must have shape {tuple(x.shape)} and initial_mask {tuple(x.shape[:2])}, got "
+                f"{tuple(initial_tokens.shape)} and {tuple(mask.shape)}"
+            )
+        start = torch.where(mask[..., None], initial_tokens.to(device=device, dtype=x.dtype), start)
+    x = schedule.add_noise(start, levels_all[0].expand(batch, -1), x)
     cached, z_cached = 0, z0  # z after the first `cached` tokens, which are final
     guided = bool((scale > 0).any()) and cost is not None
     history = [] if return_history else None

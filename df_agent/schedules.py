@@ -87,3 +87,26 @@ def validate_schedule(matrix, num_tokens: int, num_steps: int) -> np.ndarray:
 def to_noise_levels(matrix: np.ndarray, num_steps: int, num_levels: int) -> np.ndarray:
     """Map denoising-step indices {0..S} to noise levels {0..K}, evenly spaced as in DDIM."""
     return np.round(np.asarray(matrix) * (num_levels / num_steps)).astype(np.int64)
+
+
+def warm_start(levels: np.ndarray, num_warm: int, warm_level: int) -> np.ndarray:
+    """A level matrix (rows, T) entered part way for a warm start: the first ``num_warm`` tokens start from a
+    partially noised previous estimate at ``warm_level`` instead of pure noise.
+
+    Every entry of the warm tokens' columns is clipped to at most ``warm_level``, then rows that change nothing
+    (equal to the row before them) are dropped, so sampling skips the steps the warm tokens no longer need; the other
+    tokens keep their own levels (row 0 is still where they start). The result is checked like any matrix.
+    """
+    levels = np.asarray(levels, dtype=np.int64)
+    if not 0 <= num_warm <= levels.shape[1]:
+        raise ValueError(f"num_warm must be in [0, {levels.shape[1]}], got {num_warm}")
+    if warm_level < 0:
+        raise ValueError(f"warm_level must be >= 0, got {warm_level}")
+    clipped = levels.copy()
+    clipped[:, :num_warm] = np.minimum(clipped[:, :num_warm], warm_level)
+    keep = np.ones(len(clipped), dtype=bool)
+    keep[1:] = np.any(clipped[1:] != clipped[:-1], axis=1)
+    clipped = clipped[keep]
+    if len(clipped) < 2:  # every token already clean in row 0: one row that changes nothing, to keep the form
+        clipped = np.concatenate([clipped, clipped[-1:]])
+    return validate_schedule(clipped, levels.shape[1], int(max(levels.max(), warm_level, 1)))

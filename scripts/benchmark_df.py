@@ -76,6 +76,8 @@ class Args:
     """PlannerConfig.stay_near_goal_only"""
     shrink_horizon: tuple[bool, ...] = (True,)
     """PlannerConfig.shrink_horizon values of the evaluation grid"""
+    warm_start_levels: tuple[float, ...] = (0.0,)
+    """warm-start levels of the evaluation grid (PlannerConfig.warm_start_level; 0: off)"""
     record: str | None = "results/df_planner_grid.jsonl"
     """append one JSON record per evaluated setting to this file (none: don't)"""
     table: str | None = None
@@ -103,8 +105,9 @@ def grid_planners(args: Args, episode_length: int) -> Iterator[PlannerConfig]:
         args.stay_radius,
         args.near_goal_scales,
         args.shrink_horizon,
+        args.warm_start_levels,
     )
-    for scale, mcg, steps, horizon, every, hold, schedule, velocity, action, radius, near, shrink in grid:
+    for scale, mcg, steps, horizon, every, hold, schedule, velocity, action, radius, near, shrink, warm in grid:
         yield PlannerConfig(
             ddim_steps=steps,
             schedule=schedule,
@@ -119,6 +122,7 @@ def grid_planners(args: Args, episode_length: int) -> Iterator[PlannerConfig]:
             horizon_tokens=horizon,
             replan_every=every,
             shrink_horizon=shrink,
+            warm_start_level=warm,
             goal_hold_radius=hold,
             episode_length=episode_length,
             seed=args.seed,
@@ -193,7 +197,8 @@ def main(args: Args) -> None:
                     f"{env_id} {p.schedule} scale {p.guidance_scale} mcg {p.mcg_samples} ddim {p.ddim_steps} horizon "
                     f"{p.horizon_tokens} replan {p.replan_every} hold {p.goal_hold_radius} stay v "
                     f"{p.stay_velocity_weight} a {p.stay_action_weight} r {p.stay_radius} near "
-                    f"{p.near_goal_guidance_scale or 0.0} shrink {p.shrink_horizon}: {result} [{result.seconds:.0f} s]",
+                    f"{p.near_goal_guidance_scale or 0.0} shrink {p.shrink_horizon} warm {p.warm_start_level}: "
+                    f"{result} [{result.seconds:.0f} s]",
                     flush=True,
                 )
                 if args.record:

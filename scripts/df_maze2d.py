@@ -147,6 +147,9 @@ class Args:
     """longest plan in tokens (None: to the episode's end, as in the paper; 30 scored better and plans 4x faster)"""
     replan_every: int = 1
     """tokens executed between replans"""
+    warm_start_level: float = 0.0
+    """warm start each replan from the previous plan, shifted by the steps executed and noised to this fraction of
+    the noise scale (0: off, every plan from pure noise; e.g. 0.5), see PlannerConfig.warm_start_level"""
     goal_hold_radius: float = 0.0
     """hold the goal with a PD law within this distance of it (0: off, pure DF; the paper's agent leaves the goal)"""
     eval_episodes: int = 100
@@ -216,6 +219,7 @@ def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
         shrink_horizon=args.shrink_horizon,
         horizon_tokens=args.horizon_tokens,
         replan_every=args.replan_every,
+        warm_start_level=args.warm_start_level,
         goal_hold_radius=args.goal_hold_radius,
         episode_length=task.max_episode_steps,
         seed=args.seed,

@@ -75,6 +75,8 @@ def describe_settings(record: dict) -> str:
         parts.append("horizon kept past the episode's end")
     if s.get("goal_hold_radius"):
         parts.append(f"hold {s['goal_hold_radius']:g}")
+    if s.get("warm_start_level"):
+        parts.append(f"warm start {s['warm_start_level']:g}")
     return ", ".join(parts)
 
 

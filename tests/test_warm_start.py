@@ -1,0 +1,162 @@
+"""Warm-started replanning (PlannerConfig.warm_start_level): the level matrix, the sampler's start and the agent's
+bookkeeping of its last plan. Reuses the tiny trained model of test_df_agent."""
+
+import numpy as np
+import pytest
+import test_df_agent
+import torch
+from test_df_model_sampler import tiny_model
+
+import df_agent.agent as agent_module
+from df_agent.agent import Agent
+from df_agent.diffusion import NoiseSchedule
+from df_agent.sampler import sample
+from df_agent.schedules import make_schedule, to_noise_levels, warm_start
+
+LAYOUT, planner = test_df_agent.LAYOUT, test_df_agent.planner
+data, trained = test_df_agent.data, test_df_agent.trained  # the module's fixtures, shared
+
+
+def test_warm_start_clips_the_warm_columns_and_drops_rows_that_change_nothing():
+    levels = make_schedule("pyramid", 4, 4)  # K = S = 4: levels are the step indices
+    matrix = warm_start(levels, num_warm=3, warm_level=2)
+    expected = [[2, 2, 2, 4], [1, 2, 2, 4], [0, 1, 2, 3], [0, 0, 1, 2], [0, 0, 0, 1], [0, 0, 0, 0]]
+    np.testing.assert_array_equal(matrix, expected)
+    # nothing warm: the matrix as it was; everything warm at 0: one row of clean tokens, kept as two rows
+    np.testing.assert_array_equal(warm_start(levels, 0, 2), levels)
+    np.testing.assert_array_equal(warm_start(levels, 4, 0), np.zeros((2, 4)))
+    # the autoregressive matrix skips every step above the warm level of every warm token
+    auto = warm_start(make_schedule("autoregressive", 3, 4), 2, 1)
+    assert auto[0].tolist() == [1, 1, 4] and len(auto) == 1 + 1 + 1 + 4
+    assert np.all(np.diff(auto, axis=0) <= 0) and not np.any(np.all(np.diff(auto, axis=0) == 0, axis=1))
+    with pytest.raises(ValueError, match="num_warm"):
+        warm_start(levels, 5, 2)
+
+
+@pytest.mark.parametrize("guided", [False, True])
+def test_the_sampler_starts_warm_tokens_from_the_given_estimate(guided):
+    model, schedule = tiny_model().eval(), NoiseSchedule(1000, "linear")
+    z0 = torch.randn(2, 16, generator=torch.Generator().manual_seed(0))
+    levels = to_noise_levels(make_schedule("pyramid", 5, 4), 4, 1000)
+    cost = lambda tokens: (tokens[..., :2] - 1.0).pow(2).sum(dim=(1, 2))  # noqa: E731
+    kwargs = dict(cost=cost, guidance_scale=0.05) if guided else {}
+    initial = torch.randn(2, 5, 12, generator=torch.Generator().manual_seed(1))
+
+    def run(matrix, **extra):
+        return sample(model, schedule, z0, matrix, generator=torch.Generator().manual_seed(2), **kwargs, **extra)
+
+    # warm tokens at level 0 are final from the start: returned exactly
+    matrix = warm_start(levels, 2, 0)
+    mask = torch.tensor([[True, True, False, False, False]] * 2)
+    result = run(matrix, initial_tokens=initial, initial_mask=mask)
+    torch.testing.assert_close(result.tokens[:, :2], initial[:, :2], rtol=0, atol=0)
+    assert not torch.allclose(result.tokens[:, 2:], initial[:, 2:])
+    # no token warm: exactly the cold sampler
+    cold = run(levels).tokens
+    none_warm = run(levels, initial_tokens=initial, initial_mask=torch.zeros(2, 5, dtype=torch.bool)).tokens
+    torch.testing.assert_close(none_warm, cold, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="initial_tokens must have shape"):
+        run(levels, initial_tokens=initial[:, :3], initial_mask=mask[:, :3])
+
+
+def spy_on_sample(monkeypatch):
+    calls = []
+
+    def spy(*args, **kwargs):
+        result = sample(*args, **kwargs)
+        calls.append({"levels": args[3], **kwargs, "result": result.tokens.clone()})
+        return result
+
+    monkeypatch.setattr(agent_module, "sample", spy)
+    return calls
+
+
+def obs_batch(n):
+    return {"observation": np.zeros((n, 4), np.float32), "desired_goal": np.ones((n, 2), np.float32)}
+
+
+def test_warm_start_level_zero_acts_as_before(trained):
+    """Off (the default), act() executes plans made from pure noise: a twin that plans every token by hand gives the
+    same actions for a batch of envs; on, the actions differ."""
+    agent = Agent.from_trainer(trained, planner(horizon_tokens=3, ddim_steps=3, warm_start_level=0.0))
+    twin = Agent.from_trainer(trained, planner(horizon_tokens=3, ddim_steps=3))
+    warm = Agent.from_trainer(trained, planner(horizon_tokens=3, ddim_steps=3, warm_start_level=0.5))
+    rng = np.random.default_rng(0)
+    different = False
+    for t in range(15):
+        obs = {"observation": rng.normal(size=(2, 4)).astype(np.float32), "desired_goal": np.ones((2, 2), np.float32)}
+        if t % 5 == 0:
+            queue = twin.plan(obs["observation"], obs["desired_goal"], horizon=15).actions
+        np.testing.assert_array_equal(agent.act(obs), queue[:, t % 5])
+        different |= not np.array_equal(warm.act(obs), queue[:, t % 5])
+    assert different
+
+
+def test_the_agent_warm_starts_from_its_last_plan_shifted_by_the_steps_executed(trained, monkeypatch):
+    assert LAYOUT.frame_stack == 5
+    calls = spy_on_sample(monkeypatch)
+    agent = Agent.from_trainer(trained, planner(horizon_tokens=4, ddim_steps=4, warm_start_level=0.5))
+    num_levels = agent.schedule.num_levels
+    for _ in range(6):  # plans at steps 0 and 5
+        agent.act(obs_batch(1))
+    assert len(calls) == 2 and "initial_tokens" not in calls[0]  # the first plan starts cold
+    warm = calls[1]
+    np.testing.assert_array_equal(warm["initial_mask"].numpy(), [[True, True, True, False]])
+    torch.testing.assert_close(warm["initial_tokens"][:, :3], calls[0]["result"][:, 1:], rtol=0, atol=0)
+    assert warm["levels"][0].tolist() == [num_levels // 2] * 3 + [num_levels]
+    assert np.all(np.diff(warm["levels"], axis=0) <= 0) and (warm["levels"][-1] == 0).all()
+    assert len(warm["levels"]) < len(calls[0]["levels"])  # the rows above the warm level are skipped
+
+    # a shift by part of a token: the steps move within tokens, the partial last token starts cold
+    calls.clear()
+    agent = Agent.from_trainer(trained, planner(horizon_tokens=4, ddim_steps=4, warm_start_level=0.5, execute_steps=3))
+    for _ in range(4):  # plans at steps 0 and 3
+        agent.act(obs_batch(1))
+    step_dim = LAYOUT.step_dim
+    old_steps = calls[0]["result"].reshape(1, -1, step_dim)
+    np.testing.assert_array_equal(calls[1]["initial_mask"].numpy(), [[True, True, True, False]])
+    torch.testing.assert_close(calls[1]["initial_tokens"][:, :3], old_steps[:, 3:18].reshape(1, 3, -1), rtol=0, atol=0)
+
+
+def test_the_warm_start_follows_the_shrinking_horizon(trained, monkeypatch):
+    calls = spy_on_sample(monkeypatch)
+    agent = Agent.from_trainer(
+        trained, planner(horizon_tokens=4, ddim_steps=2, episode_length=22, replan_every=2, warm_start_level=0.5)
+    )
+    for _ in range(22):  # plans of 4, 3 and 1 tokens at steps 0, 10 and 20
+        agent.act(obs_batch(1))
+    assert [c["levels"].shape[1] for c in calls] == [4, 3, 1]
+    np.testing.assert_array_equal(calls[1]["initial_mask"].numpy(), [[True, True, False]])
+    torch.testing.assert_close(calls[1]["initial_tokens"][:, :2], calls[0]["result"][:, 2:], rtol=0, atol=0)
+    np.testing.assert_array_equal(calls[2]["initial_mask"].numpy(), [[True]])
+    torch.testing.assert_close(calls[2]["initial_tokens"], calls[1]["result"][:, 2:], rtol=0, atol=0)
+
+
+def test_episode_start_and_reset_forget_the_last_plan(trained, monkeypatch):
+    calls = spy_on_sample(monkeypatch)
+    agent = Agent.from_trainer(trained, planner(horizon_tokens=4, ddim_steps=2, warm_start_level=0.5))
+    for _ in range(5):
+        agent.act(obs_batch(2))
+    calls.clear()
+    # both queues ran out; env 1 starts a new episode: env 0 plans warm, env 1 cold, in two sampler calls
+    agent.predict(obs_batch(2), episode_start=np.array([False, True]))
+    assert len(calls) == 2
+    (warm,) = [c for c in calls if "initial_tokens" in c]
+    (cold,) = [c for c in calls if "initial_tokens" not in c]
+    assert warm["result"].shape[0] == 1 and cold["result"].shape[0] == 1
+    assert cold["levels"][0].min() == agent.schedule.num_levels
+    assert len(agent._last_tokens) == 2 and all(t is not None for t in agent._last_tokens)
+    # mid-plan, a new episode in env 1 drops its plan: it replans cold, alone
+    agent.act(obs_batch(2))
+    calls.clear()
+    agent.predict(obs_batch(2), episode_start=np.array([False, True]))
+    assert (
+        len(calls) == 1
+        and "initial_tokens" not in calls[0]
+        and calls[0]["levels"][0].min() == agent.schedule.num_levels
+    )
+    agent.reset()
+    assert agent._last_tokens == []
+    calls.clear()
+    agent.act(obs_batch(2))
+    assert len(calls) == 1 and "initial_tokens" not in calls[0]
