@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from df_agent.checkpoints import save_atomically
 from df_agent.diffusion import NoiseSchedule
 from df_agent.guidance import GoalCost
 from df_agent.model import CausalModel, ModelConfig, build_model
@@ -135,8 +136,6 @@ class Agent:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Everything needed to rebuild the agent alone (weights, tokenizer statistics, configs), atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {
             "version": 1,
             "kind": "agent",
@@ -148,10 +147,7 @@ class Agent:
             "planner": asdict(self.planner),
             "training": self.training,
         }
-        partial = path.with_name(path.name + ".partial")
-        torch.save(state, partial)
-        os.replace(partial, path)
-        return path
+        return save_atomically(state, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str | None = None, **planner_overrides) -> Agent:
