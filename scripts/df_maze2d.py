@@ -44,9 +44,9 @@ DEFAULT_GUIDANCE_SCALE = {"umaze": 4.0, "medium": 4.0, "large": 1.0}
 DEFAULT_SCHEDULE = {"umaze": ("autoregressive", 1), "medium": ("pyramid", 4), "large": ("pyramid", 4)}
 
 # Warm-started replanning per maze, from the held-out grids (seeds 100-129, RESULTS.md): on large 0.5 scored 63.9
-# against 42.5 cold (and 45.5 at 0.75), on medium 0.75 scored 77.2 and 0.5 76.3 against 73.7 cold; not measured on
-# umaze, whose autoregressive matrix keeps it off.
-DEFAULT_WARM_START = {"umaze": 0.0, "medium": 0.75, "large": 0.5}
+# against 42.5 cold (and 45.5 at 0.75), on medium 0.75 scored 77.2 and 0.5 76.3 against 73.7 cold, on umaze 0.75
+# scored 130.0 / 90.4 (single / multi-goal) against 127.7 / 80.3 cold.
+DEFAULT_WARM_START = {"umaze": 0.75, "medium": 0.75, "large": 0.5}
 
 
 @dataclass
@@ -154,7 +154,7 @@ class Args:
     """tokens executed between replans"""
     warm_start_level: float | None = None
     """warm start each replan from the previous plan, shifted by the steps executed and noised to this fraction of
-    the noise scale (0: off, every plan from pure noise; default per maze: off on umaze, 0.75 on medium, 0.5 on
+    the noise scale (0: off, every plan from pure noise; default per maze: 0.75 on umaze and medium, 0.5 on
     large), see PlannerConfig.warm_start_level"""
     goal_hold_radius: float = 0.0
     """hold the goal with a PD law within this distance of it (0: off, pure DF; the paper's agent leaves the goal)"""
