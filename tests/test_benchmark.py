@@ -1,22 +1,9 @@
 """scripts/benchmark.py: every method through the one shared evaluation, on tiny checkpoints."""
 
-import importlib.util
-import pathlib
-import sys
-
 import numpy as np
 import pytest
 
 from baselines import iql
-
-
-def load_script():
-    path = pathlib.Path(__file__).parents[1] / "scripts" / "benchmark.py"
-    spec = importlib.util.spec_from_file_location("benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["benchmark"] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +15,8 @@ def tiny_iql_checkpoints(tmp_path_factory, tiny_umaze_dataset):
     return single, multi
 
 
-def test_benchmark_reproduces_each_scripts_own_evaluation(tiny_iql_checkpoints, tmp_path, capsys):
-    benchmark = load_script()
+def test_benchmark_reproduces_each_scripts_own_evaluation(tiny_iql_checkpoints, tmp_path, capsys, load_script):
+    benchmark = load_script("benchmark")
     single, multi = tiny_iql_checkpoints
     output = tmp_path / "results.json"
     records = benchmark.main(
@@ -49,8 +36,8 @@ def test_benchmark_reproduces_each_scripts_own_evaluation(tiny_iql_checkpoints, 
     assert output.exists()
 
 
-def test_benchmark_refuses_a_checkpoint_of_another_maze(tiny_iql_checkpoints):
-    benchmark = load_script()
+def test_benchmark_refuses_a_checkpoint_of_another_maze(tiny_iql_checkpoints, load_script):
+    benchmark = load_script("benchmark")
     single, _ = tiny_iql_checkpoints
     with pytest.raises(SystemExit, match="not on the large maze"):
         benchmark.main(benchmark.Args(env="maze2d-large", episodes=1, iql=(str(single["checkpoint"]),)))
@@ -58,10 +45,10 @@ def test_benchmark_refuses_a_checkpoint_of_another_maze(tiny_iql_checkpoints):
         benchmark.main(benchmark.Args(env="maze2d-umaze", methods=()))
 
 
-def test_benchmark_scales_with_expert_and_random_and_writes_records(tmp_path):
+def test_benchmark_scales_with_expert_and_random_and_writes_records(tmp_path, load_script):
     from envs.records import read_records
 
-    benchmark = load_script()
+    benchmark = load_script("benchmark")
     path = tmp_path / "results" / "b.jsonl"
     rows = benchmark.main(benchmark.Args(env="maze2d-umaze", episodes=2, expert=True, random=True, record=str(path)))
     records = read_records(path)
@@ -73,7 +60,7 @@ def test_benchmark_scales_with_expert_and_random_and_writes_records(tmp_path):
     assert expert["success_rate"] == 1.0 and expert["normalized_score"] > random["normalized_score"] + 50
 
 
-def test_benchmark_trains_within_budgets_and_records_them(tiny_umaze_dataset, tmp_path):
+def test_benchmark_trains_within_budgets_and_records_them(tiny_umaze_dataset, tmp_path, load_script):
     """No IQL checkpoint given: IQL is trained per task within its budget by baselines/iql.py, then evaluated on the
     task it was trained for; records carry the budget and what the training used; TensorBoard has one run per
     (task, method) with the shared tags."""
@@ -82,7 +69,7 @@ def test_benchmark_trains_within_budgets_and_records_them(tiny_umaze_dataset, tm
     from baselines import common
     from envs.records import read_records
 
-    benchmark = load_script()
+    benchmark = load_script("benchmark")
     path = tmp_path / "benchmark.jsonl"
     args = benchmark.Args(
         env="maze2d-umaze",
@@ -124,8 +111,8 @@ def test_benchmark_trains_within_budgets_and_records_them(tiny_umaze_dataset, tm
         assert ("train/steps" in tags) == (method == "iql")
 
 
-def test_benchmark_all_plans_every_maze_and_both_tasks():
-    benchmark = load_script()
+def test_benchmark_all_plans_every_maze_and_both_tasks(load_script):
+    benchmark = load_script("benchmark")
     tasks = [f"maze2d-{maze}{goal}-v1" for maze in ("umaze", "medium", "large") for goal in ("", "-multi")]
     plan = benchmark.planned_rows(benchmark.Args(all=True))
     assert sorted({env_id for _, env_id in plan}) == sorted(tasks)

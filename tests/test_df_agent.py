@@ -214,16 +214,8 @@ def test_predict_runs_in_the_shared_evaluation(trained):
     assert actions.shape == (2, 2) and state is None
 
 
-def test_script_runs_end_to_end(data, tmp_path):
-    import importlib.util
-    import pathlib
-    import sys
-
-    path = pathlib.Path(__file__).parents[1] / "scripts" / "df_maze2d.py"
-    spec = importlib.util.spec_from_file_location("df_maze2d", path)
-    script = importlib.util.module_from_spec(spec)
-    sys.modules["df_maze2d"] = script  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(script)
+def test_script_runs_end_to_end(data, tmp_path, load_script):
+    script = load_script("df_maze2d")
     args = script.Args(
         env="maze2d-umaze",
         total_steps=30,
@@ -373,21 +365,13 @@ def test_an_agent_carries_where_its_weights_came_from(trained, tmp_path):
     assert Agent.load(checkpoint).training["steps"] == trained.step
 
 
-def test_plot_plan_draws_the_rows_of_the_schedule_and_the_episode(trained, tmp_path):
-    import importlib.util
-    import pathlib
-    import sys
-
+def test_plot_plan_draws_the_rows_of_the_schedule_and_the_episode(trained, tmp_path, load_script):
     agent = Agent.from_trainer(trained, planner(horizon_tokens=3, ddim_steps=2, mcg_samples=1))
     plan = agent.plan(np.zeros(4, np.float32), goal=np.ones(2, np.float32), return_history=True)
     rows = len(plan.level_history) - 1  # one clean estimate per sampling row
     assert plan.row_positions.shape == (rows, 1, 15, 2)
     np.testing.assert_allclose(plan.row_positions[-1], plan.positions, atol=1e-5)  # the last row's estimate is the plan
     path = agent.save(tmp_path / "agent.pt")
-    script_path = pathlib.Path(__file__).parents[1] / "scripts" / "plot_plan.py"
-    spec = importlib.util.spec_from_file_location("plot_plan", script_path)
-    script = importlib.util.module_from_spec(spec)
-    sys.modules["plot_plan"] = script
-    spec.loader.exec_module(script)
+    script = load_script("plot_plan")
     out = script.main(script.Args(env="maze2d-umaze", checkpoint=str(path), output=str(tmp_path / "plan.png")))
     assert out.stat().st_size > 10_000

@@ -108,32 +108,11 @@ def test_goal_cost_decodes_tokens_and_repeats_goals_for_mcg_futures():
         GoalCost(tokenizer, torch.tensor([[3.0, 0.0]]), stay_radius=0.0)
 
 
-def reference_sample(model, schedule, z0, levels, cost=None, scale=0.0, generator=None):
-    """Algorithm 2 written plainly: no latent cache, every token re-run from z0 at every row, plain guidance. Each
-    row steps the tokens from the first one still to change on (a leading token clean in this row and the next is
-    done), so the fresh noise of tokens held at a level (autoregressive) is drawn as the sampler draws it."""
-    batch, num_tokens = z0.shape[0], levels.shape[1]
-    lv_all = torch.as_tensor(levels)
-    x = torch.randn(batch, num_tokens, model.config.token_dim, generator=generator)
-    x = schedule.add_noise(torch.zeros_like(x), lv_all[0].expand(batch, -1), x)
-    for m in range(len(levels) - 1):
-        lv, nlv = lv_all[m].expand(batch, -1), lv_all[m + 1].expand(batch, -1)
-        done = 0
-        while done < num_tokens and levels[m, done] == 0 and levels[m + 1, done] == 0:
-            done += 1
-        xin = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            x0, _ = model(z0, xin, lv)
-            grad = torch.autograd.grad(cost(x0).sum(), xin)[0] if cost is not None else torch.zeros_like(x)
-        weight = schedule.guidance_weight(lv, nlv)[..., None]
-        stepped = schedule.ddim_step(x[:, done:], lv[:, done:], nlv[:, done:], x0[:, done:].detach(), 0.0, generator)
-        x = torch.cat([x[:, :done], stepped - scale * (weight * grad)[:, done:]], dim=1).detach()
-    return x
-
-
 @pytest.mark.parametrize("schedule_name", ["pyramid", "full_sequence", "autoregressive"])
 @pytest.mark.parametrize("guided", [False, True])
-def test_sampler_matches_plain_algorithm_2_and_mcg_with_one_sample_is_plain_guidance(guided, schedule_name):
+def test_sampler_matches_plain_algorithm_2_and_mcg_with_one_sample_is_plain_guidance(
+    guided, schedule_name, reference_sample
+):
     """Every scheduling matrix as the agent uses it: the sampler follows its rows exactly."""
     model = tiny_model(seed=3).eval()
     schedule = NoiseSchedule(1000, "linear")

@@ -2,9 +2,6 @@
 weights (its update, planning with it, exact resume), the epsilon and v parameterizations (training targets and the
 sampler's conversion) and stochastic DDIM (eta > 0)."""
 
-import importlib.util
-import pathlib
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -127,18 +124,9 @@ def test_training_with_ema_resumes_exactly(data, windows, tmp_path):
     assert differs(resumed.ema_model, resumed.model)
 
 
-def load_df_script():
-    path = pathlib.Path(__file__).parents[1] / "scripts" / "df_maze2d.py"
-    spec = importlib.util.spec_from_file_location("df_maze2d", path)
-    script = importlib.util.module_from_spec(spec)
-    sys.modules["df_maze2d"] = script  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(script)
-    return script
-
-
-def test_the_df_script_resumes_exactly_with_ema_on(data, tmp_path):
+def test_the_df_script_resumes_exactly_with_ema_on(data, tmp_path, load_script):
     """20 steps straight, and 12 steps then a resume to 20: the same weights, EMA, optimizer and random state."""
-    script = load_df_script()
+    script = load_script("df_maze2d")
     tiny = dict(
         env="maze2d-umaze",
         batch_size=8,

@@ -1,6 +1,5 @@
 """Data-parallel training with torchrun (two CPU processes over gloo), the --preset flag and mixed precision."""
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -29,12 +28,8 @@ CHECKSUM = re.compile(r"^rank (\d) step (\d+) windows (\w+) weights (\w+) ema (\
 
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("df_maze2d", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["df_maze2d"] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+def script(load_script):
+    return load_script("df_maze2d")
 
 
 def torchrun(runs_dir: Path, *args: str) -> str:

@@ -75,29 +75,8 @@ def test_a_state_advanced_over_a_prefix_continues_as_one_pass_and_redraws_see_ea
             torch.testing.assert_close(ours[n, :, t], expected[:, 0], atol=1e-5, rtol=1e-5)
 
 
-def reference_sample(model, schedule, z0, levels, cost=None, scale=0.0, generator=None):
-    """Algorithm 2 written plainly, every token re-run from z0 at every row (as in test_df_model_sampler.py)."""
-    batch, num_tokens = z0.shape[0], levels.shape[1]
-    lv_all = torch.as_tensor(levels)
-    x = torch.randn(batch, num_tokens, model.config.token_dim, generator=generator)
-    x = schedule.add_noise(torch.zeros_like(x), lv_all[0].expand(batch, -1), x)
-    for m in range(len(levels) - 1):
-        lv, nlv = lv_all[m].expand(batch, -1), lv_all[m + 1].expand(batch, -1)
-        done = 0
-        while done < num_tokens and levels[m, done] == 0 and levels[m + 1, done] == 0:
-            done += 1
-        xin = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            x0, _ = model(z0, xin, lv)
-            grad = torch.autograd.grad(cost(x0).sum(), xin)[0] if cost is not None else torch.zeros_like(x)
-        weight = schedule.guidance_weight(lv, nlv)[..., None]
-        stepped = schedule.ddim_step(x[:, done:], lv[:, done:], nlv[:, done:], x0[:, done:].detach(), 0.0, generator)
-        x = torch.cat([x[:, :done], stepped - scale * (weight * grad)[:, done:]], dim=1).detach()
-    return x
-
-
 @pytest.mark.parametrize("schedule_name", ["pyramid", "autoregressive"])
-def test_the_sampler_with_its_cached_prefix_matches_recomputing_every_row(schedule_name):
+def test_the_sampler_with_its_cached_prefix_matches_recomputing_every_row(schedule_name, reference_sample):
     model = tiny_model(seed=3)
     schedule = NoiseSchedule(1000, "linear")
     levels = to_noise_levels(make_schedule(schedule_name, 5, 4), 4, 1000)
@@ -172,16 +151,8 @@ def test_the_agent_plans_with_the_transformer_and_checkpoints_keep_the_backbone(
     assert agent.act(obs[0], goal[0]).shape == (2,)
 
 
-def test_the_script_trains_and_evaluates_the_transformer(data, tmp_path):
-    import importlib.util
-    import pathlib
-    import sys
-
-    path = pathlib.Path(__file__).parents[1] / "scripts" / "df_maze2d.py"
-    spec = importlib.util.spec_from_file_location("df_maze2d", path)
-    script = importlib.util.module_from_spec(spec)
-    sys.modules["df_maze2d"] = script  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(script)
+def test_the_script_trains_and_evaluates_the_transformer(data, tmp_path, load_script):
+    script = load_script("df_maze2d")
     args = script.Args(
         env="maze2d-umaze",
         backbone="transformer",
