@@ -1,23 +1,25 @@
-"""Pieces shared by the single-file offline RL baselines ``baselines/iql.py`` and ``baselines/cql.py``.
+"""Infrastructure shared by the single-file offline RL baselines ``baselines/iql.py`` and ``baselines/cql.py``; each
+script holds its own program (arguments, seeding, data, networks, training loop, evaluation, logging, checkpoints,
+resume, ``--eval-only``) in its ``main``.
 
 - ``GoalRelabelSampler``: batches of transitions from ``envs.datasets.load_transitions`` with the reward relabelled
   against the goal the agent is evaluated on: the task's fixed goal on the single-goal tasks (D4RL's convention),
   or, on the multi-goal tasks, a goal drawn per sample from the data itself (HER-style relabelling).
 - ``Normalizer``: the dataset's state mean / std (goals are normalized like the position part of the state).
 - ``OfflinePolicy``: an actor wrapped as the batch policy that ``envs.evaluation.evaluate`` takes.
-- Checkpoint helpers: RNG states (so that a resumed run continues exactly), atomic saving, resumed arguments, and
-  the arguments of checkpoints written before the scripts shared one vocabulary (``upgrade_args``).
-- ``run_offline``: the CleanRL-style run both scripts share (seeding, TensorBoard, the training loop, periodic and
-  final evaluation with the shared evaluation, checkpoints, resume, ``--eval-only``); each script keeps only its
-  algorithm and its ``Args``.
+- Checkpoints: what one holds and its atomic saving (``save_checkpoint``), loading (``load_checkpoint``, which
+  renames the arguments of checkpoints written before the scripts shared one vocabulary: ``upgrade_args``), the
+  RNG states (so that a resumed run continues exactly) and the arguments of a resumed run (``resumed_args``).
+- The argument groups both scripts' ``Args`` inherit: ``RelabelArgs`` (goal relabelling) and ``RunArgs``
+  (evaluation, logging, checkpoints, resume, ``--eval-only``, time budget).
+- Evaluation: the task ``--eval-only`` evaluates on (``eval_only_task``), and one evaluation, logged and printed
+  (``evaluate_and_log``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -25,12 +27,11 @@ from typing import Annotated
 import numpy as np
 import torch
 import tyro
-from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from df_agent.checkpoints import read_checkpoint_file, save_atomically
-from envs.datasets import Transitions, load_transitions
-from envs.evaluation import evaluate, log_evaluation
+from envs.datasets import Transitions
+from envs.evaluation import EvalResult, evaluate, log_evaluation
 from envs.mazes import Maze
 from envs.tasks import GOAL_RADIUS, get_task, resolve_env_id, split_observation
 
@@ -243,8 +244,28 @@ def restore_rng_states(states: dict, sampler: GoalRelabelSampler) -> None:
     sampler.load_state_dict(states["sampler"])
 
 
-def save_checkpoint(path: str | Path, payload: dict) -> Path:
-    """``torch.save`` written to a temporary file and renamed into place, so a crash never leaves half a file."""
+def save_checkpoint(
+    path: str | Path,
+    algorithm: str,
+    args,
+    run_name: str,
+    step: int,
+    learner: torch.nn.Module,
+    normalizer: Normalizer,
+    sampler: GoalRelabelSampler,
+) -> Path:
+    """Everything a run needs to go on exactly from ``step`` or to be evaluated: its arguments (a script's
+    ``Args``), the learner's ``state_dict``, the normalizer and the RNG states. Written to a temporary file and
+    renamed into place, so a crash never leaves half a file; ``load_checkpoint`` reads it."""
+    payload = {
+        "algorithm": algorithm,
+        "args": dataclasses.asdict(args),
+        "run_name": run_name,
+        "step": step,
+        "training_state": learner.state_dict(),
+        "normalizer": normalizer.state_dict(),
+        "rng": rng_states(sampler),
+    }
     return save_atomically(payload, path)
 
 
@@ -297,10 +318,12 @@ def resumed_args(args, saved: dict, run_fields: set[str]):
     return dataclasses.replace(args, **merged)
 
 
+# ----------------------------------------------------------------------------------------------- arguments
+
+
 @dataclass
-class OfflineRunArgs:
-    """The arguments ``run_offline`` reads besides an algorithm's own: goal relabelling, evaluation, logging,
-    checkpoints. Each script's ``Args`` adds its algorithm's fields (and exp_name, seed, env, ...)."""
+class RelabelArgs:
+    """Goal relabelling (``GoalRelabelSampler``): part of a run's data, so a resumed run keeps the checkpoint's."""
 
     future_goal_prob: float = 0.5
     """multi-goal tasks: probability of relabelling with a later position of the same run (else the episode's goal)"""
@@ -309,7 +332,12 @@ class OfflineRunArgs:
     terminal_on_success: bool = False
     """done = reward: end the value recursion where the reward is earned (default: never, as in the tasks)"""
 
-    # Evaluation, logging, checkpoints
+
+@dataclass
+class RunArgs:
+    """Evaluation, logging, checkpoints, resume, --eval-only and the time budget: how a run goes, not what it
+    learns, so a resumed run takes all of these from the command line (``RUN_ARG_NAMES``)."""
+
     eval_every: int = 50_000
     """evaluate every this many steps (0: only at the end)"""
     eval_episodes: int = 20
@@ -338,172 +366,35 @@ class OfflineRunArgs:
     """--eval-only on another task of the same maze (e.g. a multi-goal model on the single-goal task)"""
 
 
-# Fields a resumed run takes from the command line; all others come from the checkpoint.
-RUN_FIELDS = {
-    "exp_name", "device", "runs_dir", "progress", "total_steps", "eval_every", "eval_episodes", "final_eval_episodes",
-    "eval_seed", "log_every", "save_model", "checkpoint_every", "resume", "eval_only", "checkpoint", "eval_env",
-    "train_minutes",
-}  # fmt: skip
+# The fields of ``RunArgs``: part of what a resumed run takes from the command line.
+RUN_ARG_NAMES = frozenset(field.name for field in dataclasses.fields(RunArgs))
 
 
-# An offline agent: an nn.Module with ``update(batch) -> dict of scalar tensors``, ``training_state()``,
-# ``load_training_state(state)`` and an ``actor`` whose ``act(inputs)`` gives deterministic actions.
-AgentFactory = Callable[[int, object], torch.nn.Module]
+# ----------------------------------------------------------------------------------------------- evaluation
 
 
-def load_policy(
-    path: str | Path, algorithm: str, args_type: type, make_agent: AgentFactory, device: torch.device | str = "cpu"
-) -> OfflinePolicy:
-    """The evaluation policy of a checkpoint written by ``run_offline``."""
-    payload = load_checkpoint(path, algorithm, device)
-    args = args_type(**payload["args"])
-    goal_conditioned = get_task(args.env).multi_goal
-    agent = make_agent(4 + 2 * goal_conditioned, args).to(device)
-    agent.load_state_dict(payload["training_state"]["networks"])
-    return OfflinePolicy(agent.actor.act, Normalizer.from_state_dict(payload["normalizer"]), goal_conditioned, device)
+def eval_only_task(args: RunArgs, algorithm: str) -> str:
+    """The task ``--eval-only`` evaluates ``--checkpoint`` on: ``--eval-env``, which must be a task of the maze the
+    checkpoint was trained on, or else that task. Raises on missing or contradictory flags."""
+    if args.checkpoint is None:
+        raise ValueError("--eval-only needs --checkpoint PATH")
+    if args.final_eval_episodes < 1:
+        raise ValueError("--eval-only evaluates --final-eval-episodes episodes; give at least 1")
+    trained = load_checkpoint(args.checkpoint, algorithm)["args"]["env"]
+    env_id = resolve_env_id(args.eval_env or trained)
+    if get_task(env_id).maze != get_task(trained).maze:
+        raise ValueError(f"the checkpoint was trained on {trained}; {env_id} is another maze")
+    return env_id
 
 
-def run_offline(
-    args,
-    algorithm: str,
-    make_agent: AgentFactory,
-    extra_scalars: Callable[[torch.nn.Module], dict[str, float]] | None = None,
-) -> dict:
-    """Train ``make_agent(input_dim, args)`` on the task's dataset, evaluating and checkpointing as ``args`` says.
-
-    ``args`` is a script's ``Args`` (an ``OfflineRunArgs``); a resumed run takes ``RUN_FIELDS`` from it.
-    Returns the run name and folder, the final evaluation, the policy, the checkpoint path and the last step.
-    """
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    if args.train_minutes is not None and args.train_minutes <= 0:
-        raise ValueError(f"--train-minutes must be positive, got {args.train_minutes}; leave it out for no time limit")
-
-    def run_evaluation(policy, env_id: str, episodes: int, writer=None, step: int = 0):
-        result = evaluate(policy, env_id, num_episodes=episodes, seed=args.eval_seed, progress=args.progress)
-        if writer is not None:
-            log_evaluation(writer, result, step)
-        tqdm.write(f"[{algorithm} step {step:,}] {result}")
-        return result
-
-    if args.eval_only:
-        if args.checkpoint is None:
-            raise ValueError("--eval-only needs --checkpoint PATH")
-        if args.final_eval_episodes < 1:
-            raise ValueError("--eval-only evaluates --final-eval-episodes episodes; give at least 1")
-        saved = type(args)(**load_checkpoint(args.checkpoint, algorithm, "cpu")["args"])
-        env_id = resolve_env_id(args.eval_env or saved.env)
-        if get_task(env_id).maze != get_task(saved.env).maze:
-            raise ValueError(f"the checkpoint was trained on {saved.env}; {env_id} is another maze")
-        policy = load_policy(args.checkpoint, algorithm, type(args), make_agent, device)
-        result = run_evaluation(policy, env_id, args.final_eval_episodes)
-        return {"final_eval": result, "policy": policy, "checkpoint": args.checkpoint}
-
-    start_step, payload = 0, None
-    if args.resume is not None:
-        payload = load_checkpoint(args.resume, algorithm, "cpu")
-        args = resumed_args(args, payload["args"], RUN_FIELDS)
-        run_name, start_step = payload["run_name"], payload["step"]
-    args = dataclasses.replace(args, env=resolve_env_id(args.env))
-    if payload is None:
-        run_name = f"{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = Path(args.runs_dir) / run_name
-    writer = SummaryWriter(str(run_dir), purge_step=start_step if payload is not None else None)
-    writer.add_text(
-        "hyperparameters",
-        "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items()),
-    )
-
-    # Seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-
-    data = load_transitions(args.env, generate=True, progress=args.progress)
-    normalizer = (
-        Normalizer.from_state_dict(payload["normalizer"])
-        if payload is not None
-        else Normalizer.from_states(data.observations)
-    )
-    sampler = GoalRelabelSampler(
-        data,
-        args.env,
-        normalizer,
-        device,
-        future_goal_prob=args.future_goal_prob,
-        future_goal_mean_steps=args.future_goal_mean_steps,
-        terminal_on_success=args.terminal_on_success,
-        seed=args.seed,
-    )
-    agent = make_agent(sampler.input_dim, args).to(device)
-    if payload is not None:
-        agent.load_training_state(payload["training_state"])
-        restore_rng_states(payload["rng"], sampler)
-        print(f"[{algorithm}] resumed {run_name} at step {start_step:,} from {args.resume}")
-    policy = OfflinePolicy(agent.actor.act, normalizer, sampler.goal_conditioned, device)
-
-    def write_checkpoint(step: int, path: Path) -> Path:
-        return save_checkpoint(
-            path,
-            {
-                "algorithm": algorithm,
-                "args": dataclasses.asdict(args),
-                "run_name": run_name,
-                "step": step,
-                "training_state": agent.training_state(),
-                "normalizer": normalizer.state_dict(),
-                "rng": rng_states(sampler),
-            },
-        )
-
-    last_eval = None
-    start_time, logged_step = time.perf_counter(), start_step
-    train_start, final_step = start_time, start_step
-    bar = tqdm(
-        range(start_step, args.total_steps),
-        desc=f"{algorithm} {args.env}",
-        initial=start_step,
-        total=args.total_steps,
-        disable=not args.progress,
-    )
-    for step in bar:
-        info = agent.update(sampler.sample(args.batch_size))
-        global_step = final_step = step + 1
-        out_of_time = args.train_minutes is not None and time.perf_counter() - train_start > 60 * args.train_minutes
-        last = global_step == args.total_steps or out_of_time
-        if global_step % args.log_every == 0 or last:
-            for name, value in info.items():
-                writer.add_scalar(f"losses/{name}", value.item(), global_step)
-            for name, value in (extra_scalars(agent) if extra_scalars else {}).items():
-                writer.add_scalar(name, value, global_step)
-            sps = (global_step - logged_step) / (time.perf_counter() - start_time)
-            writer.add_scalar("charts/SPS", sps, global_step)
-            start_time, logged_step = time.perf_counter(), global_step
-            bar.set_postfix(sps=f"{sps:.0f}", score=None if last_eval is None else f"{last_eval.normalized_score:.1f}")
-        if last and args.final_eval_episodes > 0:
-            last_eval = run_evaluation(policy, args.env, args.final_eval_episodes, writer, global_step)
-        elif args.eval_every > 0 and global_step % args.eval_every == 0:
-            last_eval = run_evaluation(policy, args.env, args.eval_episodes, writer, global_step)
-        if args.save_model and global_step % args.checkpoint_every == 0 and not last:
-            write_checkpoint(global_step, run_dir / "checkpoints" / f"step_{global_step}.pt")
-        if out_of_time:
-            tqdm.write(f"[{algorithm}] time budget of {args.train_minutes} minutes reached at step {global_step:,}")
-            break
-    bar.close()
-    writer.add_scalar("charts/train_minutes", (time.perf_counter() - train_start) / 60, final_step)
-
-    saved = None
-    if args.save_model:
-        saved = write_checkpoint(final_step, run_dir / f"{args.exp_name}.pt")
-        print(f"[{algorithm}] checkpoint: {saved}")
-    if last_eval is not None:
-        writer.add_text("final_evaluation", str(last_eval), final_step)
-    writer.close()
-    return {
-        "run_name": run_name,
-        "run_dir": run_dir,
-        "final_eval": last_eval,
-        "policy": policy,
-        "checkpoint": saved,
-        "step": final_step,
-    }
+def evaluate_and_log(
+    policy: OfflinePolicy, env_id: str, episodes: int, args, label: str, step: int = 0, writer=None
+) -> EvalResult:
+    """``envs.evaluation.evaluate`` of a script's ``Args`` (episode i seeded ``args.eval_seed + i``, a progress bar
+    with ``args.progress``), written to TensorBoard under ``eval/`` when a writer is given, and printed as
+    ``[label step N] result``."""
+    result = evaluate(policy, env_id, num_episodes=episodes, seed=args.eval_seed, progress=args.progress)
+    if writer is not None:
+        log_evaluation(writer, result, step)
+    tqdm.write(f"[{label} step {step:,}] {result}")
+    return result

@@ -18,26 +18,34 @@ the Gaussian mean); rewards and goals are relabelled as ``baselines.common.GoalR
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 from torch.distributions import Normal
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
 
 from baselines import common
-from baselines.common import Batch, OfflinePolicy
+from baselines.common import Batch, GoalRelabelSampler, Normalizer, OfflinePolicy
+from envs.datasets import load_transitions
+from envs.tasks import get_task, resolve_env_id
 
 ALGORITHM = "iql"
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
 
 @dataclass
-class Args(common.OfflineRunArgs):
+class Args(common.RunArgs, common.RelabelArgs):
     exp_name: str = ALGORITHM
     """the name of this experiment (part of the run name)"""
     seed: int = 1
@@ -78,6 +86,11 @@ class Args(common.OfflineRunArgs):
     """inverse temperature of the advantage weights (small: behaviour cloning, large: greedy)"""
     exp_adv_max: float = 100.0
     """clip of the advantage weights"""
+
+
+# What a resumed run takes from the command line: how it runs and for how long. Everything else (data, networks,
+# hyperparameters) comes from the checkpoint.
+RUN_FIELDS = {"exp_name", "device", "runs_dir", "progress", "total_steps", *common.RUN_ARG_NAMES}
 
 
 def mlp(in_dim: int, out_dim: int, hidden_dim: int, n_hidden: int, output_activation=None) -> nn.Sequential:
@@ -192,18 +205,20 @@ class IQL(nn.Module):
             "reward": batch.rewards.mean(),
         }
 
-    def training_state(self) -> dict:
-        """Everything that training changes: networks, targets, optimizers, schedule."""
+    def state_dict(self) -> dict:
+        """Everything training changes, as CORL's learners give it: the networks (target critics included) under
+        "networks", beside them the optimizers and the actor's schedule (the keys checkpoints have always had)."""
         return {
-            "networks": self.state_dict(),
+            "networks": super().state_dict(),
             "actor_optimizer": self.actor_optimizer.state_dict(),
             "q_optimizer": self.q_optimizer.state_dict(),
             "v_optimizer": self.v_optimizer.state_dict(),
             "actor_scheduler": self.actor_scheduler.state_dict(),
         }
 
-    def load_training_state(self, state: dict) -> None:
-        self.load_state_dict(state["networks"])
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` gave, e.g. to resume a run exactly."""
+        super().load_state_dict(state["networks"])
         self.actor_optimizer.load_state_dict(state["actor_optimizer"])
         self.q_optimizer.load_state_dict(state["q_optimizer"])
         self.v_optimizer.load_state_dict(state["v_optimizer"])
@@ -211,17 +226,140 @@ class IQL(nn.Module):
 
 
 def load_policy(path: str | Path, device: torch.device | str = "cpu") -> OfflinePolicy:
-    """The evaluation policy of a checkpoint."""
-    return common.load_policy(path, ALGORITHM, Args, IQL, device)
+    """The evaluation policy of a checkpoint: its actor's deterministic action on normalized inputs."""
+    checkpoint = common.load_checkpoint(path, ALGORITHM, device)
+    args = Args(**checkpoint["args"])
+    goal_conditioned = get_task(args.env).multi_goal
+    agent = IQL(4 + 2 * goal_conditioned, args).to(device)
+    agent.load_state_dict(checkpoint["training_state"])
+    normalizer = Normalizer.from_state_dict(checkpoint["normalizer"])
+    return OfflinePolicy(agent.actor.act, normalizer, goal_conditioned, device)
 
 
 def main(args: Args) -> dict:
-    """Train and evaluate (or, with --eval-only, evaluate a checkpoint); see ``baselines.common.run_offline``."""
+    """Train IQL on the task's dataset, evaluating and checkpointing as ``args`` says; or, with --eval-only,
+    evaluate --checkpoint. Returns the run name and folder, the final evaluation, the policy, the checkpoint path
+    and the last step (--eval-only: the evaluation, the policy and the checkpoint)."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if args.eval_only:
+        env_id = common.eval_only_task(args, ALGORITHM)
+        policy = load_policy(args.checkpoint, device)
+        result = common.evaluate_and_log(policy, env_id, args.final_eval_episodes, args, ALGORITHM)
+        return {"final_eval": result, "policy": policy, "checkpoint": args.checkpoint}
+    if args.train_minutes is not None and args.train_minutes <= 0:
+        raise ValueError(f"--train-minutes must be positive, got {args.train_minutes}; leave it out for no time limit")
 
-    def actor_lr(agent: IQL) -> dict[str, float]:
-        return {"charts/actor_lr": agent.actor_optimizer.param_groups[0]["lr"]}
+    # Resume: the run goes on under its name, from its step, with its data, networks and hyperparameters.
+    checkpoint, start_step = None, 0
+    if args.resume is not None:
+        checkpoint = common.load_checkpoint(args.resume, ALGORITHM, "cpu")
+        args = common.resumed_args(args, checkpoint["args"], RUN_FIELDS)
+        run_name, start_step = checkpoint["run_name"], checkpoint["step"]
+    args = dataclasses.replace(args, env=resolve_env_id(args.env))
+    if checkpoint is None:
+        run_name = f"{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path(args.runs_dir) / run_name
+    # A resumed run drops what the interrupted one logged after its checkpoint.
+    writer = SummaryWriter(str(run_dir), purge_step=None if checkpoint is None else start_step)
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in dataclasses.asdict(args).items()),
+    )
 
-    return common.run_offline(args, ALGORITHM, IQL, extra_scalars=actor_lr)
+    # Seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+    # Data: the task's transitions, normalized, with rewards (and goals) relabelled
+    data = load_transitions(args.env, generate=True, progress=args.progress)
+    if checkpoint is None:
+        normalizer = Normalizer.from_states(data.observations)
+    else:
+        normalizer = Normalizer.from_state_dict(checkpoint["normalizer"])
+    sampler = GoalRelabelSampler(
+        data,
+        args.env,
+        normalizer,
+        device,
+        future_goal_prob=args.future_goal_prob,
+        future_goal_mean_steps=args.future_goal_mean_steps,
+        terminal_on_success=args.terminal_on_success,
+        seed=args.seed,
+    )
+
+    # Networks, optimizers and the actor's schedule (restored with the RNG states on resume)
+    agent = IQL(sampler.input_dim, args).to(device)
+    if checkpoint is not None:
+        agent.load_state_dict(checkpoint["training_state"])
+        common.restore_rng_states(checkpoint["rng"], sampler)
+        print(f"[{ALGORITHM}] resumed {run_name} at step {start_step:,} from {args.resume}")
+    policy = OfflinePolicy(agent.actor.act, normalizer, sampler.goal_conditioned, device)
+
+    def save(step: int, path: Path) -> Path:
+        return common.save_checkpoint(path, ALGORITHM, args, run_name, step, agent, normalizer, sampler)
+
+    # Training loop; the last step is --total-steps or the one where --train-minutes runs out
+    last_eval = None
+    train_start = logged_time = time.perf_counter()
+    logged_step = final_step = start_step
+    bar = tqdm(
+        range(start_step, args.total_steps),
+        desc=f"{ALGORITHM} {args.env}",
+        initial=start_step,
+        total=args.total_steps,
+        disable=not args.progress,
+    )
+    for step in bar:
+        info = agent.update(sampler.sample(args.batch_size))
+        global_step = final_step = step + 1
+        out_of_time = args.train_minutes is not None and time.perf_counter() - train_start > 60 * args.train_minutes
+        last = global_step == args.total_steps or out_of_time
+
+        # Logging
+        if global_step % args.log_every == 0 or last:
+            for name, value in info.items():
+                writer.add_scalar(f"losses/{name}", value.item(), global_step)
+            writer.add_scalar("charts/actor_lr", agent.actor_optimizer.param_groups[0]["lr"], global_step)
+            sps = (global_step - logged_step) / (time.perf_counter() - logged_time)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            logged_step, logged_time = global_step, time.perf_counter()
+            bar.set_postfix(sps=f"{sps:.0f}", score=None if last_eval is None else f"{last_eval.normalized_score:.1f}")
+
+        # Evaluation: the final one at the last step, periodic ones before
+        if last and args.final_eval_episodes > 0:
+            episodes = args.final_eval_episodes
+            last_eval = common.evaluate_and_log(policy, args.env, episodes, args, ALGORITHM, global_step, writer)
+        elif args.eval_every > 0 and global_step % args.eval_every == 0:
+            episodes = args.eval_episodes
+            last_eval = common.evaluate_and_log(policy, args.env, episodes, args, ALGORITHM, global_step, writer)
+
+        # Intermediate checkpoints (the last step's is the final one, below)
+        if args.save_model and global_step % args.checkpoint_every == 0 and not last:
+            save(global_step, run_dir / "checkpoints" / f"step_{global_step}.pt")
+        if out_of_time:
+            tqdm.write(f"[{ALGORITHM}] time budget of {args.train_minutes} minutes reached at step {global_step:,}")
+            break
+    bar.close()
+    writer.add_scalar("charts/train_minutes", (time.perf_counter() - train_start) / 60, final_step)
+
+    # The final checkpoint
+    saved = None
+    if args.save_model:
+        saved = save(final_step, run_dir / f"{args.exp_name}.pt")
+        print(f"[{ALGORITHM}] checkpoint: {saved}")
+    if last_eval is not None:
+        writer.add_text("final_evaluation", str(last_eval), final_step)
+    writer.close()
+    return {
+        "run_name": run_name,
+        "run_dir": run_dir,
+        "final_eval": last_eval,
+        "policy": policy,
+        "checkpoint": saved,
+        "step": final_step,
+    }
 
 
 if __name__ == "__main__":

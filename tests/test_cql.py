@@ -1,6 +1,7 @@
 """CQL (baselines/cql.py) on tiny data: the conservative penalty, the Lagrange multiplier, the script end to end."""
 
 import math
+from copy import deepcopy
 
 import numpy as np
 import pytest
@@ -119,6 +120,29 @@ def test_the_lagrange_multiplier_tracks_the_target_gap():
 
     assert alpha_prime_after(-100.0) > 1.1  # gap far above the target: the penalty's weight grows
     assert alpha_prime_after(100.0) < 0.9  # far below: it shrinks
+
+
+def test_cql_state_dict_holds_the_whole_training_state():
+    """A learner loaded with another's ``state_dict`` (networks, target critics, temperatures, optimizers) takes
+    exactly the same next steps, given the same random draws."""
+    batch = toy_batch()
+    torch.manual_seed(0)
+    args = cql.Args(hidden_dim=16, n_hidden=2, cql_n_actions=4)
+    agent = cql.CQL(4, args)
+    for _ in range(3):
+        agent.update(batch)
+    copy = cql.CQL(4, args)  # other initial weights
+    copy.load_state_dict(deepcopy(agent.state_dict()))  # a copy, as from a checkpoint file
+    optimizers = {"actor_optimizer", "critic_optimizer", "alpha_optimizer", "alpha_prime_optimizer"}
+    assert set(agent.state_dict()) == {"networks", *optimizers}
+    for _ in range(3):
+        torch.manual_seed(1)
+        info = agent.update(batch)
+        torch.manual_seed(1)
+        copy_info = copy.update(batch)
+        assert all(torch.equal(info[k], copy_info[k]) for k in info)
+    for name, tensor in agent.state_dict()["networks"].items():
+        assert torch.equal(tensor, copy.state_dict()["networks"][name]), name
 
 
 # ------------------------------------------------------------------------------------------------ the script

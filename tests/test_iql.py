@@ -1,5 +1,7 @@
 """IQL (baselines/iql.py) and the relabelling sampler it shares with CQL (baselines/common.py), on tiny data."""
 
+from copy import deepcopy
+
 import numpy as np
 import pytest
 import torch
@@ -105,6 +107,30 @@ def test_iql_value_is_the_expectile_and_the_policy_follows_the_advantage():
     assert q_good.mean().item() == pytest.approx(1.0, abs=0.05) and q_bad.abs().max().item() < 0.05
     assert v.mean().item() == pytest.approx(0.7, abs=0.05)  # 0.7 (1 - v) = 0.3 v
     assert ((mean_action - good).norm(dim=-1) < (mean_action - bad).norm(dim=-1)).all()
+
+
+def test_iql_state_dict_holds_the_whole_training_state():
+    """A learner loaded with another's ``state_dict`` (networks, target critics, optimizers, schedule) takes exactly
+    the same next steps."""
+    torch.manual_seed(0)
+    n = 32
+    obs, next_obs = torch.randn(n, 4), torch.randn(n, 4)
+    batch = Batch(
+        obs, torch.rand(n, 2) * 2 - 1, (torch.rand(n) < 0.5).float(), next_obs, torch.zeros(n), torch.zeros(n, 2)
+    )
+    args = iql.Args(hidden_dim=16, total_steps=10)
+    agent = iql.IQL(4, args)
+    for _ in range(3):
+        agent.update(batch)
+    copy = iql.IQL(4, args)  # other initial weights
+    copy.load_state_dict(deepcopy(agent.state_dict()))  # a copy, as from a checkpoint file
+    assert set(agent.state_dict()) == {"networks", "actor_optimizer", "q_optimizer", "v_optimizer", "actor_scheduler"}
+    for _ in range(3):
+        info, copy_info = agent.update(batch), copy.update(batch)
+        assert all(torch.equal(info[k], copy_info[k]) for k in info)
+    for name, tensor in agent.state_dict()["networks"].items():
+        assert torch.equal(tensor, copy.state_dict()["networks"][name]), name
+    assert agent.state_dict()["actor_scheduler"] == copy.state_dict()["actor_scheduler"]
 
 
 # --------------------------------------------------------------------------- relabelling (baselines/common.py)
