@@ -69,6 +69,10 @@ class PlannerConfig:
     execute_steps: int | None = None
     """control steps executed between two plans, if fewer than ``replan_every`` tokens (None: whole tokens).
     Shorter open-loop stretches correct drift sooner, at the cost of more plans"""
+    near_goal_execute_steps: int | None = None
+    """control steps executed between two plans for a point within ``near_goal_radius`` of the goal (None: as far
+    from it). The data never stays at a goal, so a plan's open-loop actions near it drift; replanning after fewer
+    steps there closes the loop with the planner's own actions, only where it matters"""
     shrink_horizon: bool = True
     """plan only to the episode's end (the paper). False keeps planning ``horizon_tokens`` ahead near the end too:
     the goal cost then still asks the plan to stay at the goal, instead of guiding only its last few tokens"""
@@ -83,6 +87,13 @@ class PlannerConfig:
     new plan from the previous plan's clean tokens shifted by the steps executed since, noised to level round(f * K)
     (SDEdit-style), and skips the sampling rows above that level for them; tokens past the old plan's end start from
     pure noise. Lower f keeps more of the previous route (consecutive plans agree more), f = 1 re-noises fully"""
+    stall_steps: int = 0
+    """warm start's way out of a dead end (0: off): every ``stall_steps`` control steps the agent checks how far
+    the point has moved; if less than ``stall_distance`` while it is farther than ``near_goal_radius`` from the goal,
+    the next plan starts cold (from pure noise) instead of from the previous plan, so a route that leads nowhere
+    is dropped rather than kept"""
+    stall_distance: float = 0.5
+    """net displacement over ``stall_steps`` below which the point counts as stalled"""
     ddim_eta: float = 0.0
     seed: int = 0
 
@@ -220,6 +231,9 @@ class Agent:
         self._elapsed = np.zeros(0, dtype=np.int64)  # per env: steps since its episode started
         self._last_tokens: list[np.ndarray | None] = []  # per env: the last plan's clean tokens (T, token_dim)
         self._since_plan = np.zeros(0, dtype=np.int64)  # per env: steps executed since that plan
+        self._anchor_xy = np.zeros((0, 2))  # per env: position at the last stall check
+        self._anchor_elapsed = np.zeros(0, dtype=np.int64)  # per env: its step count then (-1: not yet set)
+        self._stalled = np.zeros(0, dtype=bool)  # per env: the next plan starts cold
 
     def _parse(self, obs, goal) -> tuple[np.ndarray, np.ndarray, bool]:
         obs_dim = self.tokenizer.layout.obs_dim
@@ -360,6 +374,10 @@ class Agent:
             self._elapsed = np.zeros(batch, dtype=np.int64)
             self._last_tokens = [None] * batch
             self._since_plan = np.zeros(batch, dtype=np.int64)
+            self._anchor_xy = np.zeros((batch, 2))
+            self._anchor_elapsed = np.full(batch, -1, dtype=np.int64)
+            self._stalled = np.zeros(batch, dtype=bool)
+        self._check_stall(obs_arr[:, :2], goal_arr)
         holding = np.zeros(batch, dtype=bool)
         if self.planner.goal_hold_radius > 0:
             holding = np.linalg.norm(obs_arr[:, :2] - goal_arr, axis=-1) <= self.planner.goal_hold_radius
@@ -377,6 +395,20 @@ class Agent:
         self._since_plan += 1
         return actions[0] if single else actions
 
+    def _check_stall(self, xy: np.ndarray, goal: np.ndarray) -> None:
+        """Every ``stall_steps`` steps, mark the envs whose point moved less than ``stall_distance`` (away from the
+        goal) since the last check: their next plan starts cold."""
+        p = self.planner
+        if p.stall_steps <= 0 or p.warm_start_level <= 0:
+            return
+        fresh = self._anchor_elapsed < 0
+        self._anchor_xy[fresh], self._anchor_elapsed[fresh] = xy[fresh], self._elapsed[fresh]
+        due = self._elapsed - self._anchor_elapsed >= p.stall_steps
+        moved = np.linalg.norm(xy - self._anchor_xy, axis=-1)
+        far = np.linalg.norm(xy - goal, axis=-1) > p.near_goal_radius
+        self._stalled |= due & (moved < p.stall_distance) & far
+        self._anchor_xy[due], self._anchor_elapsed[due] = xy[due], self._elapsed[due]
+
     def _replan(self, envs: np.ndarray, obs: np.ndarray, goal: np.ndarray) -> None:
         """Plan for the envs whose queue ran out, together, to the furthest of their episode ends."""
         p = self.planner
@@ -391,11 +423,16 @@ class Agent:
         execute = min(horizon, p.replan_every * frame_stack)
         if p.execute_steps is not None:
             execute = max(1, min(execute, p.execute_steps))
+        execute = np.full(len(obs), execute, dtype=np.int64)
+        if p.near_goal_execute_steps is not None:
+            near = np.linalg.norm(obs[:, :2] - goal, axis=-1) <= p.near_goal_radius
+            execute[near] = np.clip(p.near_goal_execute_steps, 1, execute[near])
         if p.warm_start_level > 0:
             # envs grouped by how many whole tokens of their last plan are left after the steps executed since
             # (the matrix is shared by a batch); a group with none plans cold
             num_tokens = max(1, math.ceil(horizon / frame_stack))
-            warm = {env: self._shifted_tokens(env, num_tokens) for env in envs}
+            warm = {env: None if self._stalled[env] else self._shifted_tokens(env, num_tokens) for env in envs}
+            self._stalled[envs] = False
             groups: dict[int, list[int]] = {}
             for env in envs:
                 groups.setdefault(len(warm[env]) if warm[env] is not None else 0, []).append(env)
@@ -406,9 +443,10 @@ class Agent:
         else:
             self._store(envs, self.plan(obs[envs], goal[envs], horizon=horizon), execute)
 
-    def _store(self, envs: np.ndarray, plan: Plan, execute: int) -> None:
+    def _store(self, envs: np.ndarray, plan: Plan, execute: np.ndarray) -> None:
+        """Queue each env's first ``execute[env]`` planned actions and keep the plan for the next warm start."""
         for i, env in enumerate(envs):
-            self._queues[env] = plan.actions[i, :execute]
+            self._queues[env] = plan.actions[i, : execute[env]]
             self._last_tokens[env] = np.array(plan.tokens[i])
             self._since_plan[env] = 0
 
@@ -439,6 +477,8 @@ class Agent:
                     self._elapsed[env] = 0
                     self._last_tokens[env] = None
                     self._since_plan[env] = 0
+                    self._anchor_elapsed[env] = -1
+                    self._stalled[env] = False
             else:
                 self.reset()
         return self.act(observation), state

@@ -146,6 +146,9 @@ class Args:
     128 chosen on umaze's held-out episodes)"""
     near_goal_radius: float = 1.0
     """distance to the goal within which --near-goal-guidance-scale applies"""
+    near_goal_execute_steps: int | None = None
+    """control steps executed between replans within --near-goal-radius of the goal (None: whole tokens, as far
+    from it)"""
     shrink_horizon: bool = True
     """plan only to the episode's end, as the paper (planning past it scored lower on held-out episodes)"""
     horizon_tokens: int | None = 30
@@ -156,6 +159,11 @@ class Args:
     """warm start each replan from the previous plan, shifted by the steps executed and noised to this fraction of
     the noise scale (0: off, every plan from pure noise; default per maze: 0.75 on umaze and medium, 0.5 on
     large), see PlannerConfig.warm_start_level"""
+    stall_steps: int = 0
+    """with warm start: replan cold when the point moved less than --stall-distance in this many steps, away from
+    the goal (0: off), see PlannerConfig.stall_steps"""
+    stall_distance: float = 0.5
+    """net displacement that counts as no progress for --stall-steps"""
     goal_hold_radius: float = 0.0
     """hold the goal with a PD law within this distance of it (0: off, pure DF; the paper's agent leaves the goal)"""
     eval_episodes: int = 100
@@ -222,10 +230,13 @@ def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
         stay_radius=args.stay_radius,
         near_goal_guidance_scale=args.near_goal_guidance_scale or None,
         near_goal_radius=args.near_goal_radius,
+        near_goal_execute_steps=args.near_goal_execute_steps,
         shrink_horizon=args.shrink_horizon,
         horizon_tokens=args.horizon_tokens,
         replan_every=args.replan_every,
         warm_start_level=DEFAULT_WARM_START[task.maze] if args.warm_start_level is None else args.warm_start_level,
+        stall_steps=args.stall_steps,
+        stall_distance=args.stall_distance,
         goal_hold_radius=args.goal_hold_radius,
         episode_length=task.max_episode_steps,
         seed=args.seed,

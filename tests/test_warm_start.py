@@ -160,3 +160,42 @@ def test_episode_start_and_reset_forget_the_last_plan(trained, monkeypatch):
     calls.clear()
     agent.act(obs_batch(2))
     assert len(calls) == 1 and "initial_tokens" not in calls[0]
+
+
+def test_a_stalled_point_replans_cold_and_a_moving_one_stays_warm(trained, monkeypatch):
+    """stall_steps=10: at step 10 env 0 has not moved (it stalls: its plan at step 10 starts cold), env 1 has moved
+    by 1 (warm); env 2 has not moved but sits at its goal (warm: staying put is the job there)."""
+    calls = spy_on_sample(monkeypatch)
+    agent = Agent.from_trainer(
+        trained, planner(horizon_tokens=4, ddim_steps=2, warm_start_level=0.5, stall_steps=10, stall_distance=0.5)
+    )
+    goal = np.array([[3.0, 3.0], [3.0, 3.0], [0.0, 0.0]], np.float32)
+    for t in range(11):  # plans at steps 0, 5 and 10 (stall check at 10)
+        obs = np.zeros((3, 4), np.float32)
+        obs[1, 0] = t / 10  # env 1 moves 1.0 in 10 steps
+        agent.act({"observation": obs, "desired_goal": goal})
+    last = calls[-2:]  # the step-10 replan: a cold call for env 0, a warm one for envs 1 and 2
+    (warm,) = [c for c in last if "initial_tokens" in c]
+    (cold,) = [c for c in last if "initial_tokens" not in c]
+    assert cold["result"].shape[0] == 1 and warm["result"].shape[0] == 2
+    assert cold["levels"][0].min() == agent.schedule.num_levels
+    assert not agent._stalled.any()  # the cold plan consumed the flag: the next replan of env 0 is warm again
+    # off (the default): the same run keeps every plan warm
+    calls.clear()
+    agent = Agent.from_trainer(trained, planner(horizon_tokens=4, ddim_steps=2, warm_start_level=0.5))
+    for t in range(11):
+        agent.act({"observation": np.zeros((3, 4), np.float32), "desired_goal": goal})
+    assert all("initial_tokens" in c for c in calls[1:]) and len(calls) == 3
+
+
+def test_near_the_goal_the_agent_executes_fewer_steps_between_plans(trained, monkeypatch):
+    calls = spy_on_sample(monkeypatch)
+    agent = Agent.from_trainer(trained, planner(horizon_tokens=4, ddim_steps=2, near_goal_execute_steps=2))
+    far = {"observation": np.zeros((1, 4), np.float32), "desired_goal": np.full((1, 2), 3.0, np.float32)}
+    near = {"observation": np.zeros((1, 4), np.float32), "desired_goal": np.full((1, 2), 0.5, np.float32)}
+    for _ in range(5):  # far from the goal: one plan for a whole token (5 steps)
+        agent.act(far)
+    assert len(calls) == 1
+    for _ in range(6):  # within near_goal_radius (1.0): a plan every 2 steps
+        agent.act(near)
+    assert len(calls) == 4
