@@ -73,6 +73,9 @@ class PlannerConfig:
     """control steps executed between two plans for a point within ``near_goal_radius`` of the goal (None: as far
     from it). The data never stays at a goal, so a plan's open-loop actions near it drift; replanning after fewer
     steps there closes the loop with the planner's own actions, only where it matters"""
+    near_goal_horizon_tokens: int | None = None
+    """plan length in tokens for a point within ``near_goal_radius`` of the goal (None: ``horizon_tokens``). Short
+    plans there are cheap, which pays for replanning them often"""
     shrink_horizon: bool = True
     """plan only to the episode's end (the paper). False keeps planning ``horizon_tokens`` ahead near the end too:
     the goal cost then still asks the plan to stay at the goal, instead of guiding only its last few tokens"""
@@ -410,7 +413,8 @@ class Agent:
         self._anchor_xy[due], self._anchor_elapsed[due] = xy[due], self._elapsed[due]
 
     def _replan(self, envs: np.ndarray, obs: np.ndarray, goal: np.ndarray) -> None:
-        """Plan for the envs whose queue ran out, together, to the furthest of their episode ends."""
+        """Plan for the envs whose queue ran out, together, to the furthest of their episode ends (envs near the
+        goal with ``near_goal_horizon_tokens``, if set, and envs that warm-start alike in their own batches)."""
         p = self.planner
         frame_stack = self.tokenizer.layout.frame_stack
         remaining = int(max(1, (p.episode_length - self._elapsed[envs]).max()))
@@ -423,25 +427,29 @@ class Agent:
         execute = min(horizon, p.replan_every * frame_stack)
         if p.execute_steps is not None:
             execute = max(1, min(execute, p.execute_steps))
+        horizons = np.full(len(obs), horizon, dtype=np.int64)
         execute = np.full(len(obs), execute, dtype=np.int64)
+        near = np.linalg.norm(obs[:, :2] - goal, axis=-1) <= p.near_goal_radius
+        if p.near_goal_horizon_tokens is not None:
+            horizons[near] = min(horizon, p.near_goal_horizon_tokens * frame_stack)
+            execute = np.minimum(execute, horizons)
         if p.near_goal_execute_steps is not None:
-            near = np.linalg.norm(obs[:, :2] - goal, axis=-1) <= p.near_goal_radius
             execute[near] = np.clip(p.near_goal_execute_steps, 1, execute[near])
+        # one sampler call per group of envs that share a plan length and a number of warm tokens (the matrix is
+        # shared by a batch): the tokens of their last plan left after the steps executed since; none: cold
+        warm = {env: None for env in envs}
         if p.warm_start_level > 0:
-            # envs grouped by how many whole tokens of their last plan are left after the steps executed since
-            # (the matrix is shared by a batch); a group with none plans cold
-            num_tokens = max(1, math.ceil(horizon / frame_stack))
-            warm = {env: None if self._stalled[env] else self._shifted_tokens(env, num_tokens) for env in envs}
-            self._stalled[envs] = False
-            groups: dict[int, list[int]] = {}
             for env in envs:
-                groups.setdefault(len(warm[env]) if warm[env] is not None else 0, []).append(env)
-            for num_warm, members in groups.items():
-                members = np.asarray(members)
-                kwargs = {"warm_tokens": np.stack([warm[env] for env in members])} if num_warm else {}
-                self._store(members, self.plan(obs[members], goal[members], horizon=horizon, **kwargs), execute)
-        else:
-            self._store(envs, self.plan(obs[envs], goal[envs], horizon=horizon), execute)
+                if not self._stalled[env]:
+                    warm[env] = self._shifted_tokens(env, math.ceil(horizons[env] / frame_stack))
+            self._stalled[envs] = False
+        groups: dict[tuple[int, int], list[int]] = {}
+        for env in envs:
+            groups.setdefault((int(horizons[env]), 0 if warm[env] is None else len(warm[env])), []).append(env)
+        for (length, num_warm), members in groups.items():
+            members = np.asarray(members)
+            kwargs = {"warm_tokens": np.stack([warm[env] for env in members])} if num_warm else {}
+            self._store(members, self.plan(obs[members], goal[members], horizon=length, **kwargs), execute)
 
     def _store(self, envs: np.ndarray, plan: Plan, execute: np.ndarray) -> None:
         """Queue each env's first ``execute[env]`` planned actions and keep the plan for the next warm start."""

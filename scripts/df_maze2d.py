@@ -149,6 +149,8 @@ class Args:
     near_goal_execute_steps: int | None = None
     """control steps executed between replans within --near-goal-radius of the goal (None: whole tokens, as far
     from it)"""
+    near_goal_horizon_tokens: int | None = None
+    """plan length in tokens within --near-goal-radius of the goal (None: --horizon-tokens)"""
     shrink_horizon: bool = True
     """plan only to the episode's end, as the paper (planning past it scored lower on held-out episodes)"""
     horizon_tokens: int | None = 30
@@ -231,6 +233,7 @@ def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
         near_goal_guidance_scale=args.near_goal_guidance_scale or None,
         near_goal_radius=args.near_goal_radius,
         near_goal_execute_steps=args.near_goal_execute_steps,
+        near_goal_horizon_tokens=args.near_goal_horizon_tokens,
         shrink_horizon=args.shrink_horizon,
         horizon_tokens=args.horizon_tokens,
         replan_every=args.replan_every,

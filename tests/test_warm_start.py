@@ -199,3 +199,16 @@ def test_near_the_goal_the_agent_executes_fewer_steps_between_plans(trained, mon
     for _ in range(6):  # within near_goal_radius (1.0): a plan every 2 steps
         agent.act(near)
     assert len(calls) == 4
+
+
+def test_near_the_goal_plans_can_be_shorter(trained, monkeypatch):
+    """near_goal_horizon_tokens=2: a batch with one env far from its goal and one near it plans in two calls, of 4
+    and 2 tokens; the near env executes its 2 steps, the far one a whole token."""
+    calls = spy_on_sample(monkeypatch)
+    agent = Agent.from_trainer(
+        trained, planner(horizon_tokens=4, ddim_steps=2, near_goal_horizon_tokens=2, near_goal_execute_steps=2)
+    )
+    obs = {"observation": np.zeros((2, 4), np.float32), "desired_goal": np.array([[3.0, 3.0], [0.5, 0.0]], np.float32)}
+    agent.act(obs)
+    assert sorted(c["levels"].shape[1] for c in calls) == [2, 4] and all(c["result"].shape[0] == 1 for c in calls)
+    assert [len(q) for q in agent._queues] == [4, 1]  # 5 and 2 queued, one executed
