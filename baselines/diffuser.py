@@ -27,7 +27,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Annotated
 
 import numpy as np
@@ -418,14 +418,19 @@ def save_checkpoint(path: str, diffuser: Diffuser, ema: Diffuser, optimizer, ste
     save_atomically(state, path)  # an interrupted save never leaves a half-written checkpoint
 
 
-def load_checkpoint(path: str, device: torch.device | str = "cpu") -> tuple[Diffuser, Diffuser, dict]:
-    """(model, EMA model, the raw checkpoint dict) from a file written by ``save_checkpoint``."""
+def load_checkpoint(
+    path: str, device: torch.device | str = "cpu", maze: str | None = None
+) -> tuple[Diffuser, Diffuser, dict]:
+    """(model, EMA model, the raw checkpoint dict) from a file written by ``save_checkpoint``; with ``maze``, raises
+    unless the checkpoint was trained on that maze."""
     remedy = "pass the diffuser.pt that a training run wrote"
     state = read_checkpoint_file(path, device, remedy, kind="a Diffuser")
     try:
         config = DiffuserConfig(**{**state["config"], "dim_mults": tuple(state["config"]["dim_mults"])})
     except Exception as error:  # another algorithm's checkpoint, ...
         raise ValueError(f"{path} is corrupt or not a Diffuser checkpoint ({error}); {remedy}") from error
+    if maze is not None and config.maze != maze:
+        raise ValueError(f"checkpoint is for maze {config.maze!r}, not for the task's maze {maze!r}")
     diffuser, ema = Diffuser(config).to(device), Diffuser(config).to(device)
     diffuser.load_state_dict(state["model"])
     ema.load_state_dict(state["ema"])
@@ -449,62 +454,71 @@ def evaluate_modes(ema: Diffuser, args: Args, writer: SummaryWriter | None, step
 
 
 def main(args: Args) -> dict:
+    """Train Diffuser on the task's maze dataset, evaluating its EMA model in every execution mode and checkpointing
+    as ``args`` says; or, with --eval-only, evaluate --checkpoint. Returns the run name, the last evaluation per mode
+    and the last step; after training also the model, its EMA and the checkpoint path (None with --no-save-model).
+
+    A resumed run (--resume) is a new run that goes on from the checkpoint's step with its model, EMA, optimizer,
+    normalization and random states, under this command line's arguments."""
     task = envs.get_task(args.env)
-    args.env = task.env_id
+    args = replace(args, env=task.env_id)
     if unknown := set(args.modes) - set(MODES):
         raise ValueError(f"unknown execution modes {sorted(unknown)}; valid modes: {list(MODES)}")
     if args.train_minutes is not None and args.train_minutes <= 0:
         raise ValueError(f"--train-minutes must be positive, got {args.train_minutes}; leave it out for no time limit")
+    if args.eval_only and args.checkpoint is None:
+        raise ValueError("--eval-only needs --checkpoint PATH")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     run_name = f"{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
     writer = SummaryWriter(f"{args.runs_dir}/{run_name}")
     table = "\n".join(f"|{key}|{value}|" for key, value in vars(args).items())
     writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
 
-    # seeding
+    # Seeding
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    rng = np.random.default_rng(args.seed)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    rng = np.random.default_rng(args.seed)  # draws the training windows
 
+    # Evaluation only: the checkpoint's EMA model in every mode, logged at its step
     if args.eval_only:
-        if args.checkpoint is None:
-            raise ValueError("--eval-only needs --checkpoint PATH")
-        _, ema, state = load_checkpoint(args.checkpoint, device)
-        if ema.config.maze != task.maze:
-            raise ValueError(f"checkpoint is for maze {ema.config.maze!r}, the task {args.env} for {task.maze!r}")
+        _, ema, state = load_checkpoint(args.checkpoint, device, maze=task.maze)
         results = evaluate_modes(ema.eval(), args, writer, state["step"])
         writer.close()
         return {"results": results, "step": state["step"], "run_name": run_name}
 
-    state = None
+    # Resume: the model and its EMA (with their configuration and normalization) come from the checkpoint
+    resumed = None
     if args.resume is not None:
-        diffuser, ema, state = load_checkpoint(args.resume, device)
+        diffuser, ema, resumed = load_checkpoint(args.resume, device, maze=task.maze)
         config = diffuser.config
-        if config.maze != task.maze:
-            raise ValueError(f"checkpoint is for maze {config.maze!r}, the task {args.env} for {task.maze!r}")
     else:
         horizon = args.horizon or PAPER_HORIZON[task.maze]
         config = DiffuserConfig(
             task.maze, horizon, args.diffusion_steps or PAPER_DIFFUSION_STEPS[task.maze], args.dim,
             tuple(args.dim_mults), args.kernel_size,
         )  # fmt: skip
+
+    # Data: windows of --horizon rows [a_t, o_t] of the maze's dataset
     transitions = load_transitions(args.env, source=args.dataset_source, progress=args.progress)
     sampler = StateActionWindows(transitions, config.horizon, device)
-    if state is None:
+
+    # Networks: the temporal U-Net normalized by the data's bounds, its EMA copy (which plans) and the optimizer;
+    # a resumed run's optimizer, step and random states as its checkpoint left them
+    if resumed is None:
         config.mins, config.maxs = sampler.mins.tolist(), sampler.maxs.tolist()
         diffuser = Diffuser(config).to(device)
         ema = copy.deepcopy(diffuser)
     ema.eval()
     optimizer = torch.optim.Adam(diffuser.model.parameters(), lr=args.learning_rate)
     start_step = 0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        start_step = state["step"]
-        if state["numpy_rng"] is not None:
-            rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        start_step = resumed["step"]
+        if resumed["numpy_rng"] is not None:
+            rng.bit_generator.state = resumed["numpy_rng"]
+        torch.set_rng_state(resumed["torch_rng"])
     num_params = sum(p.numel() for p in diffuser.model.parameters())
     print(
         f"Diffuser on {args.env}: {num_params / 1e6:.2f}M parameters, horizon {config.horizon}, "
@@ -512,13 +526,14 @@ def main(args: Args) -> dict:
     )
     writer.add_scalar("charts/num_parameters", num_params, start_step)
 
+    # Training loop; the last step is --total-steps or the one where --train-minutes runs out
     checkpoint_path = f"{args.runs_dir}/{run_name}/diffuser.pt"
-    results = {}
-    losses = []
+    results, losses = {}, []
     start_time = time.time()
-    bar = tqdm(range(start_step + 1, args.total_steps + 1), desc="train diffuser", disable=not args.progress)
     step = start_step
+    bar = tqdm(range(start_step + 1, args.total_steps + 1), desc="train diffuser", disable=not args.progress)
     for step in bar:
+        # One optimizer step on --gradient-accumulation batches of normalized windows
         optimizer.zero_grad(set_to_none=True)
         for _ in range(args.gradient_accumulation):
             batch = diffuser.normalize(sampler.sample(args.batch_size, rng))
@@ -526,11 +541,14 @@ def main(args: Args) -> dict:
             loss.backward()
             losses.append(loss.item())
         optimizer.step()
+
+        # EMA: a copy of the weights before --ema-start, then a moving average every --ema-every steps
         if step < args.ema_start:
             ema.load_state_dict(diffuser.state_dict())
         elif step % args.ema_every == 0:
             update_ema(ema, diffuser, args.ema_decay)
 
+        # Logging: the mean loss per optimizer step since the last log
         if step % args.log_every == 0 or step == args.total_steps:
             steps_per_second = (step - start_step) / (time.time() - start_time)
             mean_loss = float(np.sum(losses) / max(len(losses) / args.gradient_accumulation, 1))
@@ -539,19 +557,27 @@ def main(args: Args) -> dict:
             writer.add_scalar("charts/steps_per_second", steps_per_second, step)
             bar.set_postfix(loss=f"{mean_loss:.4f}", sps=f"{steps_per_second:.1f}")
             losses = []
+
+        # Intermediate checkpoints and evaluations (the last step's are the final ones, below)
         if args.checkpoint_every and step % args.checkpoint_every == 0 and step < args.total_steps:
             save_checkpoint(checkpoint_path, diffuser, ema, optimizer, step, rng, args)
         if args.eval_every and step % args.eval_every == 0 and step < args.total_steps:
             results = evaluate_modes(ema, args, writer, step)
+
+        # Time budget
         if args.train_minutes is not None and time.time() - start_time > 60 * args.train_minutes:
             print(f"time budget of {args.train_minutes} minutes reached at step {step}")
             break
     bar.close()
     final_step = step
     writer.add_scalar("charts/train_minutes", (time.time() - start_time) / 60, final_step)
+
+    # The final checkpoint
     if args.save_model:
         save_checkpoint(checkpoint_path, diffuser, ema, optimizer, final_step, rng, args)
         print(f"model saved to {checkpoint_path}")
+
+    # The final evaluation
     if args.eval_episodes > 0:
         results = evaluate_modes(ema, args, writer, final_step)
     writer.close()

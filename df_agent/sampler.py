@@ -8,8 +8,9 @@ the step to the clean token, as in the authors' planner.
 
 Monte Carlo Guidance (Section 3.4, Appendix C.5): the cost is averaged over ``mcg_samples`` futures of the plan,
 the plan's own clean estimate plus ``mcg_samples - 1`` redraws of every token's clean estimate from the plan's own
-latent chain (``redraw_clean_estimates``), and its gradient is taken with respect to the plan alone: an estimate of
-the gradient of the expected cost-to-go. With one sample it is plain guidance.
+latent chain (``redraw_clean_estimates``), and its gradient is taken with respect to the plan alone
+(``monte_carlo_guidance_cost``): an estimate of the gradient of the expected cost-to-go. With one sample it is
+plain guidance.
 
 Leading tokens that are clean in two consecutive rows no longer change; the model's state after them is cached
 (``CausalModel.advance``): the RNN's latent is never recomputed, the transformer keeps their embeddings and
@@ -79,6 +80,31 @@ def redraw_clean_estimates(
     output = model.predict_each_alone(z_prev, latents, renoised, level_grid)  # each token alone after its past
     draws = schedule.to_x0(renoised, level_grid, output, prediction)
     return draws.view(num_draws * batch, num_tokens, token_dim)
+
+
+def monte_carlo_guidance_cost(
+    cost: Callable[[torch.Tensor], torch.Tensor],
+    prefix: torch.Tensor,
+    estimate: torch.Tensor,
+    redraws: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Monte Carlo Guidance's objective (paper Section 3.4): the cost summed over the batch and averaged over the
+    plan's futures, the guidance step being minus its gradient with respect to the plan.
+
+    Every future is the whole plan, the final tokens ``prefix`` (B, P, D) followed by clean estimates of the active
+    tokens: the plan's own ``estimate`` (B, T, D), then each of ``redraws`` ((S - 1) * B, T, D, draw-major, from
+    ``redraw_clean_estimates``), S futures in all. ``cost`` maps (N, P + T, D) tokens to (N,) costs. Without
+    redraws it is the plain guidance cost ``cost(cat(prefix, estimate)).sum()``. The prefix is final and the sampler
+    hands it in detached: the gradient reaches the plan through ``estimate`` and ``redraws`` only.
+    """
+    total = cost(torch.cat([prefix, estimate], dim=1)).sum()
+    if redraws is None:
+        return total
+    draws, remainder = divmod(redraws.shape[0], estimate.shape[0])
+    if remainder or draws < 1:
+        raise ValueError(f"redraws must hold (S - 1) * {estimate.shape[0]} futures, got {redraws.shape[0]}")
+    futures = torch.cat([prefix.repeat(draws, 1, 1), redraws], dim=1)
+    return (total + cost(futures).sum()) / (draws + 1)
 
 
 def sample(
@@ -154,15 +180,12 @@ def sample(
                 level_batch = lv.expand(batch, -1)
                 output, latents = model(z_cached, plan, level_batch)
                 x0_plan = schedule.to_x0(plan, level_batch, output, prediction)
-                # The cost sees the whole plan: the final prefix plus the active tokens' clean estimates.
-                prefix = x[:, :cached]
-                total = cost(torch.cat([prefix, x0_plan], dim=1)).sum()
+                redraws = None
                 if mcg_samples > 1:
-                    draws = redraw_clean_estimates(
+                    redraws = redraw_clean_estimates(
                         model, schedule, z_cached, latents, x0_plan, lv, mcg_samples - 1, prediction, generator
                     )
-                    futures = torch.cat([prefix.repeat(mcg_samples - 1, 1, 1), draws], dim=1)
-                    total = (total + cost(futures).sum()) / mcg_samples
+                total = monte_carlo_guidance_cost(cost, x[:, :cached], x0_plan, redraws)
                 (gradient,) = torch.autograd.grad(total, plan)
             x0 = x0_plan.detach()
         stepped = schedule.ddim_step(active, lv.expand(batch, -1), nlv.expand(batch, -1), x0, eta, generator)

@@ -36,11 +36,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 import uuid
-import warnings
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,16 +48,14 @@ import minari
 import mujoco
 import numpy as np
 from minari.data_collector.episode_buffer import EpisodeBuffer
-from minari.storage.datasets_root_dir import get_dataset_path
 from mujoco import rollout as mj_rollout
 from tqdm.auto import tqdm
 
-from envs.datasets import _datasets_path, generation_lock, load_local
+from envs.minari_io import dataset_path, datasets_root, generation_lock, load_local, write_minari_dataset
 from envs.ogbench_tasks import (
     DEFAULT_DATASET_DIR,
     OGBENCH_TASKS,
     OGBenchDatasetMissing,
-    OGBenchTask,
     generation_command,
     get_ogbench_task,
     install_download_guard,
@@ -384,37 +380,11 @@ def minari_episodes(rollouts: OGBenchRollouts, split: str = "train") -> list[Epi
     return buffers
 
 
-def write_minari_atomic(dataset_id: str, episodes: list[EpisodeBuffer], task: OGBenchTask, description: str):
-    """Write a Minari dataset in a scratch folder beside the datasets root, then rename it into place."""
-    final_path = get_dataset_path(dataset_id)
-    root = get_dataset_path()
-    scratch = root.parent / f".{root.name}.partial" / uuid.uuid4().hex
-    try:
-        with _datasets_path(scratch), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*is set to None", category=UserWarning)
-            minari.create_dataset_from_buffers(
-                dataset_id=dataset_id,
-                buffer=episodes,
-                env=gym.spec(task.env_name),
-                eval_env=gym.spec(task.env_name),
-                algorithm_name="OGBench pointmaze oracle: BFS subgoal direction + N(0, 0.5) noise (df-agent)",
-                description=description,
-                data_format="hdf5",
-                requirements=["ogbench>=1.2"],
-            )
-        final_path.parent.mkdir(parents=True, exist_ok=True)
-        if final_path.exists():
-            shutil.rmtree(final_path)
-        os.replace(scratch / dataset_id, final_path)  # the one step that makes the dataset visible
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
 def outputs_exist(env_id: str, dataset_dir=None, write_minari: bool = True) -> bool:
     files = all(p.exists() for p in npz_paths(env_id, dataset_dir))
     if not write_minari:
         return files
-    return files and all(get_dataset_path(minari_dataset_id(env_id, s)).exists() for s in ("train", "val"))
+    return files and all(dataset_path(minari_dataset_id(env_id, s)).exists() for s in ("train", "val"))
 
 
 def generate_dataset(
@@ -451,8 +421,14 @@ def generate_dataset(
                     f"{rollouts.episode_length} steps (stored one step shorter, as OGBench's loader reads them), "
                     f"seed {seed}. Same episodes as {(train_path if split == 'train' else val_path).name}."
                 )
-                write_minari_atomic(minari_dataset_id(env_id, split), minari_episodes(rollouts, split), task,
-                                    description)  # fmt: skip
+                write_minari_dataset(
+                    minari_dataset_id(env_id, split),
+                    minari_episodes(rollouts, split),
+                    task.env_name,
+                    algorithm_name="OGBench pointmaze oracle: BFS subgoal direction + N(0, 0.5) noise (df-agent)",
+                    description=description,
+                    requirements=["ogbench>=1.2"],
+                )
         done = time.perf_counter()
     return dict(
         env_id=task.env_id,
@@ -495,9 +471,9 @@ def load_ogbench(env_id: str, dataset_dir=None, generate: bool = False, **kwargs
 def load_ogbench_minari(env_id: str, split: str = "train") -> minari.MinariDataset:
     """The Minari copy of a dataset (never downloaded); missing raises ``DatasetError`` naming the command."""
     dataset_id = minari_dataset_id(env_id, split)
-    if not get_dataset_path(dataset_id).exists():
+    if not dataset_path(dataset_id).exists():
         raise OGBenchDatasetMissing(
-            f"dataset {dataset_id} is not in {get_dataset_path()}; df-agent never downloads datasets: generate it "
+            f"dataset {dataset_id} is not in {datasets_root()}; df-agent never downloads datasets: generate it "
             f"locally with `{generation_command(get_ogbench_task(env_id).env_id)}`"
         )
     return load_local(dataset_id)

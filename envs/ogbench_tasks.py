@@ -20,7 +20,7 @@ import gymnasium as gym
 import ogbench
 import ogbench.utils
 
-from envs.datasets import DatasetError
+from envs.minari_io import DatasetError
 
 MAZES = ("medium", "large", "giant")
 DATASET_KINDS = ("navigate", "stitch")

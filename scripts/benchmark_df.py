@@ -157,9 +157,10 @@ def main(args: Args) -> None:
     cells = layout.free_cells[rng.integers(len(layout.free_cells), size=args.plan_batch)]
     obs = np.concatenate([layout.cell_to_xy(cells), np.zeros((args.plan_batch, 2))], axis=1).astype(np.float32)
     goal = np.tile(layout.cell_to_xy(layout.goal_cell), (args.plan_batch, 1)).astype(np.float32)
+    frame_stack = agent.tokenizer.layout.frame_stack  # steps per token
     for horizon, steps, mcg in itertools.product(args.horizon_tokens, args.ddim_steps, args.mcg_samples):
         start = time.perf_counter()
-        plan = agent.plan(obs, goal, horizon=horizon * 10, ddim_steps=steps, mcg_samples=mcg)
+        plan = agent.plan(obs, goal, horizon=horizon * frame_stack, ddim_steps=steps, mcg_samples=mcg)
         seconds = time.perf_counter() - start
         print(
             f"replan of {args.plan_batch} episodes, {horizon} tokens, {steps} DDIM steps, MCG {mcg}: "

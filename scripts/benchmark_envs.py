@@ -6,18 +6,19 @@ python scripts/benchmark_envs.py --no-generation      # scores only
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import tyro
 
 import envs
-from envs.datasets import DEFAULT_NUM_STEPS, generate_dataset, simulate
+from envs.datasets import generate_dataset
 from envs.evaluation import evaluate
 from envs.expert import WaypointExpert
+from envs.generation import DEFAULT_NUM_STEPS, simulate
 
 
 @dataclass
@@ -68,13 +69,15 @@ def main(args: Args) -> None:
         print("\n| maze | steps | simulation steps/s | generation + writing | overall steps/s | episodes |")
         print("|---|---|---|---|---|---|")
         with tempfile.TemporaryDirectory() as folder:
-            os.environ["MINARI_DATASETS_PATH"] = folder
+            root = Path(folder) / "datasets"  # a Minari datasets folder of its own, deleted after
             for maze in args.mazes:
                 steps = DEFAULT_NUM_STEPS[maze]
                 rollouts = simulate(maze, min(steps, 500_000), progress=False)
                 sim_rate = min(steps, 500_000) / rollouts.seconds
                 start = time.perf_counter()
-                dataset = generate_dataset(maze, steps, dataset_id=f"bench/pointmaze/{maze}-v2", progress=False)
+                dataset = generate_dataset(
+                    maze, steps, dataset_id=f"bench/pointmaze/{maze}-v2", progress=False, root=root
+                )
                 seconds = time.perf_counter() - start
                 print(
                     f"| {maze} | {steps:,} | {sim_rate:,.0f} | {seconds:.0f} s | {steps / seconds:,.0f} | "

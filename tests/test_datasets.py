@@ -7,7 +7,7 @@ from minari.dataset._storages.hdf5_storage import HDF5Storage
 from minari.storage.datasets_root_dir import get_dataset_path
 
 import envs
-from envs import datasets
+from envs import datasets, generation
 from envs.datasets import DatasetError, generate_dataset, load_dataset, local_dataset_id, public_dataset_id
 from envs.tasks import GOAL_RADIUS
 
@@ -151,13 +151,13 @@ def test_actions_are_the_controllers_plus_noise_of_std_one_half_clipped_to_the_a
     every recorded action is clip(N(0, 0.25)): by hand, its median absolute value is 0.5 * 0.6745 (unaffected by
     the clip) and P(|n| >= 1) = 2 * (1 - Phi(2)) = 4.55% of the actions sit exactly on a bound."""
 
-    class ZeroController(datasets.WaypointController):
+    class ZeroController(generation.WaypointController):
         def act(self, positions, velocities):
             _, solved = super().act(positions, velocities)
             return np.zeros_like(positions), solved
 
-    monkeypatch.setattr(datasets, "WaypointController", ZeroController)
-    actions = datasets.simulate("umaze", num_steps=8000, seed=0, num_chains=16, progress=False).actions.reshape(-1)
+    monkeypatch.setattr(generation, "WaypointController", ZeroController)
+    actions = generation.simulate("umaze", num_steps=8000, seed=0, num_chains=16, progress=False).actions.reshape(-1)
     assert np.abs(actions).max() == 1.0  # clipped, and the clip is reached
     assert np.median(np.abs(actions)) / 0.6745 == pytest.approx(0.5, abs=0.03)  # robust estimate of the std
     assert np.mean(np.abs(actions) == 1.0) == pytest.approx(0.0455, abs=0.01)

@@ -5,7 +5,7 @@ import torch
 from df_agent.diffusion import NoiseSchedule
 from df_agent.guidance import GoalCost, goal_distance_cost, goal_state_cost, predicted_reward_cost
 from df_agent.model import DiffusionForcingModel, ModelConfig
-from df_agent.sampler import sample
+from df_agent.sampler import monte_carlo_guidance_cost, sample
 from df_agent.schedules import make_schedule, to_noise_levels
 from df_agent.tokens import Tokenizer, TokenLayout
 
@@ -167,6 +167,34 @@ def test_monte_carlo_guidance_averages_the_cost_over_redrawn_futures_of_the_plan
     # The redraws matter: the same row with plain guidance lands elsewhere.
     plain = sample(model, schedule, z0, levels, cost, scale, 1, generator=torch.Generator().manual_seed(2))
     assert (plain.tokens - ours.tokens).abs().max() > 1e-4
+
+
+def test_monte_carlo_guidance_cost_by_hand():
+    """A fake cost and fake futures of a plan: each future (the final prefix + a clean estimate) is costed, the
+    average over the plan's own estimate and the redraws is the objective, and its gradient reaches the plan through
+    the estimate and the redraws, not through the final prefix."""
+    rng = np.random.default_rng(0)
+    prefix = torch.as_tensor(rng.normal(size=(2, 1, 3)))  # B=2 plans, one final token, D=3
+    plan = torch.as_tensor(rng.normal(size=(2, 2, 3)), dtype=torch.float64).requires_grad_(True)
+    cost = lambda tokens: tokens.sum(dim=(1, 2)).pow(2)  # noqa: E731  couples each future's prefix and estimate
+    slopes = [2.0, 1.0, 3.0]  # the plan's estimate 2 * plan, redraws plan + 1 and 3 * plan, draw-major
+    estimate, redraws = 2 * plan, torch.cat([plan + 1, 3 * plan])
+    objective = monte_carlo_guidance_cost(cost, prefix, estimate, redraws)
+    (gradient,) = torch.autograd.grad(objective, plan)
+
+    p, x = prefix.numpy(), plan.detach().numpy()
+    futures = [2 * x, x + 1, 3 * x]
+    sums = [[p[b].sum() + future[b].sum() for b in range(2)] for future in futures]  # per future, per plan
+    by_hand = sum(s**2 for row in sums for s in row) / 3
+    # d/d plan[b, t, d] of sum^2 is 2 * sum * slope, for every t and d
+    by_hand_gradient = [2 * sum(sums[j][b] * slopes[j] for j in range(3)) / 3 for b in range(2)]
+    assert objective.item() == pytest.approx(by_hand, rel=1e-12)
+    np.testing.assert_allclose(gradient.numpy(), np.broadcast_to(np.array(by_hand_gradient)[:, None, None], x.shape))
+
+    # Without redraws it is the plain guidance cost; redraws must be whole futures of every plan.
+    assert monte_carlo_guidance_cost(cost, prefix, estimate).item() == pytest.approx(sum(s**2 for s in sums[0]))
+    with pytest.raises(ValueError, match="redraws"):
+        monte_carlo_guidance_cost(cost, prefix, estimate, redraws[:3])
 
 
 def test_a_gradient_mask_keeps_the_guidance_step_to_the_masked_slots():

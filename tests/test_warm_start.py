@@ -183,7 +183,7 @@ def test_a_stalled_point_replans_cold_and_a_moving_one_stays_warm(trained, monke
     # off (the default): the same run keeps every plan warm
     calls.clear()
     agent = Agent.from_trainer(trained, planner(horizon_tokens=4, ddim_steps=2, warm_start_level=0.5))
-    for t in range(11):
+    for _ in range(11):
         agent.act({"observation": np.zeros((3, 4), np.float32), "desired_goal": goal})
     assert all("initial_tokens" in c for c in calls[1:]) and len(calls) == 3
 
