@@ -2,7 +2,9 @@
 
 A policy is anything that maps a batch of dict observations to a batch of actions (B, 2): a callable, or an object
 with a Stable-Baselines3-style ``predict(obs, deterministic=True) -> (actions, state)``. A stateful planner may
-also define ``reset(num_envs)``; it is called before each batch of episodes starts.
+also define ``reset(num_envs)``; it is called before each batch of episodes starts. OGBench's pointmaze tasks have
+their own protocol (five test goals, episodes that end at the goal) in ``envs.ogbench_eval.evaluate_ogbench``, which
+takes the same policies and reuses ``as_batch_policy`` and ``log_evaluation`` from here.
 """
 
 from __future__ import annotations
@@ -180,6 +182,7 @@ def evaluate(
 
 
 def log_evaluation(writer, result: EvalResult, global_step: int, prefix: str = "eval") -> None:
-    """Write an evaluation's metrics to TensorBoard under the tags every algorithm shares (``eval/...``)."""
+    """Write an evaluation's metrics to TensorBoard under the tags every algorithm shares (``eval/...``). Works for
+    any result with ``metrics()``: OGBench's (``envs.ogbench_eval``) adds ``eval/success_rate_task1..5`` and more."""
     for name, value in result.metrics().items():
         writer.add_scalar(f"{prefix}/{name}", value, global_step)

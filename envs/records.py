@@ -21,7 +21,7 @@ import numpy as np
 
 from envs.evaluation import EvalResult
 
-PACKAGES = ("torch", "numpy", "gymnasium", "gymnasium-robotics", "mujoco", "minari")
+PACKAGES = ("torch", "numpy", "gymnasium", "gymnasium-robotics", "mujoco", "minari", "ogbench")
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
@@ -69,19 +69,27 @@ def machine() -> dict:
 def make_record(
     method: str, result: EvalResult, settings: dict | None = None, table: str | None = None, **extra
 ) -> dict:
-    """One evaluation as a JSON-ready dict; ``table`` (the RESULTS.md table it belongs to) is kept only when given."""
-    record = {
-        "method": method,
-        "env_id": result.env_id,
-        "metrics": result.metrics(),
-        "episodes": {
+    """One evaluation as a JSON-ready dict; ``table`` (the RESULTS.md table it belongs to) is kept only when given.
+
+    ``result`` is a maze2d ``EvalResult`` or an OGBench ``envs.ogbench_eval.OGBenchEvalResult``; the latter's record
+    also says ``"benchmark": "ogbench"`` and holds its own metrics and per-episode arrays (no D4RL scores)."""
+    if hasattr(result, "episode_arrays"):  # OGBench: success per goal instead of D4RL scores
+        episodes = result.episode_arrays()
+        extra = {"benchmark": result.benchmark, **extra}
+    else:
+        episodes = {
             "seeds": list(result.seeds),
             "returns": result.returns.tolist(),
             "normalized_scores": result.normalized_scores.tolist(),
             "stay_scores": result.stay_scores.tolist(),
             "success": result.success.astype(bool).tolist(),
             "time_to_goal": result.time_to_goal.tolist(),
-        },
+        }
+    record = {
+        "method": method,
+        "env_id": result.env_id,
+        "metrics": result.metrics(),
+        "episodes": episodes,
         "seconds": result.seconds,
         "settings": settings or {},
         "command": shlex.join(["python", _script_path(), *sys.argv[1:]]),
