@@ -47,6 +47,10 @@ DEFAULT_SCHEDULE = {"umaze": ("autoregressive", 1), "medium": ("pyramid", 4), "l
 # against 42.5 cold (and 45.5 at 0.75), on medium 0.75 scored 77.2 and 0.5 76.3 against 73.7 cold, on umaze 0.75
 # scored 130.0 / 90.4 (single / multi-goal) against 127.7 / 80.3 cold.
 DEFAULT_WARM_START = {"umaze": 0.75, "medium": 0.75, "large": 0.5}
+# Near the goal (within --near-goal-radius): plans of 5 tokens, replanned every 3 steps, from the held-out grids
+# (seeds 100-149, RESULTS.md): umaze 133.3 / 133.6 (single / multi-goal) against 119.0 / 94.3, medium 119.2 / 136.5
+# against 81.7 / 53.8. On large the same setting lost the goal (8.9 against 58.0), so large plans as far from it.
+DEFAULT_NEAR_GOAL_PLANS = {"umaze": (3, 5), "medium": (3, 5), "large": (None, None)}
 
 
 @dataclass
@@ -147,10 +151,11 @@ class Args:
     near_goal_radius: float = 1.0
     """distance to the goal within which --near-goal-guidance-scale applies"""
     near_goal_execute_steps: int | None = None
-    """control steps executed between replans within --near-goal-radius of the goal (None: whole tokens, as far
-    from it)"""
+    """control steps executed between replans within --near-goal-radius of the goal (default per maze: 3 on umaze
+    and medium; 0 or none on large: whole tokens, as far from it)"""
     near_goal_horizon_tokens: int | None = None
-    """plan length in tokens within --near-goal-radius of the goal (None: --horizon-tokens)"""
+    """plan length in tokens within --near-goal-radius of the goal (default per maze: 5 on umaze and medium; 0 or
+    none on large: --horizon-tokens)"""
     shrink_horizon: bool = True
     """plan only to the episode's end, as the paper (planning past it scored lower on held-out episodes)"""
     horizon_tokens: int | None = 30
@@ -218,6 +223,13 @@ def apply_preset(args: Args, world_size: int = 1) -> Args:
     return dataclasses.replace(args, **values)
 
 
+def _per_maze(value: int | None, default: int | None) -> int | None:
+    """A near-goal setting: the maze's default when not given, off when given as 0."""
+    if value is None:
+        return default
+    return value or None
+
+
 def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
     return PlannerConfig(
         ddim_steps=args.ddim_steps,
@@ -232,8 +244,8 @@ def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
         stay_radius=args.stay_radius,
         near_goal_guidance_scale=args.near_goal_guidance_scale or None,
         near_goal_radius=args.near_goal_radius,
-        near_goal_execute_steps=args.near_goal_execute_steps,
-        near_goal_horizon_tokens=args.near_goal_horizon_tokens,
+        near_goal_execute_steps=_per_maze(args.near_goal_execute_steps, DEFAULT_NEAR_GOAL_PLANS[task.maze][0]),
+        near_goal_horizon_tokens=_per_maze(args.near_goal_horizon_tokens, DEFAULT_NEAR_GOAL_PLANS[task.maze][1]),
         shrink_horizon=args.shrink_horizon,
         horizon_tokens=args.horizon_tokens,
         replan_every=args.replan_every,

@@ -77,6 +77,12 @@ def describe_settings(record: dict) -> str:
         parts.append(f"hold {s['goal_hold_radius']:g}")
     if s.get("warm_start_level"):
         parts.append(f"warm start {s['warm_start_level']:g}")
+    if s.get("near_goal_execute_steps") or s.get("near_goal_horizon_tokens"):
+        near = [f"replan every {s['near_goal_execute_steps']} steps"] if s.get("near_goal_execute_steps") else []
+        near += [f"{s['near_goal_horizon_tokens']}-token plans"] if s.get("near_goal_horizon_tokens") else []
+        parts.append("near the goal: " + ", ".join(near))
+    if s.get("stall_steps"):
+        parts.append(f"cold replan after {s['stall_steps']} steps without {s.get('stall_distance', 0.5):g} progress")
     return ", ".join(parts)
 
 
