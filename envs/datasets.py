@@ -162,9 +162,10 @@ class Transitions:
     starts exactly where the previous one ended, so that windows longer than an episode can be cut within them.
     """
 
-    observations: np.ndarray  # (N, 4): x, y, vx, vy before the action
+    observations: np.ndarray  # (N, 4): x, y, vx, vy before the action (OGBench: (N, 2) x, y, see
+    # envs.ogbench_datasets.load_ogbench_transitions)
     actions: np.ndarray  # (N, 2)
-    next_observations: np.ndarray  # (N, 4)
+    next_observations: np.ndarray  # (N, 4) (OGBench: (N, 2))
     goals: np.ndarray  # (N, 2): the goal of the episode the step belongs to
     rewards: np.ndarray  # (N,): sparse, against that goal
     episode_ids: np.ndarray  # (N,)

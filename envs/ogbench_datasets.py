@@ -30,6 +30,10 @@ positions as observations, rewards = ``info['success']`` of each step, the goal 
 ``infos['success']`` (False first, then each step's); velocities are only in the .npz files.
 
 Every file is written atomically (a temporary file or folder, then a rename).
+
+For learners, ``load_ogbench_transitions(env_id)`` flattens a dataset into ``envs.datasets.Transitions`` (the arrays
+the Diffusion Forcing trainer's ``WindowSampler`` and the baselines read), and ``position_observation`` turns
+OGBench's (x, y) observation into the layout a model was trained on.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from minari.data_collector.episode_buffer import EpisodeBuffer
 from mujoco import rollout as mj_rollout
 from tqdm.auto import tqdm
 
+from envs.datasets import Transitions
 from envs.minari_io import dataset_path, datasets_root, generation_lock, load_local, write_minari_dataset
 from envs.ogbench_tasks import (
     DEFAULT_DATASET_DIR,
@@ -466,6 +471,77 @@ def load_ogbench(env_id: str, dataset_dir=None, generate: bool = False, **kwargs
             )
         generate_dataset(env_id, directory, write_minari=False)
     return ogbench.make_env_and_datasets(task.env_id, dataset_dir=str(directory), **kwargs)
+
+
+SUCCESS_RADIUS = 1.0  # OGBench's pointmaze goal_tol: success within 1.0 of the goal after a step
+
+
+def load_ogbench_transitions(
+    env_id: str, dataset_dir: str | os.PathLike | None = None, split: str = "train", zero_velocity: bool = False
+) -> Transitions:
+    """A dataset's transitions as ``envs.datasets.Transitions``, read from its .npz file by OGBench's own loader
+    (``ogbench.utils.load_dataset``, regular layout: each episode's last row, whose action has no next observation,
+    is dropped, so an episode of T rows gives T - 1 transitions).
+
+    * ``observations`` / ``next_observations``: OGBench's observation, the (x, y) position before / after the action,
+      (N, 2); with ``zero_velocity`` (x, y, 0, 0), (N, 4), maze2d's layout. OGBench's ``PointEnv.step`` zeroes the
+      velocity before it simulates (the point moves by 0.2 * action, walls permitting), so the next position depends
+      on the position and the action alone: (x, y) is the whole state, and the velocity that enters every step is 0.
+      The stored ``qvel`` (nonzero only after a wall contact, under 1% of rows) is left out.
+    * ``segment_ids`` = ``episode_ids``: every episode starts afresh in a random cell, so windows never cross one.
+    * ``goals``: the files do not keep the goal the data's expert pursued, so each episode's goal is its hindsight
+      goal, its final position; ``rewards``: 1.0 where the next position is within ``SUCCESS_RADIUS`` of it (OGBench's
+      success rule). Neither is used by goal-guided Diffusion Forcing (no reward slot).
+
+    Missing files raise ``OGBenchDatasetMissing`` naming the command that generates them.
+    """
+    import ogbench.utils
+
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    task = get_ogbench_task(env_id)
+    path = npz_paths(env_id, dataset_dir)[0 if split == "train" else 1]
+    if not path.exists():
+        raise OGBenchDatasetMissing(
+            f"OGBench dataset file {path} is missing; df-agent never downloads datasets: generate it locally with "
+            f"`{generation_command(task.env_id, str(dataset_dir) if dataset_dir else None)}`"
+        )
+    data = ogbench.utils.load_dataset(str(path), compact_dataset=False)
+    observations = np.asarray(data["observations"], dtype=np.float32)
+    next_observations = np.asarray(data["next_observations"], dtype=np.float32)
+    actions = np.asarray(data["actions"], dtype=np.float32)
+    ends = np.flatnonzero(np.asarray(data["terminals"]) > 0)  # each episode's last transition
+    if len(actions) == 0 or len(ends) == 0 or ends[-1] != len(actions) - 1:
+        raise ValueError(f"{path} does not end with a complete episode (terminals)")
+    lengths = np.diff(np.concatenate([[-1], ends])).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    episode_ids = np.repeat(np.arange(len(lengths)), lengths)
+    goals = next_observations[ends][episode_ids]
+    rewards = (np.linalg.norm(next_observations - goals, axis=-1) <= SUCCESS_RADIUS).astype(np.float32)
+    return Transitions(
+        observations=position_observation(observations, 4 if zero_velocity else 2),
+        actions=actions,
+        next_observations=position_observation(next_observations, 4 if zero_velocity else 2),
+        goals=goals,
+        rewards=rewards,
+        episode_ids=episode_ids,
+        segment_ids=episode_ids.copy(),
+        episode_starts=starts,
+        episode_lengths=lengths,
+    )
+
+
+def position_observation(xy, obs_dim: int = 2) -> np.ndarray:
+    """OGBench's (x, y) observations (..., 2) in a model's layout: ``obs_dim`` 2 as they are, 4 as (x, y, 0, 0)
+    (the velocity entering every OGBench step is 0, see ``load_ogbench_transitions``). float32."""
+    xy = np.asarray(xy, dtype=np.float32)
+    if xy.shape[-1] != 2:
+        raise ValueError(f"OGBench pointmaze observations are (x, y), got shape {xy.shape}")
+    if obs_dim == 2:
+        return xy
+    if obs_dim == 4:
+        return np.concatenate([xy, np.zeros_like(xy)], axis=-1)
+    raise ValueError(f"obs_dim must be 2 (x, y) or 4 (x, y, 0, 0), got {obs_dim}")
 
 
 def load_ogbench_minari(env_id: str, split: str = "train") -> minari.MinariDataset:

@@ -1,0 +1,311 @@
+"""Diffusion Forcing on OGBench's pointmaze tasks: train on the locally regenerated dataset, then plan toward the
+test goal ('desired_goal') with guided sampling and execute the plan's own diffused actions, evaluated by OGBench's
+protocol (five test goals x N episodes, success rate; ``envs.ogbench_eval``).
+
+    python scripts/df_ogbench.py --env pointmaze-medium-navigate-v0 --train-minutes 60
+    python scripts/df_ogbench.py --env pointmaze-medium-navigate-v0 --eval-only --checkpoint runs/<run>/agent.pt
+
+The same library as maze2d (``scripts/df_maze2d.py``): ``df_agent``'s trainer, windows, tokens, sampler and Agent.
+The defaults below are provisional (set by analogy with maze2d, not tuned on OGBench; see docs/ogbench.md):
+
+* observation: OGBench's (x, y). The point's velocity is zeroed at every step, so (x, y) is the whole state. By default
+  it is padded to (x, y, 0, 0) because ``Agent.act`` currently reads a 4-D observation; --no-zero-velocity trains
+  on (x, y) alone, which needs the change to ``Agent.act`` described in docs/ogbench.md.
+* frame stack 10 steps per token (a step moves the point by 0.2 * action, so a token spans at most 2 of a cell's 4
+  units). Training windows: 30 tokens on navigate (1000-step episodes), 18 on stitch (200-step episodes).
+* planner: pyramid schedule, 10 DDIM steps, Monte Carlo Guidance with 4 futures, guidance scale 1, plans of 30
+  tokens replanned every token, cold starts, no PD hold; episode length 1000 (the evaluation's time limit).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from df_agent.agent import Agent, PlannerConfig
+from df_agent.tokens import TokenLayout
+from df_agent.training import TrainConfig, Trainer, WindowSampler, make_trainer
+from envs.evaluation import log_evaluation
+from envs.ogbench_datasets import load_ogbench_transitions, position_observation
+from envs.ogbench_eval import DEFAULT_EPISODES_PER_GOAL, OGBenchEvalResult, evaluate_ogbench
+from envs.ogbench_tasks import OGBENCH_TASKS, OGBenchTask, get_ogbench_task
+from envs.records import append_record, make_record
+
+# Training window per dataset kind, in tokens (provisional): navigate episodes hold 1000 transitions, stitch episodes
+# 200, and windows never cross an episode; 18 tokens (180 steps) leave each stitch episode 21 window starts.
+DEFAULT_WINDOW_TOKENS = {"navigate": 30, "stitch": 18}
+
+
+def default_planner() -> PlannerConfig:
+    """The planner for OGBench (provisional: maze2d-medium's choices, cold starts). Guidance 1: the goal cost's
+    gradient with respect to the normalized tokens grows with the positions' spread, which is about 4x maze2d
+    medium's in OGBench's units (maze cells of 4), so 1 here is roughly maze2d medium's 4."""
+    return PlannerConfig(
+        ddim_steps=10,
+        schedule="pyramid",
+        guidance_scale=1.0,
+        mcg_samples=4,
+        horizon_tokens=30,
+        replan_every=1,
+        episode_length=1000,
+        warm_start_level=0.0,
+        goal_hold_radius=0.0,
+    )
+
+
+@dataclass
+class Args:
+    env: str = "pointmaze-medium-navigate-v0"
+    """OGBench task: pointmaze-<medium|large|giant>-<navigate|stitch>-v0 (the dataset kind picks the training data;
+    both kinds evaluate on the maze's five test goals)"""
+    exp_name: str = "df"
+    """name of this experiment, part of the run name"""
+    seed: int = 1
+    """seed of training and planning (the evaluation episodes are fixed by --eval-seed)"""
+    torch_deterministic: bool = True
+    """make torch's CPU kernels deterministic"""
+    device: str = "auto"
+    """'auto' (the GPU when there is one), 'cpu' or 'cuda'"""
+    num_threads: int | None = None
+    """torch CPU threads (default: torch's choice, all cores)"""
+    dataset_dir: str | None = None
+    """folder of the OGBench .npz files (default: OGBench's ~/.ogbench/data; `python -m envs.ogbench_datasets`
+    generates them)"""
+    zero_velocity: bool = True
+    """observations (x, y, 0, 0) instead of OGBench's (x, y): the velocity entering every OGBench step is 0, so both
+    carry the same information; the padding lets the current Agent act (it reads observation[:, 2:4])"""
+
+    # model and tokens
+    frame_stack: int = 10
+    """steps per token"""
+    backbone: Literal["rnn", "transformer"] = "rnn"
+    """'rnn': the ResMLP-GRU; 'transformer': causal self-attention"""
+    latent_dim: int = 128
+    """size of the GRU latent z_t (rnn only)"""
+    width: int = 128
+    """width of the residual MLPs (and of the transformer)"""
+    depth: int = 1
+    """residual blocks per MLP (rnn); attention blocks (transformer)"""
+    heads: int = 4
+    """attention heads (transformer only)"""
+
+    # training
+    total_steps: int = 20_000
+    """gradient steps"""
+    train_minutes: float | None = None
+    """stop training after this many minutes even if total_steps is not reached"""
+    batch_size: int = 64
+    """windows per batch"""
+    window_tokens: int | None = None
+    """tokens per training window (default: 30 on navigate, 18 on stitch)"""
+    learning_rate: float = 3e-4
+    """AdamW learning rate"""
+    weight_decay: float = 1e-4
+    """AdamW weight decay"""
+    warmup_steps: int = 500
+    """linear learning-rate warm-up"""
+    ema_decay: float = 0.999
+    """EMA of the weights used for planning (0: off)"""
+    prediction: str = "x0"
+    """network output: x0, epsilon or v"""
+    noise_schedule: str = "linear"
+    """linear or cosine"""
+    log_every: int = 100
+    """steps between TensorBoard scalars"""
+    checkpoint_every: int = 2000
+    """steps between training checkpoints (written atomically; continue with --resume)"""
+    resume: str | None = None
+    """training checkpoint to continue from"""
+    mixed_precision: bool = True
+    """bf16 autocast of the training forward pass on a GPU that supports it (never on CPU)"""
+
+    # planning and evaluation
+    planner: PlannerConfig = field(default_factory=default_planner)
+    """planner settings (--planner.guidance-scale, --planner.mcg-samples, ...); episode_length and seed are set from
+    the evaluation's time limit and --seed"""
+    eval_episodes_per_goal: int = DEFAULT_EPISODES_PER_GOAL
+    """evaluation episodes per test goal (OGBench's 50; 5 goals; 0: skip evaluation)"""
+    eval_seed: int = 0
+    """seed of the evaluation's first episode (goal k's episodes: eval_seed + (k - 1) * N + i)"""
+    eval_num_envs: int | None = None
+    """episodes stepped (and planned) together (default: all episodes of a goal)"""
+    eval_max_steps: int | None = None
+    """time limit of an evaluation episode (default: the task's, 1000; shorter only for quick checks)"""
+    eval_only: bool = False
+    """skip training: evaluate --checkpoint"""
+    checkpoint: str | None = None
+    """agent (agent.pt) or training checkpoint (checkpoint.pt, planned with its EMA weights) for --eval-only"""
+    save_model: bool = True
+    """save the agent (with this command's planner settings, also after --eval-only) to runs/<run name>/agent.pt"""
+    runs_dir: str = "runs"
+    """folder of TensorBoard runs and checkpoints"""
+    record: str | None = None
+    """also append the evaluation as a JSON record to this file (e.g. results/df_ogbench.jsonl)"""
+
+
+class AgentPolicy:
+    """The agent as an ``evaluate_ogbench`` policy: OGBench's (x, y) observation in the layout the agent was trained
+    on (``position_observation``), guided toward ``desired_goal``."""
+
+    def __init__(self, agent: Agent):
+        self.agent = agent
+
+    def reset(self, num_envs: int) -> None:
+        self.agent.reset(num_envs)
+
+    def __call__(self, obs: dict) -> np.ndarray:
+        observation = position_observation(obs["observation"], self.agent.tokenizer.layout.obs_dim)
+        return self.agent.act({"observation": observation, "desired_goal": obs["desired_goal"]})
+
+
+def planner_config(args: Args, task: OGBenchTask) -> PlannerConfig:
+    """``args.planner`` with the episode length of the evaluation and the run's seed."""
+    episode_length = args.eval_max_steps or task.max_episode_steps
+    return replace(args.planner, episode_length=int(episode_length), seed=args.seed)
+
+
+def train(args: Args, task: OGBenchTask, writer: SummaryWriter, run_dir: Path, device: torch.device) -> Trainer:
+    """Diffusion Forcing's training (``df_agent.training``) on the task's dataset, single process."""
+    data = load_ogbench_transitions(task.env_id, args.dataset_dir, zero_velocity=args.zero_velocity)
+    if args.resume:
+        trainer = Trainer.load(args.resume, device=device)
+        if trainer.tokenizer.layout.obs_dim != data.observations.shape[1]:
+            flag = "--no-zero-velocity" if args.zero_velocity else "--zero-velocity"
+            dims = trainer.tokenizer.layout.obs_dim
+            raise ValueError(f"{args.resume} was trained on {dims}-D observations; run with {flag}")
+        print(f"resumed from {args.resume} at step {trainer.step}")
+    else:
+        layout = TokenLayout(action_dim=2, obs_dim=data.observations.shape[1], frame_stack=args.frame_stack)
+        config = TrainConfig(
+            window_tokens=args.window_tokens or DEFAULT_WINDOW_TOKENS[task.dataset_kind],
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            weight_decay=args.weight_decay,
+            warmup_steps=args.warmup_steps,
+            ema_decay=args.ema_decay,
+            prediction=args.prediction,
+            noise_schedule=args.noise_schedule,
+        )
+        model_config = {"latent_dim": args.latent_dim, "width": args.width, "depth": args.depth}
+        model_config |= {"backbone": args.backbone, "heads": args.heads}
+        trainer = make_trainer(data, layout, model_config, config, device=device, seed=args.seed)
+    if args.mixed_precision and trainer.device.type == "cuda" and torch.cuda.is_bf16_supported():
+        trainer.autocast_dtype = torch.bfloat16
+    config = trainer.config
+    sampler = WindowSampler.from_transitions(
+        data, config.window_tokens * trainer.tokenizer.layout.frame_stack, device=trainer.device
+    )
+    setup = (
+        f"{len(data):,} transitions in {len(data.episode_lengths):,} episodes, {len(sampler.starts):,} windows of "
+        f"{config.window_tokens} tokens x {trainer.tokenizer.layout.frame_stack} steps; observation "
+        f"{trainer.tokenizer.layout.obs_dim}-D; {trainer.model.num_parameters():,} parameters; device "
+        f"{trainer.device}; batch {config.batch_size}; learning rate {config.learning_rate}"
+    )
+    print(setup)
+    writer.add_text("training", setup)
+    checkpoint_path = run_dir / "checkpoint.pt"
+    start, last_log, last_log_step = time.perf_counter(), time.perf_counter(), trainer.step
+    bar = tqdm(total=args.total_steps, initial=trainer.step, desc="train", unit="step")
+    while trainer.step < args.total_steps:
+        metrics = trainer.train_step(sampler.sample(config.batch_size, trainer.rng))
+        bar.update(1)
+        if trainer.step % args.log_every == 0:
+            now = time.perf_counter()
+            steps_per_second = (trainer.step - last_log_step) / (now - last_log)
+            last_log, last_log_step = now, trainer.step
+            writer.add_scalar("losses/loss", metrics["loss"], trainer.step)
+            writer.add_scalar("losses/grad_norm", metrics["grad_norm"], trainer.step)
+            writer.add_scalar("charts/learning_rate", metrics["learning_rate"], trainer.step)
+            writer.add_scalar("charts/SPS", steps_per_second, trainer.step)
+            tokens_per_second = steps_per_second * config.batch_size * config.window_tokens
+            writer.add_scalar("charts/tokens_per_second", tokens_per_second, trainer.step)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+        if trainer.step % args.checkpoint_every == 0:
+            trainer.save(checkpoint_path)
+        if args.train_minutes is not None and time.perf_counter() - start > 60 * args.train_minutes:
+            print(f"time budget of {args.train_minutes} minutes reached at step {trainer.step}")
+            break
+    bar.close()
+    trainer.save(checkpoint_path)
+    train_minutes = (time.perf_counter() - start) / 60
+    writer.add_scalar("charts/train_minutes", train_minutes, trainer.step)
+    print(f"trained {trainer.step} steps in {train_minutes:.2f} minutes")
+    return trainer
+
+
+def main(args: Args) -> dict:
+    task = get_ogbench_task(args.env)
+    run_name = f"{task.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = Path(args.runs_dir) / run_name
+    writer = SummaryWriter(str(run_dir))
+    writer.add_text(
+        "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+    )
+
+    # seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    device = (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if args.device == "auto"
+        else torch.device(args.device)
+    )
+
+    planner = planner_config(args, task)
+    step = 0
+    if args.eval_only:
+        if not args.checkpoint:
+            raise SystemExit("--eval-only needs --checkpoint PATH")
+        agent = Agent.load(args.checkpoint, device=device, **asdict(planner))
+    else:
+        trainer = train(args, task, writer, run_dir, device)
+        step = trainer.step
+        agent = Agent.from_trainer(trainer, planner)
+    if args.save_model:
+        print(f"saved agent to {agent.save(run_dir / 'agent.pt')}")
+
+    summary = {"run": run_name, "train_steps": step}
+    if args.eval_episodes_per_goal > 0:
+        result: OGBenchEvalResult = evaluate_ogbench(
+            AgentPolicy(agent),
+            task.env_id,
+            episodes_per_goal=args.eval_episodes_per_goal,
+            seed=args.eval_seed,
+            num_envs=args.eval_num_envs,
+            max_episode_steps=args.eval_max_steps,
+        )
+        log_evaluation(writer, result, step, prefix="eval")
+        print(result)
+        summary[task.env_id] = {**result.metrics(), "seconds": result.seconds}
+        if args.record:
+            settings = {
+                **asdict(agent.planner),
+                "checkpoint": args.checkpoint or str(run_dir / "agent.pt"),
+                "observation": "x, y, 0, 0" if agent.tokenizer.layout.obs_dim == 4 else "x, y",
+                "episodes_per_goal": args.eval_episodes_per_goal,
+                "eval_seed": args.eval_seed,
+                "max_episode_steps": result.episode_length,
+            }
+            record = make_record("Diffusion Forcing", result, settings, train_steps=step, model=agent.training)
+            append_record(args.record, record)
+    writer.close()
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args, description=__doc__.split("\n\n")[0] + f" Tasks: {', '.join(OGBENCH_TASKS)}."))

@@ -1,0 +1,207 @@
+"""Diffusion Forcing on OGBench pointmaze: the dataset loader (envs.ogbench_datasets.load_ogbench_transitions) and a
+tiny end-to-end run of scripts/df_ogbench.py on a tiny regenerated dataset."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from df_agent.agent import Agent
+from df_agent.training import WindowSampler
+from envs import ogbench_datasets as od
+from envs.ogbench_tasks import OGBenchDatasetMissing
+from envs.records import read_records
+
+ENV = "pointmaze-medium-navigate-v0"
+EPISODES, ROWS = 12, 61  # each episode: 61 rows in the file, 60 transitions
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("ogbench_data")
+    kwargs = dict(num_episodes=EPISODES, episode_length=ROWS, seed=2, write_minari=False, progress=False)
+    od.generate_dataset(ENV, directory, overwrite=True, **kwargs)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def data(dataset_dir):
+    return od.load_ogbench_transitions(ENV, dataset_dir)
+
+
+def test_the_loader_gives_transitions_of_ogbench_s_regular_layout(data, dataset_dir):
+    n = EPISODES * (ROWS - 1)
+    assert len(data) == n
+    assert data.observations.shape == data.next_observations.shape == (n, 2)
+    assert data.actions.shape == data.goals.shape == (n, 2) and data.rewards.shape == (n,)
+    assert all(a.dtype == np.float32 for a in (data.observations, data.actions, data.next_observations, data.goals))
+    np.testing.assert_array_equal(data.episode_lengths, np.full(EPISODES, ROWS - 1))
+    np.testing.assert_array_equal(data.episode_starts, np.arange(EPISODES) * (ROWS - 1))
+    np.testing.assert_array_equal(data.episode_ids, np.repeat(np.arange(EPISODES), ROWS - 1))
+    np.testing.assert_array_equal(data.segment_ids, data.episode_ids)  # episodes never continue one another
+    # the file's rows, less each episode's last one (its action has no next observation)
+    with np.load(od.npz_paths(ENV, dataset_dir)[0]) as raw:
+        keep = ~raw["terminals"]
+        np.testing.assert_array_equal(data.observations, raw["observations"][keep])
+        np.testing.assert_array_equal(data.actions, raw["actions"][keep])
+        np.testing.assert_array_equal(data.next_observations, raw["observations"][np.roll(keep, 1)])
+    # within an episode the next observation of step t is the observation of step t + 1
+    same = data.episode_ids[1:] == data.episode_ids[:-1]
+    np.testing.assert_array_equal(data.next_observations[:-1][same], data.observations[1:][same])
+    assert not np.array_equal(data.next_observations[:-1][~same], data.observations[1:][~same])
+    # hindsight goals: each episode's final position; rewards by OGBench's success radius
+    ends = data.episode_starts + data.episode_lengths - 1
+    np.testing.assert_array_equal(data.goals, np.repeat(data.next_observations[ends], ROWS - 1, axis=0))
+    distance = np.linalg.norm(data.next_observations - data.goals, axis=-1)
+    np.testing.assert_array_equal(data.rewards, (distance <= od.SUCCESS_RADIUS).astype(np.float32))
+    assert np.all(data.rewards[ends] == 1.0)
+
+
+def test_positions_are_the_whole_state(data):
+    """OGBench's point moves by 0.2 * action and rests after every step: away from walls the next position is the
+    position plus 0.2 * action exactly (float32 rounding), whatever came before."""
+    moved = data.next_observations - data.observations
+    free = np.abs(moved - 0.2 * data.actions).max(axis=-1) < 1e-5
+    assert free.mean() > 0.95
+
+
+def test_zero_velocity_layout_and_the_validation_split(data, dataset_dir):
+    padded = od.load_ogbench_transitions(ENV, dataset_dir, zero_velocity=True)
+    assert padded.observations.shape == (len(data), 4)
+    np.testing.assert_array_equal(padded.observations[:, :2], data.observations)
+    np.testing.assert_array_equal(padded.next_observations[:, :2], data.next_observations)
+    assert not padded.observations[:, 2:].any() and not padded.next_observations[:, 2:].any()
+    val = od.load_ogbench_transitions(ENV, dataset_dir, split="val")
+    assert len(val) == (EPISODES // 10) * (ROWS - 1)
+    np.testing.assert_array_equal(od.position_observation(np.ones((3, 2)), 4), [[1, 1, 0, 0]] * 3)
+    with pytest.raises(ValueError, match=r"\(x, y\)"):
+        od.position_observation(np.ones((3, 4)), 4)
+    with pytest.raises(ValueError, match="split"):
+        od.load_ogbench_transitions(ENV, dataset_dir, split="test")
+
+
+def test_a_missing_dataset_names_the_command(tmp_path):
+    with pytest.raises(OGBenchDatasetMissing, match=r"python -m envs.ogbench_datasets --env pointmaze-large-stitch"):
+        od.load_ogbench_transitions("pointmaze-large-stitch-v0", tmp_path)
+
+
+@pytest.mark.parametrize("num_steps", [20, 60])
+def test_windows_never_cross_an_episode(data, num_steps):
+    sampler = WindowSampler.from_transitions(data, num_steps)
+    ids = data.episode_ids
+    assert np.all(ids[sampler.starts] == ids[sampler.starts + num_steps - 1])
+    assert len(sampler.starts) == EPISODES * (ROWS - 1 - num_steps + 1)  # every window that fits, no other
+    batch = sampler.sample(256, np.random.default_rng(0))
+    # each window is one episode's consecutive steps: step k's next observation is step k + 1's observation
+    starts = np.array([np.flatnonzero((data.observations == o).all(-1))[0] for o in batch["obs"]])
+    observations = data.observations[starts[:, None] + np.arange(num_steps)]
+    np.testing.assert_array_equal(batch["next_observations"][:, :-1], observations[:, 1:])
+    with pytest.raises(ValueError, match="no continuous stretch"):
+        WindowSampler.from_transitions(data, ROWS)  # longer than an episode's 60 transitions
+
+
+def tiny_args(script, dataset_dir, runs_dir, **overrides):
+    planner = script.default_planner()
+    planner.ddim_steps, planner.horizon_tokens, planner.mcg_samples = 2, 2, 2
+    values = dict(
+        env=ENV,
+        dataset_dir=str(dataset_dir),
+        total_steps=30,
+        batch_size=8,
+        window_tokens=4,
+        frame_stack=5,
+        width=32,
+        latent_dim=16,
+        log_every=10,
+        checkpoint_every=20,
+        planner=planner,
+        eval_episodes_per_goal=1,
+        eval_max_steps=25,
+        runs_dir=str(runs_dir),
+        device="cpu",
+    )
+    return script.Args(**{**values, **overrides})
+
+
+@pytest.fixture
+def recorded_actions(monkeypatch):
+    """Every batch of actions the agents return, per run: ``runs[-1]`` collects the current run's."""
+    runs = []
+    act = Agent.act
+
+    def recording(self, obs, goal=None):
+        actions = act(self, obs, goal)
+        runs[-1].append(np.array(actions))
+        return actions
+
+    monkeypatch.setattr(Agent, "act", recording)
+    return runs
+
+
+def test_script_trains_evaluates_and_reproduces_from_its_checkpoints(
+    dataset_dir, tmp_path, load_script, recorded_actions
+):
+    script = load_script("df_ogbench")
+    record_path = tmp_path / "records.jsonl"
+    args = tiny_args(script, dataset_dir, tmp_path / "runs", record=str(record_path))
+    recorded_actions.append([])
+    summary = script.main(args)
+    run_dir = tmp_path / "runs" / summary["run"]
+    assert summary["train_steps"] == 30
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert checkpoint["step"] == 30 and checkpoint["tokenizer"]["layout"]["obs_dim"] == 4
+    agent = Agent.load(run_dir / "agent.pt")
+    assert agent.planner.episode_length == 25 and agent.planner.seed == args.seed
+    assert agent.tokenizer.layout.obs_dim == 4  # (x, y, 0, 0), the default
+    assert all(torch.equal(v, checkpoint["ema_model"][k]) for k, v in agent.model.state_dict().items())
+    (record,) = read_records(record_path)
+    assert record["benchmark"] == "ogbench" and record["method"] == "Diffusion Forcing" and record["env_id"] == ENV
+    assert record["episodes"]["task_ids"] == [1, 2, 3, 4, 5] and record["train_steps"] == 30
+    assert record["settings"]["episode_length"] == record["settings"]["max_episode_steps"] == 25
+    assert record["settings"]["observation"] == "x, y, 0, 0" and record["model"]["steps"] == 30
+    assert summary[ENV]["success_rate"] == record["metrics"]["success_rate"]
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    expected = {"losses/loss", "charts/SPS", "charts/learning_rate", "eval/success_rate", "eval/time_to_goal"}
+    assert expected | {"eval/success_rate_task5"} <= tags
+    assert events.Scalars("eval/success_rate")[0].step == 30
+    actions = np.stack(recorded_actions[-1])
+    assert actions.shape[1:] == (1, 2) and len(actions) >= 25  # one env per goal, at least one goal's full episode
+
+    # --eval-only from the training checkpoint (EMA weights) and from the saved agent: the same evaluation exactly
+    for i, path in enumerate([run_dir / "checkpoint.pt", run_dir / "agent.pt"]):
+        recorded_actions.append([])
+        again_args = tiny_args(script, dataset_dir, tmp_path / "runs", record=str(record_path), eval_only=True)
+        again = script.main(replace(again_args, checkpoint=str(path), exp_name=f"again{i}", save_model=False))
+        assert again["train_steps"] == 0
+        np.testing.assert_array_equal(np.stack(recorded_actions[-1]), actions)
+        repeat = read_records(record_path)[-1]
+        assert repeat["episodes"] == record["episodes"]
+        assert repeat["metrics"]["success_rate"] == summary[ENV]["success_rate"]
+        assert repeat["settings"]["checkpoint"] == str(path)
+
+
+def test_script_trains_on_positions_alone(dataset_dir, tmp_path, load_script):
+    """--no-zero-velocity: a model of OGBench's 2-D observation trains and plans."""
+    script = load_script("df_ogbench")
+    args = tiny_args(script, dataset_dir, tmp_path, zero_velocity=False, total_steps=10, eval_episodes_per_goal=0)
+    summary = script.main(args)
+    agent = Agent.load(tmp_path / summary["run"] / "agent.pt")
+    assert agent.tokenizer.layout.obs_dim == 2
+    plan = agent.plan(np.zeros((3, 2)), np.ones(2), horizon=10)
+    assert plan.actions.shape == (3, 10, 2) and plan.observations.shape == (3, 10, 2)
+
+
+def test_an_agent_of_positions_alone_acts(dataset_dir, tmp_path, load_script):
+    script = load_script("df_ogbench")
+    args = tiny_args(script, dataset_dir, tmp_path, zero_velocity=False, total_steps=10, eval_max_steps=10)
+    summary = script.main(args)
+    agent = Agent.load(Path(args.runs_dir) / summary["run"] / "agent.pt")
+    assert agent.tokenizer.layout.obs_dim == 2  # planned and acted on (x, y) alone, one episode per goal
+    assert 1 <= summary[ENV]["time_to_goal"] <= 10 and 0.0 <= summary[ENV]["success_rate"] <= 1.0
