@@ -49,8 +49,10 @@ DEFAULT_SCHEDULE = {"umaze": ("autoregressive", 1), "medium": ("pyramid", 4), "l
 DEFAULT_WARM_START = {"umaze": 0.75, "medium": 0.75, "large": 0.5}
 # Near the goal (within --near-goal-radius): plans of 5 tokens, replanned every 3 steps, from the held-out grids
 # (seeds 100-149, RESULTS.md): umaze 133.3 / 133.6 (single / multi-goal) against 119.0 / 94.3, medium 119.2 / 136.5
-# against 81.7 / 53.8. On large the same setting lost the goal (8.9 against 58.0), so large plans as far from it.
-DEFAULT_NEAR_GOAL_PLANS = {"umaze": (3, 5), "medium": (3, 5), "large": (None, None)}
+# against 81.7 / 53.8, large 96.8 against 58.0 with the near-goal scale 4 (at 128 it lost the goal: 8.9; 2 / 8 / 16
+# scored 53.8 / 77.2 / 44.0).
+DEFAULT_NEAR_GOAL_PLANS = {"umaze": (3, 5), "medium": (3, 5), "large": (3, 5)}
+DEFAULT_NEAR_GOAL_GUIDANCE_SCALE = {"umaze": 128.0, "medium": 128.0, "large": 4.0}
 
 
 @dataclass
@@ -145,9 +147,10 @@ class Args:
     """goal-state guidance: weight of the planned force near the goal (0: off)"""
     stay_radius: float = 1.0
     """goal-state guidance: distance scale of the gate exp(-(d / radius)^2) that turns the stay terms on"""
-    near_goal_guidance_scale: float = 128.0
+    near_goal_guidance_scale: float | None = None
     """guidance scale for plans that start within --near-goal-radius of the goal (0: the maze's scale everywhere;
-    128 chosen on umaze's held-out episodes)"""
+    default per maze: 128 on umaze and medium, chosen on umaze's held-out episodes; 4 on large, whose positions
+    spread 3x wider, so that the same scale pulls 3x harder in the model's normalized units)"""
     near_goal_radius: float = 1.0
     """distance to the goal within which --near-goal-guidance-scale applies"""
     near_goal_execute_steps: int | None = None
@@ -242,7 +245,11 @@ def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
         stay_velocity_weight=args.stay_velocity_weight,
         stay_action_weight=args.stay_action_weight,
         stay_radius=args.stay_radius,
-        near_goal_guidance_scale=args.near_goal_guidance_scale or None,
+        near_goal_guidance_scale=(
+            DEFAULT_NEAR_GOAL_GUIDANCE_SCALE[task.maze]
+            if args.near_goal_guidance_scale is None
+            else args.near_goal_guidance_scale or None
+        ),
         near_goal_radius=args.near_goal_radius,
         near_goal_execute_steps=_per_maze(args.near_goal_execute_steps, DEFAULT_NEAR_GOAL_PLANS[task.maze][0]),
         near_goal_horizon_tokens=_per_maze(args.near_goal_horizon_tokens, DEFAULT_NEAR_GOAL_PLANS[task.maze][1]),
