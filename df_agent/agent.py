@@ -28,14 +28,17 @@ from df_agent.training import TrainConfig, Trainer, default_device, load_checkpo
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 
 
-@dataclass
+@dataclass(frozen=True)
 class PlannerConfig:
-    """How the agent plans (every field can be overridden per call of ``plan``)."""
+    """How the agent plans: an immutable value. ``Agent.with_planner`` gives an agent with other settings,
+    ``dataclasses.replace`` a config with other settings, and ``Agent.plan`` overrides a few of them per call."""
 
     ddim_steps: int = 20
     """denoising steps per token (the paper uses 50)"""
     schedule: str = "pyramid"
-    """scheduling matrix: pyramid, full_sequence, autoregressive or stabilized_autoregressive"""
+    """name of the scheduling matrix (which token is denoised how far at each sampling row; not the noise
+    schedule, which is the model's, ``Agent.noise_schedule``): pyramid, full_sequence, autoregressive or
+    stabilized_autoregressive (``df_agent.schedules``)"""
     uncertainty_scale: float = 1.0
     """pyramid only: extra denoising steps by which each token lags the one before it"""
     guidance_scale: float = 1.0
@@ -112,13 +115,14 @@ class Plan:
 
 
 class Agent:
-    """A trained Diffusion Forcing model with its tokenizer and planner settings."""
+    """A trained Diffusion Forcing model with its tokenizer, noise schedule and planner settings (``planner``, a
+    frozen ``PlannerConfig``: ``with_planner`` gives an agent with other settings)."""
 
     def __init__(
         self,
         model: CausalModel,
         tokenizer: Tokenizer,
-        schedule: NoiseSchedule,
+        noise_schedule: NoiseSchedule,
         planner: PlannerConfig | None = None,
         prediction: str = "x0",
         device: torch.device | str | None = None,
@@ -126,13 +130,31 @@ class Agent:
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
-        self.schedule = schedule.to(self.device)
+        self.noise_schedule = noise_schedule.to(self.device)
+        """the model's noise levels (``PlannerConfig.schedule`` names the scheduling matrix instead)"""
         self.planner = planner or PlannerConfig()
         self.prediction = prediction
         self.training: dict = {}
         """where the weights came from (steps, batch size, device), saved with the agent and copied into records"""
         self.generator = torch.Generator(device=self.device).manual_seed(self.planner.seed)
         self.reset()
+
+    def with_planner(
+        self, planner: PlannerConfig | None = None, /, *, keep_random_state: bool = False, **overrides
+    ) -> Agent:
+        """An agent that plans with other settings: ``planner`` (default: this agent's) with the fields given by
+        keyword replaced, e.g. ``agent.with_planner(episode_length=600)``; this agent stays as it is.
+
+        The new agent shares this agent's model, tokenizer and noise schedule (no copy of the weights), carries its
+        provenance (``training``) and starts with no plans. Its generator is seeded from the new settings' ``seed``,
+        as a newly built agent's is; with ``keep_random_state`` it starts where this agent's generator stands
+        instead, so that it draws what this agent would have drawn next (one agent evaluated task after task)."""
+        config = replace(self.planner if planner is None else planner, **overrides)
+        agent = type(self)(self.model, self.tokenizer, self.noise_schedule, config, self.prediction, self.device)
+        agent.training = dict(self.training)
+        if keep_random_state:
+            agent.generator.set_state(self.generator.get_state())
+        return agent
 
     # --- construction and persistence ---
     @classmethod
@@ -156,7 +178,7 @@ class Agent:
             "model_config": self.model.config.to_dict(),
             "model": self.model.state_dict(),
             "tokenizer": self.tokenizer.state_dict(),
-            "noise": {"num_levels": self.schedule.num_levels, "kind": self.schedule.kind},
+            "noise": {"num_levels": self.noise_schedule.num_levels, "kind": self.noise_schedule.kind},
             "prediction": self.prediction,
             "planner": asdict(self.planner),
             "training": self.training,
@@ -171,19 +193,19 @@ class Agent:
         tokenizer = Tokenizer.from_state_dict(state["tokenizer"])
         if state.get("kind") == "agent":
             model.load_state_dict(state["model"])
-            schedule = NoiseSchedule(state["noise"]["num_levels"], state["noise"]["kind"])
-            planner = PlannerConfig(**state["planner"])
+            noise_schedule = NoiseSchedule(state["noise"]["num_levels"], state["noise"]["kind"])
+            planner = PlannerConfig(**state["planner"])  # fields saved before a field existed take its default
             prediction = state["prediction"]
             training = state.get("training", {})  # agents saved before provenance was kept have none
         else:  # a Trainer checkpoint
             train = TrainConfig(**state["train_config"])
             model.load_state_dict(state["ema_model"] if state.get("ema_model") else state["model"])
-            schedule = NoiseSchedule(train.num_levels, train.noise_schedule)
+            noise_schedule = NoiseSchedule(train.num_levels, train.noise_schedule)
             planner = PlannerConfig()
             prediction = train.prediction
             training = training_summary(state["step"], train.batch_size, None)
         planner = replace(planner, **planner_overrides)
-        agent = cls(model, tokenizer, schedule, planner, prediction, device)
+        agent = cls(model, tokenizer, noise_schedule, planner, prediction, device)
         agent.training = training
         return agent
 
@@ -276,28 +298,41 @@ class Agent:
     ) -> Plan:
         """Plan ``horizon`` steps (rounded up to whole tokens) from observations toward goals.
 
-        ``schedule`` is a name (see ``df_agent.schedules``) or a matrix of denoising-step indices
-        (rows, tokens) with entries in [0, ddim_steps], validated.
+        ``horizon``, ``schedule``, ``mcg_samples``, ``guidance_scale``, ``ddim_steps`` and ``warm_start_level``
+        override the planner's settings for this call; None (the default) keeps the planner's. A horizon of None
+        plans ``horizon_tokens`` tokens (None: to the episode's end); a guidance scale of 0 plans unguided.
+
+        ``schedule`` is the name of a scheduling matrix (see ``df_agent.schedules``) or a matrix of denoising-step
+        indices (rows, tokens) with entries in [0, ddim_steps], validated.
 
         ``warm_tokens`` (B, W, token_dim), normalized clean tokens (e.g. a previous plan's, shifted), warm-start the
-        plan's first min(W, tokens) tokens at ``warm_start_level`` (a fraction of the noise scale K; None: the
-        planner's; 0: no warm start), see ``PlannerConfig.warm_start_level``.
+        plan's first min(W, tokens) tokens at ``warm_start_level`` (a fraction of the noise scale K; 0: no warm
+        start), see ``PlannerConfig.warm_start_level``.
         """
         obs, goal, _ = self._parse(obs, goal)
-        p = self.planner
+        for name, value in (("horizon", horizon), ("ddim_steps", ddim_steps), ("mcg_samples", mcg_samples)):
+            if value is not None and not value >= 1:
+                raise ValueError(f"{name} must be at least 1 (None: the planner's), got {value}")
+        overrides = {
+            "schedule": schedule if isinstance(schedule, str) else None,  # a name; a matrix is used as given
+            "mcg_samples": mcg_samples,
+            "guidance_scale": guidance_scale,
+            "ddim_steps": ddim_steps,
+            "warm_start_level": warm_start_level,
+        }
+        p = replace(self.planner, **{name: value for name, value in overrides.items() if value is not None})
         frame_stack = self.tokenizer.layout.frame_stack
-        horizon = horizon or (p.horizon_tokens or math.ceil(p.episode_length / frame_stack)) * frame_stack
+        if horizon is None:
+            horizon = (p.horizon_tokens or math.ceil(p.episode_length / frame_stack)) * frame_stack
         num_tokens = max(1, math.ceil(horizon / frame_stack))
-        steps = ddim_steps or p.ddim_steps
-        if schedule is None:
-            schedule = p.schedule
-        if isinstance(schedule, str):
-            kwargs = {"uncertainty_scale": p.uncertainty_scale} if schedule == "pyramid" else {}
-            matrix = make_schedule(schedule, num_tokens, steps, **kwargs)
+        steps = p.ddim_steps
+        if schedule is None or isinstance(schedule, str):
+            kwargs = {"uncertainty_scale": p.uncertainty_scale} if p.schedule == "pyramid" else {}
+            matrix = make_schedule(p.schedule, num_tokens, steps, **kwargs)
         else:
             matrix = validate_schedule(schedule, num_tokens, steps)
-        levels = to_noise_levels(matrix, steps, self.schedule.num_levels)
-        warm_fraction = p.warm_start_level if warm_start_level is None else warm_start_level
+        levels = to_noise_levels(matrix, steps, self.noise_schedule.num_levels)
+        warm_fraction = p.warm_start_level
         if not warm_fraction >= 0:
             raise ValueError(f"warm_start_level must be >= 0, got {warm_fraction}")
         initial_tokens = initial_mask = None
@@ -308,13 +343,13 @@ class Agent:
                 raise ValueError(f"warm_tokens must have shape ({len(obs)}, W, {token_dim}), got {warm_tokens.shape}")
             num_warm = min(warm_tokens.shape[1], num_tokens)
             if num_warm > 0:
-                num_levels = self.schedule.num_levels
+                num_levels = self.noise_schedule.num_levels
                 levels = warm_start(levels, num_warm, min(num_levels, int(round(warm_fraction * num_levels))))
                 initial = np.zeros((len(obs), num_tokens, token_dim), dtype=np.float32)
                 initial[:, :num_warm] = warm_tokens[:, :num_warm]
                 initial_tokens = torch.as_tensor(initial, device=self.device)
                 initial_mask = (torch.arange(num_tokens, device=self.device) < num_warm)[None].expand(len(obs), -1)
-        scale = p.guidance_scale if guidance_scale is None else guidance_scale
+        scale = p.guidance_scale
         near = np.linalg.norm(obs[:, :2] - goal, axis=-1) <= p.near_goal_radius
         if p.near_goal_guidance_scale is not None:
             scale = np.where(near, p.near_goal_guidance_scale, scale).astype(np.float32)
@@ -339,12 +374,12 @@ class Agent:
             z0 = self.model.initial_latent(torch.as_tensor(self.tokenizer.normalize_obs(obs), device=device))
         result = sample(
             self.model,
-            self.schedule,
+            self.noise_schedule,
             z0,
             levels,
             cost=cost,
             guidance_scale=scale,
-            mcg_samples=mcg_samples or p.mcg_samples,
+            mcg_samples=p.mcg_samples,
             prediction=self.prediction,
             eta=p.ddim_eta,
             generator=self.generator,

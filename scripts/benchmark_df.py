@@ -169,16 +169,16 @@ def main(args: Args) -> None:
         )
 
     if args.checkpoint and args.act_steps:
-        agent.planner = next(grid_planners(args, task.max_episode_steps))  # the first value of each grid
+        # the first value of each grid; the random draws go on from the timed plans
+        timed = agent.with_planner(next(grid_planners(args, task.max_episode_steps)), keep_random_state=True)
         env = envs.make(task.env_id)
         obs, _ = env.reset(seed=args.seed)
-        agent.reset()
-        agent.act(obs)  # the first plan includes one-off warm-up costs
+        timed.act(obs)  # the first plan includes one-off warm-up costs
         start = time.perf_counter()
         for _ in range(args.act_steps):
-            obs, *_ = env.step(agent.act(obs))
+            obs, *_ = env.step(timed.act(obs))
         seconds = time.perf_counter() - start
-        p = agent.planner
+        p = timed.planner
         print(
             f"agent.act in one env ({p.schedule}, MCG {p.mcg_samples}, DDIM {p.ddim_steps}, horizon "
             f"{p.horizon_tokens} tokens, {torch.get_num_threads()} threads): {args.act_steps / seconds:.0f} control "
@@ -190,9 +190,8 @@ def main(args: Args) -> None:
         single = envs.twin_env_id(task.env_id) if task.multi_goal else task.env_id
         for env_id in [single, envs.twin_env_id(single)] if args.eval_multi else [single]:
             for planner in grid_planners(args, envs.get_task(env_id).max_episode_steps):
-                agent.planner = planner
-                agent.generator.manual_seed(args.seed)
-                result = evaluate(agent, env_id, num_episodes=args.eval_episodes, seed=args.seed, progress=False)
+                evaluated = agent.with_planner(planner)  # its generator seeded from planner.seed (args.seed)
+                result = evaluate(evaluated, env_id, num_episodes=args.eval_episodes, seed=args.seed, progress=False)
                 p = planner
                 print(
                     f"{env_id} {p.schedule} scale {p.guidance_scale} mcg {p.mcg_samples} ddim {p.ddim_steps} horizon "

@@ -129,7 +129,8 @@ class Args:
 
     # planning and evaluation
     schedule: str | None = None
-    """scheduling matrix: pyramid, full_sequence, autoregressive, stabilized_autoregressive (default: per maze)"""
+    """scheduling matrix (PlannerConfig.schedule; the noise levels are --noise-schedule): pyramid, full_sequence,
+    autoregressive, stabilized_autoregressive (default: per maze)"""
     uncertainty_scale: float = 1.0
     """pyramid: extra denoising steps by which each token lags the previous one"""
     ddim_steps: int = 10
@@ -452,7 +453,8 @@ def main(args: Args) -> dict:
     if args.eval_multi:
         tasks.append(envs.twin_env_id(task.env_id))
     for env_id in tasks if args.eval_episodes > 0 else []:
-        agent.planner.episode_length = envs.get_task(env_id).max_episode_steps
+        # the task's episode length; the random draws go on from one task's evaluation to the next
+        agent = agent.with_planner(episode_length=envs.get_task(env_id).max_episode_steps, keep_random_state=True)
         result = evaluate(agent, env_id, num_episodes=args.eval_episodes, seed=args.eval_seed)
         log_evaluation(writer, result, step, prefix="eval_multi" if envs.get_task(env_id).multi_goal else "eval")
         print(result)

@@ -375,3 +375,43 @@ def test_plot_plan_draws_the_rows_of_the_schedule_and_the_episode(trained, tmp_p
     script = load_script("plot_plan")
     out = script.main(script.Args(env="maze2d-umaze", checkpoint=str(path), output=str(tmp_path / "plan.png")))
     assert out.stat().st_size > 10_000
+
+
+def test_planner_settings_are_immutable_and_with_planner_gives_a_new_agent(trained, tmp_path):
+    import dataclasses
+
+    agent = Agent.from_trainer(trained, planner(horizon_tokens=2, ddim_steps=2))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        agent.planner.episode_length = 10
+    obs, goal = np.array([[1.0, -1.0, 0.0, 0.0]], np.float32), np.array([[-1.0, 1.0]], np.float32)
+    other = agent.with_planner(mcg_samples=1, seed=3)
+    # the same model, tokenizer and noise schedule, other settings; the agent itself is unchanged
+    assert other.model is agent.model and other.tokenizer is agent.tokenizer
+    assert other.noise_schedule is agent.noise_schedule and other.training == agent.training
+    assert other.planner == dataclasses.replace(agent.planner, mcg_samples=1, seed=3) and agent.planner.seed == 0
+    # a fresh generator seeded from the new settings, as a new agent's; keep_random_state goes on from this one's
+    fresh = Agent.from_trainer(trained, other.planner)
+    np.testing.assert_array_equal(other.plan(obs, goal).actions, fresh.plan(obs, goal).actions)
+    first = agent.plan(obs, goal)
+    going_on = agent.with_planner(keep_random_state=True).plan(obs, goal)
+    np.testing.assert_array_equal(going_on.actions, agent.plan(obs, goal).actions)
+    assert not np.array_equal(going_on.actions, first.actions)
+    replaced = agent.with_planner(planner(ddim_steps=3), episode_length=50).planner
+    assert replaced.ddim_steps == 3 and replaced.episode_length == 50
+
+    # plan()'s overrides equal the same settings in the planner: guidance 0 included, None keeps the planner's
+    for overrides in ({"guidance_scale": 0.0}, {"mcg_samples": 1, "ddim_steps": 3}, {"schedule": "full_sequence"}):
+        a = agent.with_planner().plan(obs, goal, **overrides)
+        b = agent.with_planner(**overrides).plan(obs, goal)
+        np.testing.assert_array_equal(a.actions, b.actions)
+    for name in ("horizon", "ddim_steps", "mcg_samples"):
+        with pytest.raises(ValueError, match=f"{name} must be at least 1"):
+            agent.plan(obs, goal, **{name: 0})
+
+    # an agent saved before the newest planner fields existed loads with their defaults
+    state = torch.load(agent.save(tmp_path / "agent.pt"), weights_only=False)
+    for name in ("stall_steps", "stall_distance", "near_goal_horizon_tokens", "warm_start_level"):
+        del state["planner"][name]
+    torch.save(state, tmp_path / "old.pt")
+    old = Agent.load(tmp_path / "old.pt").planner
+    assert old == dataclasses.replace(agent.planner, stall_steps=0, stall_distance=0.5, warm_start_level=0.0)

@@ -105,8 +105,7 @@ def test_windows_never_cross_an_episode(data, num_steps):
 
 
 def tiny_args(script, dataset_dir, runs_dir, **overrides):
-    planner = script.default_planner()
-    planner.ddim_steps, planner.horizon_tokens, planner.mcg_samples = 2, 2, 2
+    planner = replace(script.default_planner(), ddim_steps=2, horizon_tokens=2, mcg_samples=2)
     values = dict(
         env=ENV,
         dataset_dir=str(dataset_dir),

@@ -96,7 +96,7 @@ def test_the_agent_warm_starts_from_its_last_plan_shifted_by_the_steps_executed(
     assert LAYOUT.frame_stack == 5
     calls = spy_on_sample(monkeypatch)
     agent = Agent.from_trainer(trained, planner(horizon_tokens=4, ddim_steps=4, warm_start_level=0.5))
-    num_levels = agent.schedule.num_levels
+    num_levels = agent.noise_schedule.num_levels
     for _ in range(6):  # plans at steps 0 and 5
         agent.act(obs_batch(1))
     assert len(calls) == 2 and "initial_tokens" not in calls[0]  # the first plan starts cold
@@ -144,7 +144,7 @@ def test_episode_start_and_reset_forget_the_last_plan(trained, monkeypatch):
     (warm,) = [c for c in calls if "initial_tokens" in c]
     (cold,) = [c for c in calls if "initial_tokens" not in c]
     assert warm["result"].shape[0] == 1 and cold["result"].shape[0] == 1
-    assert cold["levels"][0].min() == agent.schedule.num_levels
+    assert cold["levels"][0].min() == agent.noise_schedule.num_levels
     assert len(agent._last_tokens) == 2 and all(t is not None for t in agent._last_tokens)
     # mid-plan, a new episode in env 1 drops its plan: it replans cold, alone
     agent.act(obs_batch(2))
@@ -153,7 +153,7 @@ def test_episode_start_and_reset_forget_the_last_plan(trained, monkeypatch):
     assert (
         len(calls) == 1
         and "initial_tokens" not in calls[0]
-        and calls[0]["levels"][0].min() == agent.schedule.num_levels
+        and calls[0]["levels"][0].min() == agent.noise_schedule.num_levels
     )
     agent.reset()
     assert agent._last_tokens == []
@@ -178,7 +178,7 @@ def test_a_stalled_point_replans_cold_and_a_moving_one_stays_warm(trained, monke
     (warm,) = [c for c in last if "initial_tokens" in c]
     (cold,) = [c for c in last if "initial_tokens" not in c]
     assert cold["result"].shape[0] == 1 and warm["result"].shape[0] == 2
-    assert cold["levels"][0].min() == agent.schedule.num_levels
+    assert cold["levels"][0].min() == agent.noise_schedule.num_levels
     assert not agent._stalled.any()  # the cold plan consumed the flag: the next replan of env 0 is warm again
     # off (the default): the same run keeps every plan warm
     calls.clear()
