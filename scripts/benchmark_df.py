@@ -86,6 +86,9 @@ class Args:
     """evaluation seed"""
     act_steps: int = 0
     """also time ``agent.act`` in one Gymnasium env for this many control steps (real time needs >= 100 steps/s)"""
+    act_with_saved_planner: bool = False
+    """time ``agent.act`` with the planner saved in the checkpoint (a shipped agent: the script's defaults) instead
+    of the grid's first setting"""
     eval_multi: bool = True
     """also evaluate the planner grid on the multi-goal task"""
 
@@ -170,7 +173,10 @@ def main(args: Args) -> None:
 
     if args.checkpoint and args.act_steps:
         # the first value of each grid; the random draws go on from the timed plans
-        timed = agent.with_planner(next(grid_planners(args, task.max_episode_steps)), keep_random_state=True)
+        if args.act_with_saved_planner:
+            timed = agent.with_planner(episode_length=task.max_episode_steps, keep_random_state=True)
+        else:
+            timed = agent.with_planner(next(grid_planners(args, task.max_episode_steps)), keep_random_state=True)
         env = envs.make(task.env_id)
         obs, _ = env.reset(seed=args.seed)
         timed.act(obs)  # the first plan includes one-off warm-up costs
@@ -181,7 +187,9 @@ def main(args: Args) -> None:
         p = timed.planner
         print(
             f"agent.act in one env ({p.schedule}, MCG {p.mcg_samples}, DDIM {p.ddim_steps}, horizon "
-            f"{p.horizon_tokens} tokens, {torch.get_num_threads()} threads): {args.act_steps / seconds:.0f} control "
+            f"{p.horizon_tokens} tokens, near the goal every {p.near_goal_execute_steps or 'token'} steps with "
+            f"{p.near_goal_horizon_tokens or p.horizon_tokens} tokens, warm start {p.warm_start_level}, "
+            f"{torch.get_num_threads()} threads): {args.act_steps / seconds:.0f} control "
             f"steps/s ({1000 * seconds / args.act_steps * 10:.0f} ms per 10 steps, simulator included)",
             flush=True,
         )
