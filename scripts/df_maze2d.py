@@ -159,6 +159,8 @@ class Args:
     near_goal_execute_steps: int | None = None
     """control steps executed between replans within --near-goal-radius of the goal (default per maze: 3 on umaze
     and medium; 0 or none on large: whole tokens, as far from it)"""
+    near_goal_schedule: str | None = None
+    """scheduling matrix within --near-goal-radius of the goal (None: --schedule's)"""
     near_goal_horizon_tokens: int | None = None
     """plan length in tokens within --near-goal-radius of the goal (default per maze: 5 on umaze and medium; 0 or
     none on large: --horizon-tokens)"""
@@ -255,6 +257,7 @@ def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
         ),
         near_goal_radius=args.near_goal_radius,
         near_goal_execute_steps=_per_maze(args.near_goal_execute_steps, DEFAULT_NEAR_GOAL_PLANS[task.maze][0]),
+        near_goal_schedule=args.near_goal_schedule,
         near_goal_horizon_tokens=_per_maze(args.near_goal_horizon_tokens, DEFAULT_NEAR_GOAL_PLANS[task.maze][1]),
         shrink_horizon=args.shrink_horizon,
         horizon_tokens=args.horizon_tokens,

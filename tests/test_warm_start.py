@@ -212,3 +212,17 @@ def test_near_the_goal_plans_can_be_shorter(trained, monkeypatch):
     agent.act(obs)
     assert sorted(c["levels"].shape[1] for c in calls) == [2, 4] and all(c["result"].shape[0] == 1 for c in calls)
     assert [len(q) for q in agent._queues] == [4, 1]  # 5 and 2 queued, one executed
+
+
+def test_near_the_goal_plans_can_use_their_own_scheduling_matrix(trained, monkeypatch):
+    """near_goal_schedule='full_sequence' with the pyramid far away: the near env's plan denoises every token
+    together (equal levels in each row), the far env's keeps the pyramid's later tokens noisier."""
+    calls = spy_on_sample(monkeypatch)
+    agent = Agent.from_trainer(
+        trained, planner(schedule="pyramid", horizon_tokens=4, ddim_steps=2, near_goal_schedule="full_sequence")
+    )
+    obs = {"observation": np.zeros((2, 4), np.float32), "desired_goal": np.array([[3.0, 3.0], [0.5, 0.0]], np.float32)}
+    agent.act(obs)
+    assert len(calls) == 2 and all(c["result"].shape[0] == 1 for c in calls)
+    full = [c for c in calls if np.all(c["levels"] == c["levels"][:, :1])]
+    assert len(full) == 1  # exactly one call (the near env's) used the full-sequence matrix
