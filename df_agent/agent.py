@@ -428,9 +428,12 @@ class Agent:
         need = np.array([len(q) == 0 for q in self._queues]) & ~holding
         if need.any():
             self._replan(np.flatnonzero(need), obs_arr, goal_arr)
-        # D4RL's PD law toward the goal (the expert's, envs.expert) for the points that hold it
-        velocity = obs_arr[:, 2:4] if obs_arr.shape[1] >= 4 else np.zeros_like(obs_arr[:, :2])  # (x, y) alone: at rest
-        hold = np.clip(10.0 * (goal_arr - obs_arr[:, :2]) - velocity, -1.0, 1.0).astype(np.float32)
+        hold = np.zeros_like(goal_arr)
+        if holding.any():  # D4RL's PD law toward the goal (the expert's) for the points that hold it
+            from envs.expert import pd_action
+
+            velocity = obs_arr[:, 2:4] if obs_arr.shape[1] >= 4 else np.zeros_like(obs_arr[:, :2])  # (x, y): at rest
+            hold = pd_action(goal_arr, obs_arr[:, :2], velocity).astype(np.float32)
         actions = np.stack([hold[i] if holding[i] else q[0] for i, q in enumerate(self._queues)])
         self._queues = [q[1:] for q in self._queues]
         self._elapsed += 1

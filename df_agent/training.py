@@ -150,8 +150,10 @@ class Trainer:
         self.device = torch.device(device) if device is not None else default_device()
         self.config = config
         self.tokenizer = tokenizer
-        torch.manual_seed(seed)
-        self.model = build_model(model_config).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # the initial weights from ``seed``, the caller's RNG untouched
+            torch.manual_seed(seed)
+            self.model = build_model(model_config)
+        self.model = self.model.to(self.device)
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False) if config.ema_decay > 0 else None
         self.schedule = NoiseSchedule(config.num_levels, config.noise_schedule).to(self.device)
         self.optimizer = torch.optim.AdamW(
