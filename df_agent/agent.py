@@ -254,14 +254,26 @@ class Agent:
 
     # --- episode state ---
     def reset(self, num_envs: int | None = None) -> None:
-        """Forget plans and step counts (call at each episode start; the shared evaluation does)."""
-        self._queues: list[np.ndarray] = []  # per env: planned actions not yet executed
-        self._elapsed = np.zeros(0, dtype=np.int64)  # per env: steps since its episode started
-        self._last_tokens: list[np.ndarray | None] = []  # per env: the last plan's clean tokens (T, token_dim)
-        self._since_plan = np.zeros(0, dtype=np.int64)  # per env: steps executed since that plan
-        self._anchor_xy = np.zeros((0, 2))  # per env: position at the last stall check
-        self._anchor_elapsed = np.zeros(0, dtype=np.int64)  # per env: its step count then (-1: not yet set)
-        self._stalled = np.zeros(0, dtype=bool)  # per env: the next plan starts cold
+        """Forget plans and step counts (call at each episode start; the shared evaluation does). ``act`` sizes the
+        per-env state to its batch itself; ``num_envs`` only does it ahead."""
+        n = num_envs or 0
+        action_dim = self.tokenizer.layout.action_dim
+        self._queues = [np.zeros((0, action_dim), np.float32) for _ in range(n)]  # planned actions not yet executed
+        self._elapsed = np.zeros(n, dtype=np.int64)  # per env: steps since its episode started
+        self._last_tokens: list[np.ndarray | None] = [None] * n  # per env: the last plan's clean tokens (T, token_dim)
+        self._since_plan = np.zeros(n, dtype=np.int64)  # per env: steps executed since that plan
+        self._anchor_xy = np.zeros((n, 2))  # per env: position at the last stall check
+        self._anchor_elapsed = np.full(n, -1, dtype=np.int64)  # per env: its step count then (-1: not yet set)
+        self._stalled = np.zeros(n, dtype=bool)  # per env: the next plan starts cold
+
+    def _forget(self, env: int) -> None:
+        """A new episode in one env: no plan, a fresh clock, nothing to warm-start from."""
+        self._queues[env] = self._queues[env][:0]
+        self._elapsed[env] = 0
+        self._last_tokens[env] = None
+        self._since_plan[env] = 0
+        self._anchor_elapsed[env] = -1
+        self._stalled[env] = False
 
     def _parse(self, obs, goal) -> tuple[np.ndarray, np.ndarray, bool]:
         obs_dim = self.tokenizer.layout.obs_dim
@@ -411,23 +423,18 @@ class Agent:
         obs_arr, goal_arr, single = self._parse(obs, goal)
         batch = len(obs_arr)
         if len(self._queues) != batch:
-            self._queues = [np.zeros((0, self.tokenizer.layout.action_dim), np.float32) for _ in range(batch)]
-            self._elapsed = np.zeros(batch, dtype=np.int64)
-            self._last_tokens = [None] * batch
-            self._since_plan = np.zeros(batch, dtype=np.int64)
-            self._anchor_xy = np.zeros((batch, 2))
-            self._anchor_elapsed = np.full(batch, -1, dtype=np.int64)
-            self._stalled = np.zeros(batch, dtype=bool)
-        self._check_stall(obs_arr[:, :2], goal_arr)
+            self.reset(batch)
+        distance = np.linalg.norm(obs_arr[:, :2] - goal_arr, axis=-1)  # per env, to its goal
+        self._check_stall(obs_arr[:, :2], distance)
         holding = np.zeros(batch, dtype=bool)
         if self.planner.goal_hold_radius > 0:
-            holding = np.linalg.norm(obs_arr[:, :2] - goal_arr, axis=-1) <= self.planner.goal_hold_radius
+            holding = distance <= self.planner.goal_hold_radius
             for env in np.flatnonzero(holding):  # drop the plan: once the point leaves the radius, plan afresh
                 self._queues[env] = self._queues[env][:0]
                 self._last_tokens[env] = None  # the point moves off the plan: no warm start from it
         need = np.array([len(q) == 0 for q in self._queues]) & ~holding
         if need.any():
-            self._replan(np.flatnonzero(need), obs_arr, goal_arr)
+            self._replan(np.flatnonzero(need), obs_arr, goal_arr, distance)
         hold = np.zeros_like(goal_arr)
         if holding.any():  # D4RL's PD law toward the goal (the expert's) for the points that hold it
             from envs.expert import pd_action
@@ -440,7 +447,7 @@ class Agent:
         self._since_plan += 1
         return actions[0] if single else actions
 
-    def _check_stall(self, xy: np.ndarray, goal: np.ndarray) -> None:
+    def _check_stall(self, xy: np.ndarray, distance: np.ndarray) -> None:
         """Every ``stall_steps`` steps, mark the envs whose point moved less than ``stall_distance`` (away from the
         goal) since the last check: their next plan starts cold."""
         p = self.planner
@@ -450,11 +457,11 @@ class Agent:
         self._anchor_xy[fresh], self._anchor_elapsed[fresh] = xy[fresh], self._elapsed[fresh]
         due = self._elapsed - self._anchor_elapsed >= p.stall_steps
         moved = np.linalg.norm(xy - self._anchor_xy, axis=-1)
-        far = np.linalg.norm(xy - goal, axis=-1) > p.near_goal_radius
+        far = distance > p.near_goal_radius
         self._stalled |= due & (moved < p.stall_distance) & far
         self._anchor_xy[due], self._anchor_elapsed[due] = xy[due], self._elapsed[due]
 
-    def _replan(self, envs: np.ndarray, obs: np.ndarray, goal: np.ndarray) -> None:
+    def _replan(self, envs: np.ndarray, obs: np.ndarray, goal: np.ndarray, distance: np.ndarray) -> None:
         """Plan for the envs whose queue ran out, together, to the furthest of their episode ends (envs near the
         goal with ``near_goal_horizon_tokens``, if set, and envs that warm-start alike in their own batches)."""
         p = self.planner
@@ -471,7 +478,7 @@ class Agent:
             execute = max(1, min(execute, p.execute_steps))
         horizons = np.full(len(obs), horizon, dtype=np.int64)
         execute = np.full(len(obs), execute, dtype=np.int64)
-        near = np.linalg.norm(obs[:, :2] - goal, axis=-1) <= p.near_goal_radius
+        near = distance <= p.near_goal_radius
         if p.near_goal_horizon_tokens is not None:
             horizons[near] = min(horizon, p.near_goal_horizon_tokens * frame_stack)
             execute = np.minimum(execute, horizons)
@@ -526,13 +533,8 @@ class Agent:
         if episode_start is not None and np.any(episode_start):
             starts = np.atleast_1d(np.asarray(episode_start, dtype=bool))
             if len(starts) == len(self._queues):
-                for env in np.flatnonzero(starts):  # a new episode in that env: fresh plan, fresh clock
-                    self._queues[env] = self._queues[env][:0]
-                    self._elapsed[env] = 0
-                    self._last_tokens[env] = None
-                    self._since_plan[env] = 0
-                    self._anchor_elapsed[env] = -1
-                    self._stalled[env] = False
+                for env in np.flatnonzero(starts):
+                    self._forget(env)
             else:
                 self.reset()
         return self.act(observation), state
