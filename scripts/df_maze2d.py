@@ -35,30 +35,56 @@ from envs.records import append_record, make_record
 
 # Training window per maze, in tokens of frame_stack steps (the paper cuts 300 / 600 / 600 steps).
 DEFAULT_WINDOW_TOKENS = {"umaze": 30, "medium": 60, "large": 60}
-# Goal guidance per maze, chosen on held-out episodes (README, "Choosing the planner"): 4 reaches the goal sooner on
-# umaze and medium; on large it failed to reach the goal in 37 of 100 test episodes, so large keeps 1.
-DEFAULT_GUIDANCE_SCALE = {"umaze": 4.0, "medium": 4.0, "large": 1.0}
-# Scheduling matrix and Monte Carlo Guidance samples per maze, from the held-out grids (RESULTS.md): on umaze the
-# autoregressive matrix with plain guidance scored 129.6 +- 7.8 against the pyramid's 125.2 +- 9.2 (MCG 4) and
-# 115.3 +- 10.3 (MCG 1); on medium the pyramid scored higher (65.4 against 51.5, MCG 1).
-# With the near-goal plans (below), medium and large plan full_sequence on the way and the pyramid near the goal:
-# held-out (seeds 100-149) large 141.5 (90% success, 362 steps to the goal) against 115.7 (84%, 424) with the
-# pyramid throughout, medium 126.6 against 119.2; the full-sequence matrix reaches sooner, the pyramid stays better.
-DEFAULT_SCHEDULE = {"umaze": ("autoregressive", 1), "medium": ("full_sequence", 4), "large": ("full_sequence", 4)}
-DEFAULT_NEAR_GOAL_SCHEDULE = {"umaze": None, "medium": "pyramid", "large": "pyramid"}
-
-# Warm-started replanning per maze, from the held-out grids (seeds 100-129, RESULTS.md): on large 0.5 scored 63.9
-# against 42.5 cold (and 45.5 at 0.75), on medium 0.75 scored 77.2 and 0.5 76.3 against 73.7 cold, on umaze 0.75
-# scored 130.0 / 90.4 (single / multi-goal) against 127.7 / 80.3 cold.
-# With the near-goal plans below keeping the point at the goal, large replans cold again: held-out (seeds 100-149)
-# 115.7 (84% success) against 96.8 (56%) warm-started at 0.5; warm start's gain there had been staying.
-DEFAULT_WARM_START = {"umaze": 0.75, "medium": 0.75, "large": 0.0}
-# Near the goal (within --near-goal-radius): plans of 5 tokens, replanned every 3 steps, from the held-out grids
-# (seeds 100-149, RESULTS.md): umaze 133.3 / 133.6 (single / multi-goal) against 119.0 / 94.3, medium 119.2 / 136.5
-# against 81.7 / 53.8, large 96.8 against 58.0 with the near-goal scale 4 (at 128 it lost the goal: 8.9; 2 / 8 / 16
-# scored 53.8 / 77.2 / 44.0).
-DEFAULT_NEAR_GOAL_PLANS = {"umaze": (3, 5), "medium": (3, 5), "large": (3, 5)}
-DEFAULT_NEAR_GOAL_GUIDANCE_SCALE = {"umaze": 128.0, "medium": 128.0, "large": 4.0}
+# The planner's defaults per maze (PlannerConfig fields; a command-line value replaces them), each chosen on held-out
+# episodes (seeds >= 100, RESULTS.md):
+# - guidance_scale: 4 reaches the goal sooner on umaze and medium; on large it failed to reach the goal in 37 of 100
+#   test episodes, so large keeps 1 (2 with the final defaults: 137.2 against 141.5).
+# - schedule, mcg_samples: on umaze the autoregressive matrix with plain guidance scored 129.6 +- 7.8 against the
+#   pyramid's 125.2 +- 9.2 (MCG 4) and 115.3 +- 10.3 (MCG 1); on medium the pyramid scored higher than the
+#   autoregressive matrix (65.4 against 51.5, MCG 1). With the near-goal plans, medium and large plan
+#   full_sequence on the way and the pyramid near the goal (near_goal_schedule): large 141.5 (90% success, 362 steps
+#   to the goal) against 115.7 (84%, 424) with the pyramid throughout, medium 126.6 against 119.2; the full-sequence
+#   matrix reaches sooner, the pyramid stays better.
+# - warm_start_level: on umaze 0.75 scored 130.0 / 90.4 (single / multi-goal) against 127.7 / 80.3 cold, on medium
+#   77.2 (0.5: 76.3) against 73.7 cold. Large replans cold: with the near-goal plans keeping the point at the goal,
+#   115.7 (84% success) against 96.8 (56%) warm-started at 0.5; warm start's gain there had been staying.
+# - near_goal_execute_steps, near_goal_horizon_tokens: near the goal, plans of 5 tokens replanned every 3 steps: umaze
+#   133.3 / 133.6 (single / multi-goal) against 119.0 / 94.3, medium 119.2 / 136.5 against 81.7 / 53.8, large 96.8
+#   against 58.0 with near_goal_guidance_scale 4 (at 128 it lost the goal: 8.9; 2 / 8 / 16 scored 53.8 / 77.2 / 44.0).
+MAZE_PLANNER_DEFAULTS = {
+    "umaze": dict(
+        guidance_scale=4.0,
+        schedule="autoregressive",
+        mcg_samples=1,
+        near_goal_schedule=None,
+        warm_start_level=0.75,
+        near_goal_guidance_scale=128.0,
+        near_goal_execute_steps=3,
+        near_goal_horizon_tokens=5,
+    ),
+    "medium": dict(
+        guidance_scale=4.0,
+        schedule="full_sequence",
+        mcg_samples=4,
+        near_goal_schedule="pyramid",
+        warm_start_level=0.75,
+        near_goal_guidance_scale=128.0,
+        near_goal_execute_steps=3,
+        near_goal_horizon_tokens=5,
+    ),
+    "large": dict(
+        guidance_scale=1.0,
+        schedule="full_sequence",
+        mcg_samples=4,
+        near_goal_schedule="pyramid",
+        warm_start_level=0.0,
+        near_goal_guidance_scale=4.0,
+        near_goal_execute_steps=3,
+        near_goal_horizon_tokens=5,
+    ),
+}
+# Settings that PlannerConfig turns off with None: a 0 on the command line turns them off.
+OFF_BY_ZERO = ("near_goal_guidance_scale", "near_goal_execute_steps", "near_goal_horizon_tokens")
 
 
 @dataclass
@@ -236,40 +262,32 @@ def apply_preset(args: Args, world_size: int = 1) -> Args:
     return dataclasses.replace(args, **values)
 
 
-def _per_maze(value: int | None, default: int | None) -> int | None:
-    """A near-goal setting: the maze's default when not given, off when given as 0."""
-    if value is None:
-        return default
-    return value or None
-
-
 def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
+    def per_maze(name: str):
+        """The command line's value, or the maze's default where it gives none."""
+        value = getattr(args, name)
+        if value is None:
+            return MAZE_PLANNER_DEFAULTS[task.maze][name]
+        return (value or None) if name in OFF_BY_ZERO else value
+
     return PlannerConfig(
         ddim_steps=args.ddim_steps,
-        schedule=DEFAULT_SCHEDULE[task.maze][0] if args.schedule is None else args.schedule,
+        schedule=per_maze("schedule"),
         uncertainty_scale=args.uncertainty_scale,
-        guidance_scale=DEFAULT_GUIDANCE_SCALE[task.maze] if args.guidance_scale is None else args.guidance_scale,
-        mcg_samples=1
-        if args.no_mcg
-        else (DEFAULT_SCHEDULE[task.maze][1] if args.mcg_samples is None else args.mcg_samples),
+        guidance_scale=per_maze("guidance_scale"),
+        mcg_samples=1 if args.no_mcg else per_maze("mcg_samples"),
         stay_velocity_weight=args.stay_velocity_weight,
         stay_action_weight=args.stay_action_weight,
         stay_radius=args.stay_radius,
-        near_goal_guidance_scale=(
-            DEFAULT_NEAR_GOAL_GUIDANCE_SCALE[task.maze]
-            if args.near_goal_guidance_scale is None
-            else args.near_goal_guidance_scale or None
-        ),
+        near_goal_guidance_scale=per_maze("near_goal_guidance_scale"),
         near_goal_radius=args.near_goal_radius,
-        near_goal_execute_steps=_per_maze(args.near_goal_execute_steps, DEFAULT_NEAR_GOAL_PLANS[task.maze][0]),
-        near_goal_schedule=(
-            DEFAULT_NEAR_GOAL_SCHEDULE[task.maze] if args.near_goal_schedule is None else args.near_goal_schedule
-        ),
-        near_goal_horizon_tokens=_per_maze(args.near_goal_horizon_tokens, DEFAULT_NEAR_GOAL_PLANS[task.maze][1]),
+        near_goal_execute_steps=per_maze("near_goal_execute_steps"),
+        near_goal_schedule=per_maze("near_goal_schedule"),
+        near_goal_horizon_tokens=per_maze("near_goal_horizon_tokens"),
         shrink_horizon=args.shrink_horizon,
         horizon_tokens=args.horizon_tokens,
         replan_every=args.replan_every,
-        warm_start_level=DEFAULT_WARM_START[task.maze] if args.warm_start_level is None else args.warm_start_level,
+        warm_start_level=per_maze("warm_start_level"),
         stall_steps=args.stall_steps,
         stall_distance=args.stall_distance,
         goal_hold_radius=args.goal_hold_radius,

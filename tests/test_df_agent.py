@@ -261,9 +261,12 @@ def test_script_runs_end_to_end(data, tmp_path, load_script):
     } <= tags
     assert set(summary) >= {"maze2d-umaze-v1", "maze2d-umaze-multi-v1"}
     # the saved agent plans with the maze's default guidance; an explicit flag wins
-    assert Agent.load(run_dir / "agent.pt").planner.guidance_scale == script.DEFAULT_GUIDANCE_SCALE["umaze"]
+    assert (
+        Agent.load(run_dir / "agent.pt").planner.guidance_scale
+        == script.MAZE_PLANNER_DEFAULTS["umaze"]["guidance_scale"]
+    )
     large = envs.get_task("maze2d-large")
-    assert script.planner_config(args, large).guidance_scale == script.DEFAULT_GUIDANCE_SCALE["large"]
+    assert script.planner_config(args, large).guidance_scale == script.MAZE_PLANNER_DEFAULTS["large"]["guidance_scale"]
     assert script.planner_config(script.Args(guidance_scale=0.0), large).guidance_scale == 0.0
     again = script.main(
         script.Args(**{**vars(args), "eval_only": True, "checkpoint": str(run_dir / "agent.pt"), "eval_multi": False})
