@@ -82,6 +82,10 @@ class PlannerConfig:
     near_goal_schedule: str | None = None
     """scheduling matrix for plans that start within ``near_goal_radius`` of the goal (None: ``schedule``), e.g.
     full_sequence on the way and the pyramid at the goal"""
+    near_goal_mcg_samples: int | None = None
+    """Monte Carlo Guidance futures for plans that start within ``near_goal_radius`` of the goal (None:
+    ``mcg_samples``). Near the goal every future ends there, so there is little to average; 1 makes the frequent
+    near-goal replans about half as expensive"""
     shrink_horizon: bool = True
     """plan only to the episode's end (the paper). False keeps planning ``horizon_tokens`` ahead near the end too:
     the goal cost then still asks the plan to stay at the goal, instead of guiding only its last few tokens"""
@@ -485,23 +489,28 @@ class Agent:
         if p.near_goal_execute_steps is not None:
             execute[near] = np.clip(p.near_goal_execute_steps, 1, execute[near])
         # one sampler call per group of envs that share a plan length, a number of warm tokens (the tokens of their
-        # last plan left after the steps executed since; none: cold) and a scheduling matrix: a batch shares them
+        # last plan left after the steps executed since; none: cold) and the near-goal settings: a batch shares them
         warm = {env: None for env in envs}
         if p.warm_start_level > 0:
             for env in envs:
                 if not self._stalled[env]:
                     warm[env] = self._shifted_tokens(env, math.ceil(horizons[env] / frame_stack))
             self._stalled[envs] = False
+        near_overrides = {
+            name: value
+            for name, value in (("schedule", p.near_goal_schedule), ("mcg_samples", p.near_goal_mcg_samples))
+            if value is not None
+        }
         groups: dict[tuple[int, int, bool], list[int]] = {}
         for env in envs:
-            apart = bool(near[env]) and p.near_goal_schedule is not None  # near envs plan with their own matrix
+            apart = bool(near[env]) and bool(near_overrides)  # near envs plan with their own matrix or MCG
             key = (int(horizons[env]), 0 if warm[env] is None else len(warm[env]), apart)
             groups.setdefault(key, []).append(env)
         for (length, num_warm, is_near), members in groups.items():
             members = np.asarray(members)
             kwargs = {"warm_tokens": np.stack([warm[env] for env in members])} if num_warm else {}
-            if is_near and p.near_goal_schedule is not None:
-                kwargs["schedule"] = p.near_goal_schedule
+            if is_near:
+                kwargs.update(near_overrides)
             self._store(members, self.plan(obs[members], goal[members], horizon=length, **kwargs), execute)
 
     def _store(self, envs: np.ndarray, plan: Plan, execute: np.ndarray) -> None:

@@ -170,9 +170,15 @@ def sample(
                 z_cached = _advance(model, z_cached, x[:, cached:final], level[cached:final].expand(batch, -1))
             cached = final
         active, lv, nlv = x[:, cached:], level[cached:], next_level[cached:]
-        if not guided:
+        weight = schedule.guidance_weight(lv, nlv) if guided else None
+        if weight is None or not bool((weight > 0).any()):
+            # Unguided, or a row whose guidance weight is 0 for every token (the step to the clean token, tokens
+            # that stay): no gradient to take. MCG's redraw noise is drawn all the same, so the random stream, and
+            # every later draw, is the one the gradient path would leave.
             with torch.no_grad():
                 x0 = _model_x0(model, schedule, z_cached, active, lv, prediction)
+                if guided and mcg_samples > 1:
+                    torch.randn((mcg_samples - 1, *active.shape), generator=generator, device=device)
             gradient = None
         else:
             plan = active.detach().requires_grad_(True)
@@ -192,8 +198,7 @@ def sample(
         if gradient is not None:
             if gradient_mask is not None:
                 gradient = gradient * gradient_mask
-            weight = schedule.guidance_weight(lv, nlv).to(gradient.dtype)
-            stepped = stepped - scale * gradient * weight[None, :, None]
+            stepped = stepped - scale * gradient * weight.to(gradient.dtype)[None, :, None]
         if history is not None:
             history.append(torch.cat([x[:, :cached], x0], dim=1).detach())
         x = torch.cat([x[:, :cached], stepped.detach()], dim=1)

@@ -61,6 +61,7 @@ MAZE_PLANNER_DEFAULTS = {
         near_goal_guidance_scale=128.0,
         near_goal_execute_steps=3,
         near_goal_horizon_tokens=5,
+        near_goal_mcg_samples=None,
     ),
     "medium": dict(
         guidance_scale=4.0,
@@ -71,6 +72,7 @@ MAZE_PLANNER_DEFAULTS = {
         near_goal_guidance_scale=128.0,
         near_goal_execute_steps=3,
         near_goal_horizon_tokens=5,
+        near_goal_mcg_samples=None,
     ),
     "large": dict(
         guidance_scale=1.0,
@@ -81,6 +83,7 @@ MAZE_PLANNER_DEFAULTS = {
         near_goal_guidance_scale=4.0,
         near_goal_execute_steps=3,
         near_goal_horizon_tokens=5,
+        near_goal_mcg_samples=None,
     ),
 }
 # Settings that PlannerConfig turns off with None: a 0 on the command line turns them off.
@@ -192,6 +195,8 @@ class Args:
     near_goal_schedule: str | None = None
     """scheduling matrix within --near-goal-radius of the goal (default per maze: pyramid on medium and large, as
     far from it on umaze)"""
+    near_goal_mcg_samples: int | None = None
+    """Monte Carlo Guidance futures within --near-goal-radius of the goal (default per maze: as far from it)"""
     near_goal_horizon_tokens: int | None = None
     """plan length in tokens within --near-goal-radius of the goal (default per maze: 5 on umaze and medium; 0 or
     none on large: --horizon-tokens)"""
@@ -284,6 +289,7 @@ def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
         near_goal_execute_steps=per_maze("near_goal_execute_steps"),
         near_goal_schedule=per_maze("near_goal_schedule"),
         near_goal_horizon_tokens=per_maze("near_goal_horizon_tokens"),
+        near_goal_mcg_samples=1 if args.no_mcg else per_maze("near_goal_mcg_samples"),
         shrink_horizon=args.shrink_horizon,
         horizon_tokens=args.horizon_tokens,
         replan_every=args.replan_every,

@@ -236,3 +236,35 @@ def test_guidance_scale_per_plan():
     assert (guided[0] - unguided[0]).abs().max() > 1e-4
     with pytest.raises(ValueError, match="one per plan"):
         sample(model, schedule, z0, levels, cost, torch.tensor([0.1, 0.2, 0.3]))
+
+
+def test_rows_without_guidance_weight_take_no_gradient_and_keep_the_random_stream():
+    """The step to the clean token has guidance weight 0, so the sampler evaluates no cost there (one gradient
+    fewer per plan); with MCG it still draws that row's redraw noise, so the generator ends where it would have
+    had the gradient been taken: the initial noise, then per row the MCG redraws and the DDIM step's fresh noise."""
+    model = tiny_model(seed=6).eval()
+    schedule = NoiseSchedule(1000, "linear")
+    levels = to_noise_levels(make_schedule("full_sequence", 3, 4), 4, 1000)
+    weighted_rows = sum(
+        bool((schedule.guidance_weight(torch.as_tensor(a), torch.as_tensor(b)) > 0).any())
+        for a, b in zip(levels[:-1], levels[1:])
+    )
+    assert weighted_rows == len(levels) - 2  # every row but the step to the clean tokens
+    z0 = torch.randn(2, 16, generator=torch.Generator().manual_seed(3))
+    calls = []
+
+    def cost(tokens):
+        calls.append(tokens.shape[0])
+        return (tokens[..., :2] - 1.0).pow(2).sum(dim=(1, 2))
+
+    sample(model, schedule, z0, levels, cost, 0.05, mcg_samples=1, generator=torch.Generator().manual_seed(4))
+    assert len(calls) == weighted_rows
+
+    generator = torch.Generator().manual_seed(4)
+    sample(model, schedule, z0, levels, cost, 0.05, mcg_samples=3, generator=generator)
+    replay = torch.Generator().manual_seed(4)
+    torch.randn(2, 3, 12, generator=replay)
+    for _ in range(len(levels) - 1):
+        torch.randn(2, 2, 3, 12, generator=replay)
+        torch.randn(2, 3, 12, generator=replay)
+    assert torch.equal(generator.get_state(), replay.get_state())
