@@ -174,7 +174,9 @@ class Agent:
             trainer.config.prediction,
             trainer.device,
         )
-        agent.training = training_summary(trainer.step, trainer.config.batch_size, trainer.device)
+        agent.training = training_summary(
+            trainer.step, trainer.config.batch_size, trainer.device, trainer.train_seconds / 60
+        )
         return agent
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -210,7 +212,8 @@ class Agent:
             noise_schedule = NoiseSchedule(train.num_levels, train.noise_schedule)
             planner = PlannerConfig()
             prediction = train.prediction
-            training = training_summary(state["step"], train.batch_size, None)
+            seconds = state.get("train_seconds")
+            training = training_summary(state["step"], train.batch_size, None, None if seconds is None else seconds / 60)
         planner = replace(planner, **planner_overrides)
         agent = cls(model, tokenizer, noise_schedule, planner, prediction, device)
         agent.training = training
@@ -549,11 +552,17 @@ class Agent:
         return self.act(observation), state
 
 
-def training_summary(steps: int, batch_size: int, device: torch.device | str | None) -> dict:
-    """The provenance an agent carries: gradient steps, windows per step (per process) and the device's name."""
+def training_summary(
+    steps: int, batch_size: int, device: torch.device | str | None, minutes: float | None = None
+) -> dict:
+    """The provenance an agent carries: gradient steps, windows per step (per process), the device's name and,
+    when known, the minutes of wall time the training took (``Trainer.train_seconds``)."""
     device = torch.device(device) if device is not None else None
     if device is not None and device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
         name = device.type if device is not None else "unknown"
-    return {"steps": int(steps), "batch_size": int(batch_size), "device": name}
+    summary = {"steps": int(steps), "batch_size": int(batch_size), "device": name}
+    if minutes is not None:
+        summary["minutes"] = round(float(minutes), 2)
+    return summary

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -160,6 +161,10 @@ class Trainer:
             self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
         self.step = 0
+        self.train_seconds = 0.0
+        """wall time spent training, over every session of this run (resumes add to it): each step counts from the
+        previous step's end, so drawing batches, logging and checkpoints between steps count too"""
+        self._previous_step_end: float | None = None
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.forward_module: torch.nn.Module = TrainingForward(self.model)
@@ -209,6 +214,7 @@ class Trainer:
         return torch.nn.functional.mse_loss(output.float(), target)
 
     def train_step(self, batch: dict) -> dict[str, float]:
+        started = time.perf_counter()
         self.forward_module.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
@@ -222,6 +228,9 @@ class Trainer:
         if self.ema_model is not None:
             update_ema(self.ema_model, self.model, self.config.ema_decay)
         self.step += 1
+        now = time.perf_counter()
+        self.train_seconds += now - (self._previous_step_end if self._previous_step_end is not None else started)
+        self._previous_step_end = now
         return {"loss": loss.item(), "grad_norm": float(grad_norm), "learning_rate": self.learning_rate()}
 
     # --- checkpoints ---
@@ -235,6 +244,7 @@ class Trainer:
             "ema_model": self.ema_model.state_dict() if self.ema_model is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
+            "train_seconds": self.train_seconds,
             "numpy_rng": self.rng.bit_generator.state,
             "torch_generator": self.generator.get_state(),
         }
@@ -258,6 +268,7 @@ class Trainer:
             trainer.ema_model.load_state_dict(state["ema_model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.step = state["step"]
+        trainer.train_seconds = float(state.get("train_seconds", 0.0))  # older checkpoints did not count it
         trainer.rng.bit_generator.state = state["numpy_rng"]
         trainer.generator.set_state(state["torch_generator"].cpu())  # a byte tensor on the host, for any device
         return trainer

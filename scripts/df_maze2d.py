@@ -425,7 +425,7 @@ def train(
     bar.close()
     if main_process:
         trainer.save(checkpoint_path)
-        writer.add_scalar("charts/train_minutes", (time.perf_counter() - start) / 60, trainer.step)
+        writer.add_scalar("charts/train_minutes", trainer.train_seconds / 60, trainer.step)  # resumes included
     return trainer
 
 

@@ -237,7 +237,7 @@ def train(args: Args, task: OGBenchTask, writer: SummaryWriter, run_dir: Path, d
             break
     bar.close()
     trainer.save(checkpoint_path)
-    train_minutes = (time.perf_counter() - start) / 60
+    train_minutes = trainer.train_seconds / 60  # resumes included
     writer.add_scalar("charts/train_minutes", train_minutes, trainer.step)
     print(f"trained {trainer.step} steps in {train_minutes:.2f} minutes")
     return trainer

@@ -151,6 +151,58 @@ def time_to_goal_figure(records: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def training_minutes(record: dict) -> float | None:
+    """Minutes of training behind a record's method: a benchmark-trained method's ``train_minutes``, a DF agent's
+    ``model.minutes`` (its provenance); None for untrained methods and records that do not say."""
+    minutes = record.get("train_minutes")
+    if minutes is None:
+        minutes = (record.get("model") or {}).get("minutes")
+    return None if minutes is None else float(minutes)
+
+
+def is_test_evaluation(record: dict) -> bool:
+    """The 100 test episodes, seeds 0-99."""
+    return sorted(record["episodes"]["seeds"]) == list(range(100))
+
+
+def minutes_figure(records: list[dict], path: Path) -> list[dict]:
+    """D4RL score against minutes of training, one panel per task, one marker per method, with standard-error bars,
+    from the test-episode records that state their training time. Returns the records it drew."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn = [r for r in records if training_minutes(r) is not None and is_test_evaluation(r)]
+    tasks = sorted({r["env_id"] for r in drawn}, key=lambda e: (e.replace("-multi", ""), "-multi" in e))
+    if not drawn:
+        return []
+    columns = min(3, len(tasks))
+    rows = -(-len(tasks) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
+    methods = list(dict.fromkeys(r["method"] for r in drawn))
+    markers = dict(zip(methods, "os^DvP*X"))
+    for ax, task in zip(axes.flat, tasks):
+        for method in methods:
+            points = sorted((training_minutes(r), r["metrics"]) for r in drawn if r["env_id"] == task and r["method"] == method)
+            if points:
+                x = [p[0] for p in points]
+                y = [p[1]["normalized_score"] for p in points]
+                e = [p[1]["normalized_score_stderr"] for p in points]
+                ax.errorbar(x, y, yerr=e, marker=markers.get(method, "o"), capsize=3, label=method)
+        ax.set_xscale("log")
+        ax.set_title(task.removesuffix("-v1"), fontsize=9)
+        ax.set_xlabel("training minutes")
+        ax.set_ylabel("D4RL score")
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
 TABLE_ORDER = (
     "Diffusion Forcing, pure: the shipped",
     "Diffusion Forcing",
@@ -204,6 +256,28 @@ def main(args: Args) -> str:
         ]
         commands = list(dict.fromkeys(r["command"] for r in group))
         lines += ["Commands:", "", "```bash", *commands, "```", ""]
+    drawn = minutes_figure(records, figures / "score_vs_training_minutes.png")
+    if drawn:
+        lines += [
+            "## Score against training minutes",
+            "",
+            "Every test-episode record that states its training time (a benchmark run's budget as spent, a DF agent's",
+            "provenance): D4RL score ± s.e. against the minutes of wall time its method trained, on the machine its",
+            "record names. Methods trained on a GPU are not comparable with CPU minutes; the records say which.",
+            "",
+            f"![score against training minutes]({Path(args.figures) / 'score_vs_training_minutes.png'})",
+            "",
+            "| method | task | training minutes | device | D4RL score | record date, commit |",
+            "|---|---|---|---|---|---|",
+            *[
+                f"| {r['method']} | {r['env_id']} | {training_minutes(r):.1f} | "
+                f"{(r.get('model') or {}).get('device') or ('GPU' if r['machine'].get('gpu') else 'CPU')} | "
+                f"{_cell(r['metrics']['normalized_score'], r['metrics']['normalized_score_stderr'])} | "
+                f"{r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
+                for r in drawn
+            ],
+            "",
+        ]
     plans = sorted(figures.glob("plan_*.png"))
     if plans:
         lines += [

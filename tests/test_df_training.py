@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import df_agent.training as training_module
 from df_agent.agent import Agent, PlannerConfig
 from df_agent.diffusion import NoiseSchedule
 from df_agent.model import DiffusionForcingModel, ModelConfig
@@ -285,3 +286,21 @@ def test_eta_adds_fresh_noise_and_the_agent_passes_it_to_the_sampler(ema_trainer
     deterministic, stochastic = plan(0.0), plan(1.0)
     np.testing.assert_array_equal(plan(1.0), stochastic)
     assert np.abs(stochastic - deterministic).max() > 1e-3
+
+
+def test_training_time_adds_up_over_resumes_and_reaches_the_agent(data, windows, tmp_path, monkeypatch):
+    """Trainer.train_seconds counts each step from the previous step's end (the first from its own start), is saved
+    and resumed, and ends up as the agent's training minutes. The clock is faked: 1 s per reading."""
+    clock = iter(range(10_000))
+    monkeypatch.setattr(training_module.time, "perf_counter", lambda: float(next(clock)))
+    trainer = new_trainer(data, seed=2)
+    for _ in range(3):  # readings 0,1 | 2,3 | 4,5: 1 + 2 + 2 seconds
+        trainer.train_step(windows.sample(16, trainer.rng))
+    assert trainer.train_seconds == 5.0
+    resumed = Trainer.load(trainer.save(tmp_path / "ckpt.pt"), device="cpu")
+    assert resumed.train_seconds == 5.0
+    resumed.train_step(windows.sample(16, resumed.rng))  # a new session: the gap before it does not count
+    assert resumed.train_seconds == 6.0
+    assert Agent.from_trainer(resumed, small_planner()).training["minutes"] == round(6.0 / 60, 2)
+    saved = Agent.load(resumed.save(tmp_path / "ckpt2.pt"), device="cpu")
+    assert saved.training["minutes"] == round(6.0 / 60, 2)

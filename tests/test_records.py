@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -66,3 +67,27 @@ def test_make_results_writes_one_table_per_group_with_figures(results, tmp_path)
     assert cells[7] == "3 (seeds 100-102)"
     for name in ("table0_scores.png", "table0_time_to_goal.png", "table1_scores.png"):
         assert (tmp_path / "figures" / name).stat().st_size > 1000
+
+
+def test_make_results_draws_score_against_training_minutes_from_records_that_state_them(results, tmp_path):
+    """Only test-episode records (seeds 0-99) with training minutes (a benchmark's train_minutes or a DF agent's
+    model.minutes) are drawn and listed; the others are left out."""
+    expert, _ = results
+    test = dataclasses.replace(expert, seeds=list(range(100)))
+    path = tmp_path / "results" / "runs.jsonl"
+    append_record(path, make_record("IQL", test, table="T", train_minutes=4.0))
+    append_record(path, make_record("Diffusion Forcing", test, table="T", model={"steps": 10, "minutes": 42.0}))
+    append_record(path, make_record("Diffusion Forcing", test, table="T", model={"steps": 10}))  # no minutes
+    append_record(path, make_record("IQL", expert, table="T", train_minutes=2.0))  # held-out seeds
+    text = make_results.main(
+        make_results.Args(
+            records=str(path), output=str(tmp_path / "RESULTS.md"), figures=str(tmp_path / "figures")
+        )
+    )
+    section = text.split("## Score against training minutes")[1]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row.split("|")[1:4] for row in rows] == [
+        [" IQL ", " maze2d-umaze-v1 ", " 4.0 "],
+        [" Diffusion Forcing ", " maze2d-umaze-v1 ", " 42.0 "],
+    ]
+    assert (tmp_path / "figures" / "score_vs_training_minutes.png").stat().st_size > 1000
