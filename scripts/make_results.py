@@ -165,6 +165,49 @@ def is_test_evaluation(record: dict) -> bool:
     return sorted(record["episodes"]["seeds"]) == list(range(100))
 
 
+HEADLINE_TABLE = "Diffusion Forcing, pure: the shipped agents with the script's planner defaults (100 test episodes, seeds 0-99)"
+
+
+def summary_table(records: list[dict]) -> str:
+    """Every method on every task side by side: the headline DF rows and the benchmark's records
+    (``results/benchmark.jsonl``), test episodes only, the latest record of each method and task. Cells: D4RL score
+    ± s.e., success rate."""
+    chosen: dict[tuple[str, str], dict] = {}
+    for record in records:
+        if not is_test_evaluation(record):
+            continue
+        if record.get("table") != HEADLINE_TABLE and record.get("source") != "benchmark.jsonl":
+            continue
+        key = (record["method"], record["env_id"])
+        if key not in chosen or record["date"] >= chosen[key]["date"]:
+            chosen[key] = record
+    if not chosen:
+        return ""
+    scale = ("expert", "random")  # methods for scale go last
+    methods = sorted(dict.fromkeys(method for method, _ in chosen), key=lambda m: m.startswith(scale))
+    mazes = ("umaze", "medium", "large")
+    tasks = sorted(
+        {task for _, task in chosen},
+        key=lambda e: ("-multi" in e, next((i for i, m in enumerate(mazes) if f"-{m}" in e), len(mazes)), e),
+    )
+    lines = [
+        "| task | " + " | ".join(methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
+    for task in tasks:
+        cells = []
+        for method in methods:
+            r = chosen.get((method, task))
+            cells.append(
+                "-"
+                if r is None
+                else f"{_cell(r['metrics']['normalized_score'], r['metrics']['normalized_score_stderr'])}, "
+                f"{100 * r['metrics']['success_rate']:.0f}%"
+            )
+        lines.append(f"| {task.removesuffix('-v1')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def minutes_figure(records: list[dict], path: Path) -> list[dict]:
     """D4RL score against minutes of training, one panel per task, one marker per method, with standard-error bars,
     from the test-episode records that state their training time. Returns the records it drew."""
@@ -240,6 +283,17 @@ def main(args: Args) -> str:
         "never). Each record's command, settings, machine and per-episode arrays are in its JSON line.",
         "",
     ]
+    summary = summary_table(records)
+    if summary:
+        lines += [
+            "## Summary: every method on every task",
+            "",
+            "The headline DF agents and the benchmark's records (`results/benchmark.jsonl`), 100 test episodes each,",
+            "the latest record of each method and task: D4RL score ± s.e., success rate. The tables below give each",
+            "record's training, settings and date.",
+            "",
+            summary,
+        ]
     for index, (name, group) in enumerate(sorted(groups.items(), key=lambda item: _table_rank(item[0]))):
         lines += [f"## {name}", "", table(group)]
         notes = [r["note"] for r in group if r.get("note")]

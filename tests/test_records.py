@@ -91,3 +91,21 @@ def test_make_results_draws_score_against_training_minutes_from_records_that_sta
         [" Diffusion Forcing ", " maze2d-umaze-v1 ", " 42.0 "],
     ]
     assert (tmp_path / "figures" / "score_vs_training_minutes.png").stat().st_size > 1000
+
+
+def test_the_summary_puts_every_method_beside_the_headline_df_rows(results, tmp_path):
+    expert, still = results
+    test = dataclasses.replace(expert, seeds=list(range(100)))
+    folder = tmp_path / "results"
+    append_record(folder / "df.jsonl", make_record("Diffusion Forcing", test, table=make_results.HEADLINE_TABLE))
+    append_record(folder / "df.jsonl", make_record("Diffusion Forcing", test, table="a probe"))  # not the headline
+    append_record(folder / "benchmark.jsonl", make_record("random", dataclasses.replace(still, seeds=list(range(100)))))
+    append_record(folder / "benchmark.jsonl", make_record("IQL", test))
+    append_record(folder / "benchmark.jsonl", make_record("IQL", expert))  # held-out seeds: left out
+    text = make_results.main(
+        make_results.Args(records=str(folder / "*.jsonl"), output=str(tmp_path / "R.md"), figures=str(tmp_path / "f"))
+    )
+    summary = text.split("## Summary: every method on every task")[1].split("## ")[0]
+    rows = [line for line in summary.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| task | Diffusion Forcing | IQL | random |"
+    assert rows[1].startswith("| maze2d-umaze | ") and rows[1].count("100%") == 2 and len(rows) == 2
