@@ -1,10 +1,11 @@
-"""Implicit Q-Learning (Kostrikov, Nair and Levine, ICLR 2022) on the maze2d tasks, in one file.
+"""Implicit Q-Learning (Kostrikov, Nair and Levine, ICLR 2022) on the maze2d and OGBench pointmaze tasks, in one file.
 
     python baselines/iql.py --env maze2d-umaze                              # CORL's maze2d settings, 1M steps
     python baselines/iql.py --env maze2d-large-multi --total-steps 200000  # checkpoints in runs/<run>/
     python baselines/iql.py --env maze2d-umaze --train-minutes 10           # a time budget (and --total-steps)
     python baselines/iql.py --eval-only --checkpoint runs/<run>/iql.pt     # 100 episodes of the shared evaluation
     python baselines/iql.py --resume runs/<run>/checkpoints/step_100000.pt  # continue a run exactly
+    python baselines/iql.py --env pointmaze-medium-navigate-v0 --train-minutes 10 --record results/iql_ogbench.jsonl
 
 IQL never queries actions outside the dataset: V(s) is fitted by expectile regression (expectile 0.7) towards
 min(Q1, Q2)(s, a) of the target critics on dataset pairs, the critics regress r + discount * V(s'), and the policy
@@ -13,6 +14,13 @@ is advantage-weighted behaviour cloning, weights exp(beta * (Q - V)) clipped at 
 to 0 over the run), beta 3.0, expectile 0.7, discount 0.99, target rate 0.005, state-independent Gaussian policy
 with a tanh mean, state normalization, 1M steps. Evaluation is ``envs.evaluation.evaluate`` (deterministic action:
 the Gaussian mean); rewards and goals are relabelled as ``baselines.common.GoalRelabelSampler`` describes.
+
+On OGBench's pointmaze tasks (``pointmaze-{medium,large,giant}-{navigate,stitch}-v0``) the same IQL is
+goal-conditioned: the networks see the normalized (x, y) and goal, the data is the locally generated OGBench dataset
+(``envs.ogbench_datasets``), goals are relabelled as OGBench's GCIQL relabels them
+(``baselines.common.OGBenchGoalSampler``: reward 0 at the goal, else -1; the actor has its own goals), the
+expectile is GCIQL's 0.9 and the discount 0.99 (giant: 0.995), and the evaluation is OGBench's protocol
+(``envs.ogbench_eval.evaluate_ogbench``: 5 test goals x --eval-episodes-per-goal episodes, success rate).
 """
 
 from __future__ import annotations
@@ -36,16 +44,16 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from baselines import common
-from baselines.common import Batch, GoalRelabelSampler, Normalizer, OfflinePolicy
-from envs.datasets import load_transitions
-from envs.tasks import get_task, resolve_env_id
+from baselines.common import Batch, Normalizer, OfflinePolicy
+from envs.ogbench_tasks import is_ogbench_id
 
 ALGORITHM = "iql"
+METHOD = "IQL"  # the method's name in records
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
 
 @dataclass
-class Args(common.RunArgs, common.RelabelArgs):
+class Args(common.OGBenchArgs, common.RunArgs, common.RelabelArgs):  # --help: relabelling, run, OGBench, then IQL
     exp_name: str = ALGORITHM
     """the name of this experiment (part of the run name)"""
     seed: int = 1
@@ -55,11 +63,14 @@ class Args(common.RunArgs, common.RelabelArgs):
     device: str = "auto"
     """'auto' (the GPU when there is one), 'cpu' or 'cuda'"""
     env: Annotated[str, tyro.conf.arg(aliases=("--env-id",))] = "maze2d-umaze-v1"
-    """the maze2d task: maze2d-{umaze,medium,large}[-multi]-v1 (short forms such as maze2d-large work)"""
+    """the task: maze2d-{umaze,medium,large}[-multi]-v1 (short forms such as maze2d-large work), or OGBench's
+    pointmaze-{medium,large,giant}-{navigate,stitch}-v0"""
     runs_dir: str = "runs"
     """folder of the TensorBoard runs and checkpoints (runs/{run_name})"""
     progress: bool = True
     """show progress bars"""
+    record: str | None = None
+    """append the final evaluation (and --eval-only's) as a JSON record to this file (e.g. results/iql_ogbench.jsonl)"""
 
     # Algorithm (CORL's maze2d configuration)
     total_steps: int = 1_000_000
@@ -76,21 +87,34 @@ class Args(common.RunArgs, common.RelabelArgs):
     """critic learning rate"""
     v_lr: float = 3e-4
     """value network learning rate"""
-    discount: float = 0.99
-    """discount factor"""
+    discount: float | None = None
+    """discount factor (None: 0.99; OGBench's giant maze 0.995, GCIQL's setting)"""
     tau: float = 0.005
     """target critic update rate"""
-    expectile: float = 0.7
-    """expectile of the value regression (0.5: the mean, towards 1: the max)"""
+    expectile: float | None = None
+    """expectile of the value regression, 0.5: the mean, towards 1: the max (None: 0.7, CORL's maze2d setting; 0.9
+    on OGBench, GCIQL's)"""
     beta: float = 3.0
     """inverse temperature of the advantage weights (small: behaviour cloning, large: greedy)"""
     exp_adv_max: float = 100.0
     """clip of the advantage weights"""
 
+    def __post_init__(self):
+        # The task's defaults of the fields left at None, filled in here so that a checkpoint stores the values used
+        defaults = {"expectile": 0.7, "discount": 0.99, "actor_p_randomgoal": 0.0}
+        if is_ogbench_id(self.env):
+            defaults |= {"expectile": 0.9, **common.ogbench_task_defaults(self.env)}
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+
 
 # What a resumed run takes from the command line: how it runs and for how long. Everything else (data, networks,
 # hyperparameters) comes from the checkpoint.
-RUN_FIELDS = {"exp_name", "device", "runs_dir", "progress", "total_steps", *common.RUN_ARG_NAMES}
+RUN_FIELDS = {
+    "exp_name", "device", "runs_dir", "progress", "record", "total_steps", *common.RUN_ARG_NAMES,
+    *common.OGBENCH_RUN_ARG_NAMES,
+}  # fmt: skip
 
 
 def mlp(in_dim: int, out_dim: int, hidden_dim: int, n_hidden: int, output_activation=None) -> nn.Sequential:
@@ -162,9 +186,13 @@ class IQL(nn.Module):
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         args = self.args
         obs, actions = batch.observations, batch.actions
+        # The actor's inputs: its own goals where the sampler draws them (OGBench), else the value's
+        actor_obs = obs if batch.actor_observations is None else batch.actor_observations
         with torch.no_grad():
             target_q = torch.min(*self.qf_target(obs, actions))
             next_v = self.vf(batch.next_observations).squeeze(-1)
+            if batch.actor_observations is not None:  # the advantage at the actor's goals, before this step's updates
+                actor_advantage = torch.min(*self.qf_target(actor_obs, actions)) - self.vf(actor_obs).squeeze(-1)
 
         # Value: expectile regression of V(s) towards min(Q1, Q2)(s, a) over dataset actions.
         v = self.vf(obs).squeeze(-1)
@@ -186,8 +214,10 @@ class IQL(nn.Module):
                 target.lerp_(source, args.tau)
 
         # Actor: advantage-weighted regression onto the dataset actions.
-        weights = torch.exp(args.beta * advantage.detach()).clamp(max=args.exp_adv_max)
-        log_prob = self.actor(obs).log_prob(actions).sum(-1)
+        if batch.actor_observations is None:
+            actor_advantage = advantage.detach()
+        weights = torch.exp(args.beta * actor_advantage).clamp(max=args.exp_adv_max)
+        log_prob = self.actor(actor_obs).log_prob(actions).sum(-1)
         actor_loss = -(weights * log_prob).mean()
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
@@ -229,10 +259,10 @@ def load_policy(path: str | Path, device: torch.device | str = "cpu") -> Offline
     """The evaluation policy of a checkpoint: its actor's deterministic action on normalized inputs."""
     checkpoint = common.load_checkpoint(path, ALGORITHM, device)
     args = Args(**checkpoint["args"])
-    goal_conditioned = get_task(args.env).multi_goal
-    agent = IQL(4 + 2 * goal_conditioned, args).to(device)
-    agent.load_state_dict(checkpoint["training_state"])
     normalizer = Normalizer.from_state_dict(checkpoint["normalizer"])
+    goal_conditioned = common.is_goal_conditioned(args.env)
+    agent = IQL(len(normalizer.mean) + 2 * goal_conditioned, args).to(device)  # the state (4 or 2) and the goal
+    agent.load_state_dict(checkpoint["training_state"])
     return OfflinePolicy(agent.actor.act, normalizer, goal_conditioned, device)
 
 
@@ -244,7 +274,11 @@ def main(args: Args) -> dict:
     if args.eval_only:
         env_id = common.eval_only_task(args, ALGORITHM)
         policy = load_policy(args.checkpoint, device)
-        result = common.evaluate_and_log(policy, env_id, args.final_eval_episodes, args, ALGORITHM)
+        episodes = common.evaluation_episodes(args, env_id, final=True)
+        result = common.evaluate_and_log(policy, env_id, episodes, args, ALGORITHM)
+        if args.record:
+            step = common.load_checkpoint(args.checkpoint, ALGORITHM)["step"]
+            common.append_evaluation_record(args.record, METHOD, result, args, args.checkpoint, step)
         return {"final_eval": result, "policy": policy, "checkpoint": args.checkpoint}
     if args.train_minutes is not None and args.train_minutes <= 0:
         raise ValueError(f"--train-minutes must be positive, got {args.train_minutes}; leave it out for no time limit")
@@ -255,7 +289,7 @@ def main(args: Args) -> dict:
         checkpoint = common.load_checkpoint(args.resume, ALGORITHM, "cpu")
         args = common.resumed_args(args, checkpoint["args"], RUN_FIELDS)
         run_name, start_step = checkpoint["run_name"], checkpoint["step"]
-    args = dataclasses.replace(args, env=resolve_env_id(args.env))
+    args = dataclasses.replace(args, env=common.resolve_task_id(args.env))
     if checkpoint is None:
         run_name = f"{args.env}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = Path(args.runs_dir) / run_name
@@ -273,21 +307,12 @@ def main(args: Args) -> dict:
     torch.backends.cudnn.deterministic = args.torch_deterministic
 
     # Data: the task's transitions, normalized, with rewards (and goals) relabelled
-    data = load_transitions(args.env, generate=True, progress=args.progress)
+    data = common.load_task_data(args)
     if checkpoint is None:
         normalizer = Normalizer.from_states(data.observations)
     else:
         normalizer = Normalizer.from_state_dict(checkpoint["normalizer"])
-    sampler = GoalRelabelSampler(
-        data,
-        args.env,
-        normalizer,
-        device,
-        future_goal_prob=args.future_goal_prob,
-        future_goal_mean_steps=args.future_goal_mean_steps,
-        terminal_on_success=args.terminal_on_success,
-        seed=args.seed,
-    )
+    sampler = common.make_sampler(data, args, normalizer, device)
 
     # Networks, optimizers and the actor's schedule (restored with the RNG states on resume)
     agent = IQL(sampler.input_dim, args).to(device)
@@ -301,7 +326,10 @@ def main(args: Args) -> dict:
         return common.save_checkpoint(path, ALGORITHM, args, run_name, step, agent, normalizer, sampler)
 
     # Training loop; the last step is --total-steps or the one where --train-minutes runs out
-    last_eval = None
+    last_eval = final_eval = None
+    eval_seconds = 0.0  # time spent in evaluations, which a record's training minutes leave out
+    final_episodes = common.evaluation_episodes(args, args.env, final=True)
+    periodic_episodes = common.evaluation_episodes(args, args.env, final=False)
     train_start = logged_time = time.perf_counter()
     logged_step = final_step = start_step
     bar = tqdm(
@@ -325,15 +353,19 @@ def main(args: Args) -> dict:
             sps = (global_step - logged_step) / (time.perf_counter() - logged_time)
             writer.add_scalar("charts/SPS", sps, global_step)
             logged_step, logged_time = global_step, time.perf_counter()
-            bar.set_postfix(sps=f"{sps:.0f}", score=None if last_eval is None else f"{last_eval.normalized_score:.1f}")
+            bar.set_postfix(sps=f"{sps:.0f}", score=None if last_eval is None else common.headline(last_eval))
 
         # Evaluation: the final one at the last step, periodic ones before
-        if last and args.final_eval_episodes > 0:
-            episodes = args.final_eval_episodes
-            last_eval = common.evaluate_and_log(policy, args.env, episodes, args, ALGORITHM, global_step, writer)
+        if last and final_episodes > 0:
+            episodes = final_episodes
+            last_eval = final_eval = common.evaluate_and_log(
+                policy, args.env, episodes, args, ALGORITHM, global_step, writer
+            )
+            eval_seconds += last_eval.seconds
         elif args.eval_every > 0 and global_step % args.eval_every == 0:
-            episodes = args.eval_episodes
+            episodes = periodic_episodes
             last_eval = common.evaluate_and_log(policy, args.env, episodes, args, ALGORITHM, global_step, writer)
+            eval_seconds += last_eval.seconds
 
         # Intermediate checkpoints (the last step's is the final one, below)
         if args.save_model and global_step % args.checkpoint_every == 0 and not last:
@@ -342,7 +374,8 @@ def main(args: Args) -> dict:
             tqdm.write(f"[{ALGORITHM}] time budget of {args.train_minutes} minutes reached at step {global_step:,}")
             break
     bar.close()
-    writer.add_scalar("charts/train_minutes", (time.perf_counter() - train_start) / 60, final_step)
+    train_minutes = (time.perf_counter() - train_start) / 60
+    writer.add_scalar("charts/train_minutes", train_minutes, final_step)
 
     # The final checkpoint
     saved = None
@@ -352,6 +385,10 @@ def main(args: Args) -> dict:
     if last_eval is not None:
         writer.add_text("final_evaluation", str(last_eval), final_step)
     writer.close()
+    if args.record and final_eval is not None:
+        # Training minutes without the evaluations; a resumed run's earlier minutes are not in its checkpoint
+        minutes = {"train_minutes": train_minutes - eval_seconds / 60} if checkpoint is None else {}
+        common.append_evaluation_record(args.record, METHOD, final_eval, args, saved, final_step, **minutes)
     return {
         "run_name": run_name,
         "run_dir": run_dir,
