@@ -2,18 +2,22 @@
 
 OGBench's loader downloads its datasets from a host this machine cannot reach, so they are regenerated here.
 
-Recipe (OGBench's ``data_gen_scripts/generate_locomaze.py`` for pointmaze, run with ``terminate_at_goal=False``):
+Recipe: OGBench's ``data_gen_scripts/generate_locomaze.py`` for pointmaze (run as in its ``commands.sh``: action
+noise 0.5, ``terminate_at_goal=False``), rewritten to run all episodes side by side:
 
 * navigate: 1000 episodes x 1001 steps (giant: 500 x 2001); stitch: 5000 episodes x 201 steps; then a validation
-  split of a tenth as many episodes (the ``-val`` file).
+  split of a tenth as many episodes (the ``-val`` file). An episode ends only at its time limit.
 * Each episode starts in a random free cell (cell centre plus the env's U(-1, 1) noise per coordinate, velocity
-  N(0, 0.1) as after ``env.reset``). navigate: the goal is a random free cell (plus the same noise), redrawn whenever
-  the point reaches it (``info['success']``: within 1.0 after the step). stitch: the goal is a random cell exactly
-  4 cells away by BFS over the maze grid, never redrawn.
-* The expert heads for the next cell on the BFS shortest path to the goal's cell (OGBench's
-  ``get_oracle_subgoal``: the neighbour cell of least BFS distance, ties broken in its order up, left, down, right),
-  or for the goal itself once in the goal's cell; action = unit vector towards that point + N(0, 0.5) noise per
-  dimension, clipped to [-1, 1].
+  N(0, 0.1) as after ``env.reset``), for both kinds.
+* navigate: the goal is a random *vertex* cell (``vertex_cells``: a free cell that is not a straight hallway cell, so
+  junctions, corners and dead ends) plus the same noise, redrawn among the vertex cells (with fresh noise) whenever
+  the point reaches it (``info['success']``: within 1.0 after the step). stitch: the goal is a random cell exactly 4
+  cells from the start cell by BFS over the maze grid (the start cell itself if there is none), never redrawn.
+* The expert heads for OGBench's ``get_oracle_subgoal``: the centre of the neighbour cell of least BFS distance to
+  the goal's cell (ties broken in its order up, left, down, right), and, inside the goal's own cell, that cell's
+  centre, not the goal position (no neighbour is closer, so the subgoal is the agent's own cell). Action = unit
+  vector towards that point + N(0, 0.5) noise per dimension, clipped to [-1, 1]; the env steps with this float64
+  action, and the file keeps it as float32, as OGBench's script does.
 * Rows are stored as OGBench stores them: per step the observation (the xy position) before the action, the action,
   ``terminals`` (True on each episode's last row), and ``qpos``/``qvel`` before the action; float32 (terminals
   bool), written with ``np.savez_compressed`` to ``<dataset_dir>/<env_id>.npz`` and ``<env_id>-val.npz``, where
@@ -22,12 +26,13 @@ Recipe (OGBench's ``data_gen_scripts/generate_locomaze.py`` for pointmaze, run w
 Speed: all episodes of a dataset advance side by side; each step the point moves by ``0.2 * action`` (as OGBench's
 PointEnv does) and only the points that then touch a wall are simulated with OGBench's own MuJoCo model (5 steps in
 one ``mujoco.rollout`` call); a point clear of every wall provably stays put with zero velocity (nothing else acts on
-it), so it is not simulated. The result equals ``env.step`` on the same float32 actions (checked in the tests).
+it), so it is not simulated. The result equals ``env.step`` on the same float64 actions (checked in the tests).
 
 The Minari copies (``ogbench/pointmaze-<maze>-<kind>-v0`` and ``...-val-v0``) hold the same episodes, each one step
 shorter, as OGBench's own loader makes them (the last row's action has no next observation), with the full-precision
-positions as observations, rewards = ``info['success']`` of each step, the goal pursued in ``infos['goal']`` and
-``infos['success']`` (False first, then each step's); velocities are only in the .npz files.
+positions as observations, the float32 actions of the .npz files, rewards = ``info['success']`` of each step, the
+goal pursued in ``infos['goal']`` and ``infos['success']`` (False first, then each step's); velocities are only in
+the .npz files.
 
 Every file is written atomically (a temporary file or folder, then a rename).
 
@@ -77,6 +82,22 @@ _MOVES = ((-1, 0), (0, -1), (1, 0), (0, 1))  # the neighbour order of OGBench's 
 _STATE_SPEC = mujoco.mjtState.mjSTATE_FULLPHYSICS
 
 
+def vertex_cells(maze_map: np.ndarray) -> np.ndarray:
+    """The free cells OGBench's generator draws navigate goals from, as (V, 2) rows of (i, j) in row-major order.
+
+    A free cell is left out only when it is a straight hallway cell: both vertical neighbours free and both
+    horizontal ones walls, or both horizontal neighbours free and both vertical ones walls. Every other free cell
+    counts: junctions, corners and dead ends (three walls) alike. A neighbour outside the grid counts as a wall
+    (OGBench's mazes have a wall border, so this never matters there).
+    """
+    maze_map = np.asarray(maze_map)
+    wall = np.pad(maze_map != 0, 1, constant_values=True)
+    up, down, left, right = wall[:-2, 1:-1], wall[2:, 1:-1], wall[1:-1, :-2], wall[1:-1, 2:]
+    vertical_hallway = ~up & ~down & left & right
+    horizontal_hallway = ~left & ~right & up & down
+    return np.argwhere((maze_map == 0) & ~vertical_hallway & ~horizontal_hallway)
+
+
 def dataset_dir_path(dataset_dir: str | os.PathLike | None = None) -> Path:
     return Path(os.path.expanduser(str(DEFAULT_DATASET_DIR if dataset_dir is None else dataset_dir)))
 
@@ -89,7 +110,8 @@ def npz_paths(env_id: str, dataset_dir: str | os.PathLike | None = None) -> tupl
 
 
 class MazeGrid:
-    """The grid of one OGBench maze, read from its env: cells, BFS distances, oracle subgoals, cell <-> xy."""
+    """The grid of one OGBench maze, read from its env: cells, vertex cells, BFS distances, oracle subgoals,
+    cell <-> xy."""
 
     def __init__(self, env: gym.Env):
         maze = env.unwrapped
@@ -100,6 +122,7 @@ class MazeGrid:
         self.goal_tol = float(maze._goal_tol)
         self.height, self.width = self.maze_map.shape
         self.free_cells = np.argwhere(self.maze_map == 0)  # (F, 2) rows of (i, j)
+        self.vertex_cells = vertex_cells(self.maze_map)  # (V, 2): the navigate goal cells
         self.distances = self._all_bfs()  # (H*W goal, H*W cell): BFS steps, -1 if unreachable or a wall
         self.next_cell = self._subgoal_table()  # (H*W goal, H*W cell) -> flat index of the subgoal cell
 
@@ -170,15 +193,31 @@ class MazeGrid:
     def add_noise(self, xy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return xy + rng.uniform(-self.position_noise, self.position_noise, size=np.shape(xy))
 
-    def expert_direction(self, xy: np.ndarray, goal_xy: np.ndarray) -> np.ndarray:
-        """Unit vectors (B, 2) towards the next BFS subgoal cell's centre, or towards the goal in the goal's cell."""
-        cell = self.flat(self.xy_to_cell(xy))
-        goal_cell = self.flat(self.xy_to_cell(goal_xy))
-        sub = self.next_cell[goal_cell, cell]
-        target = self.cell_to_xy(np.stack([sub // self.width, sub % self.width], axis=-1))
-        target = np.where((cell == goal_cell)[:, None], goal_xy, target)
-        direction = target - xy
+    def oracle_subgoal(self, xy: np.ndarray, goal_xy: np.ndarray) -> np.ndarray:
+        """OGBench's ``get_oracle_subgoal`` for a batch (B, 2): the centre of the next cell on the BFS shortest path
+        to the goal's cell; inside the goal's cell (no neighbour is nearer the goal) the centre of that same cell.
+        An unreachable goal gives the centre of the agent's own cell, as in OGBench."""
+        sub = self.next_cell[self.flat(self.xy_to_cell(goal_xy)), self.flat(self.xy_to_cell(xy))]
+        return self.cell_to_xy(np.stack([sub // self.width, sub % self.width], axis=-1))
+
+    @staticmethod
+    def _unit(direction: np.ndarray) -> np.ndarray:
         return direction / (np.linalg.norm(direction, axis=-1, keepdims=True) + 1e-6)
+
+    def oracle_direction(self, xy: np.ndarray, goal_xy: np.ndarray) -> np.ndarray:
+        """The dataset expert, as OGBench's generator computes it: unit vectors (B, 2) from ``xy`` towards
+        ``oracle_subgoal`` (so, inside the goal's cell, towards that cell's centre, not the goal position)."""
+        xy = np.asarray(xy, dtype=np.float64)
+        return self._unit(self.oracle_subgoal(xy, goal_xy) - xy)
+
+    def expert_direction(self, xy: np.ndarray, goal_xy: np.ndarray) -> np.ndarray:
+        """The evaluation oracle's direction (``envs.ogbench_eval.OGBenchOracle``): ``oracle_direction``, except that
+        inside the goal's cell it heads for the goal position itself, so that the noiseless policy reaches a goal the
+        env's noise put more than 1.0 from the cell centre. The dataset generator does not use it."""
+        xy, goal_xy = np.asarray(xy, dtype=np.float64), np.asarray(goal_xy, dtype=np.float64)
+        in_goal_cell = self.flat(self.xy_to_cell(xy)) == self.flat(self.xy_to_cell(goal_xy))
+        target = np.where(in_goal_cell[..., None], goal_xy, self.oracle_subgoal(xy, goal_xy))
+        return self._unit(target - xy)
 
 
 class BatchedPointMazeSim:
@@ -232,7 +271,7 @@ class OGBenchRollouts:
 
     qpos: np.ndarray  # (E, T + 1, 2): position before each step, and after the last one
     qvel: np.ndarray  # (E, T + 1, 2): velocity before each step (the reset's random one first)
-    actions: np.ndarray  # (E, T, 2) float32
+    actions: np.ndarray  # (E, T, 2) float64, as the env stepped with them (the files keep them as float32)
     goals: np.ndarray  # (E, T + 1, 2): goal pursued at each step (the last: after the last step)
     success: np.ndarray  # (E, T) bool: info['success'] of each step (within goal_tol of goals[:, t] after it)
     init_cells: np.ndarray  # (E, 2)
@@ -259,7 +298,9 @@ def simulate(
     progress: bool = True,
     simulate_all: bool = False,
 ) -> OGBenchRollouts:
-    """Run OGBench's noisy pointmaze expert for a dataset's episodes, all side by side."""
+    """Run OGBench's noisy pointmaze expert for a dataset's episodes, all side by side (the recipe: module
+    docstring). Starts are drawn among all free cells; navigate goals (first and redrawn) among ``vertex_cells``;
+    stitch goals among the cells exactly ``STITCH_DISTANCE`` BFS steps from the start cell."""
     task = get_ogbench_task(env_id)
     num_train = task.dataset_episodes if num_episodes is None else int(num_episodes)
     length = task.dataset_episode_length if episode_length is None else int(episode_length)
@@ -275,21 +316,22 @@ def simulate(
     finally:
         env.close()
 
-    def random_free_cells(n: int) -> np.ndarray:
-        return grid.free_cells[rng.integers(len(grid.free_cells), size=n)]
+    def random_cells(cells: np.ndarray, n: int) -> np.ndarray:
+        return cells[rng.integers(len(cells), size=n)]
 
-    init_cells = random_free_cells(total)
+    init_cells = random_cells(grid.free_cells, total)
     if task.dataset_kind == "stitch":
         candidates = grid.cells_at_distance(init_cells, STITCH_DISTANCE)
-        if any(len(c) == 0 for c in candidates):
-            raise RuntimeError(f"a free cell of {task.maze} has no cell exactly {STITCH_DISTANCE} BFS steps away")
-        goal_cell = np.stack([c[rng.integers(len(c))] for c in candidates])
+        # OGBench's fallback: a start cell with no cell at that distance keeps its own cell as the goal.
+        goal_cell = np.stack(
+            [c[rng.integers(len(c))] if len(c) else cell for c, cell in zip(candidates, init_cells, strict=True)]
+        )
     else:
-        goal_cell = random_free_cells(total)
+        goal_cell = random_cells(grid.vertex_cells, total)
 
     qpos = np.empty((total, length + 1, 2))
     qvel = np.empty((total, length + 1, 2))
-    actions = np.empty((total, length, 2), dtype=np.float32)
+    actions = np.empty((total, length, 2))
     goals = np.empty((total, length + 1, 2))
     goal_cells = np.empty((total, length + 1, 2), dtype=np.int64)
     success = np.zeros((total, length), dtype=bool)
@@ -301,16 +343,16 @@ def simulate(
               disable=not progress) as bar:  # fmt: skip
         for t in range(length):
             goals[:, t], goal_cells[:, t] = goal, goal_cell
-            direction = grid.expert_direction(qpos[:, t], goal)
+            direction = grid.oracle_direction(qpos[:, t], goal)
             noisy = direction + rng.normal(0.0, ACTION_NOISE, size=direction.shape)
-            action = np.clip(noisy, -1.0, 1.0).astype(np.float32)
+            action = np.clip(noisy, -1.0, 1.0)  # float64: OGBench steps with it and stores it as float32
             actions[:, t] = action
             qpos[:, t + 1], qvel[:, t + 1] = sim.step(qpos[:, t], action, simulate_all=simulate_all)
             reached = np.linalg.norm(qpos[:, t + 1] - goal, axis=-1) <= grid.goal_tol
             success[:, t] = reached
             if task.dataset_kind == "navigate" and reached.any():
                 goal, goal_cell = goal.copy(), goal_cell.copy()
-                goal_cell[reached] = random_free_cells(int(reached.sum()))
+                goal_cell[reached] = random_cells(grid.vertex_cells, int(reached.sum()))
                 goal[reached] = grid.add_noise(grid.cell_to_xy(goal_cell[reached]), rng)
             bar.update(total)
     goals[:, length], goal_cells[:, length] = goal, goal_cell
@@ -372,7 +414,7 @@ def minari_episodes(rollouts: OGBenchRollouts, split: str = "train") -> list[Epi
             EpisodeBuffer(
                 id=k,
                 observations=rollouts.qpos[e, : n + 1].copy(),
-                actions=rollouts.actions[e, :n].copy(),
+                actions=rollouts.actions[e, :n].astype(np.float32),  # as in the .npz file
                 rewards=success.astype(np.float64),
                 terminations=np.zeros(n, dtype=bool),
                 truncations=truncations,
@@ -487,7 +529,8 @@ def load_ogbench_transitions(
       (N, 2); with ``zero_velocity`` (x, y, 0, 0), (N, 4), maze2d's layout. OGBench's ``PointEnv.step`` zeroes the
       velocity before it simulates (the point moves by 0.2 * action, walls permitting), so the next position depends
       on the position and the action alone: (x, y) is the whole state, and the velocity that enters every step is 0.
-      The stored ``qvel`` (nonzero only after a wall contact, under 1% of rows) is left out.
+      The stored ``qvel`` (nonzero only on each episode's first row, the reset's N(0, 0.1), and after a wall
+      contact: under 1% of rows) is left out.
     * ``segment_ids`` = ``episode_ids``: every episode starts afresh in a random cell, so windows never cross one.
     * ``goals``: the files do not keep the goal the data's expert pursued, so each episode's goal is its hindsight
       goal, its final position; ``rewards``: 1.0 where the next position is within ``SUCCESS_RADIUS`` of it (OGBench's

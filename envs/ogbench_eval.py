@@ -284,8 +284,9 @@ def _velocities(vec_env) -> np.ndarray:
 
 class OGBenchOracle:
     """OGBench's pointmaze expert without noise, for scale: the unit vector towards the next cell on the BFS shortest
-    path to the goal's cell (``get_oracle_subgoal``), or towards the goal inside its cell (the dataset generator's
-    ``MazeGrid.expert_direction``)."""
+    path to the goal's cell (``get_oracle_subgoal``), or towards the goal itself inside its cell
+    (``MazeGrid.expert_direction``; OGBench's data generator heads for the cell's centre there instead, which would
+    never reach a goal its noise put far from the centre)."""
 
     def __init__(self, env_id: str):
         from envs.ogbench_datasets import MazeGrid  # the generator's BFS tables (imports Minari, MuJoCo rollout)

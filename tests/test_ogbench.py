@@ -136,20 +136,88 @@ def test_oracle_subgoals_are_ogbenchs(navigate):
     env.close()
 
 
-def test_expert_heads_for_the_bfs_subgoal_then_the_goal(navigate):
+def test_dataset_expert_is_ogbenchs_oracle_subgoal_direction(navigate):
+    """As OGBench's generator: the unit vector towards get_oracle_subgoal, which inside the goal's cell is that cell's
+    centre. The evaluation oracle (expert_direction) differs only there: it heads for the goal itself."""
     env = gym.make("pointmaze-medium-v0")
     maze, grid = env.unwrapped, od.MazeGrid(env)
     xy, goal = navigate.qpos[:, :-1].reshape(-1, 2), navigate.goals[:, :-1].reshape(-1, 2)
-    ours = grid.expert_direction(xy, goal)
+    ours, evaluation = grid.oracle_direction(xy, goal), grid.expert_direction(xy, goal)
     in_goal_cell = 0
     for k in range(0, len(xy), 7):
         subgoal, _ = maze.get_oracle_subgoal(xy[k], goal[k])
-        if maze.xy_to_ij(xy[k]) == maze.xy_to_ij(goal[k]):  # in the goal's cell: straight at the goal
-            subgoal, in_goal_cell = goal[k], in_goal_cell + 1
-        expected = (subgoal - xy[k]) / (np.linalg.norm(subgoal - xy[k]) + 1e-6)
-        np.testing.assert_allclose(ours[k], expected, atol=1e-12)
+        np.testing.assert_allclose(ours[k], (subgoal - xy[k]) / (np.linalg.norm(subgoal - xy[k]) + 1e-6), atol=1e-12)
+        if maze.xy_to_ij(xy[k]) == maze.xy_to_ij(goal[k]):
+            in_goal_cell += 1
+            np.testing.assert_array_equal(subgoal, maze.ij_to_xy(maze.xy_to_ij(goal[k])))  # the cell's centre
+            to_goal = (goal[k] - xy[k]) / (np.linalg.norm(goal[k] - xy[k]) + 1e-6)
+            np.testing.assert_allclose(evaluation[k], to_goal, atol=1e-12)
+        else:
+            np.testing.assert_array_equal(evaluation[k], ours[k])
     assert in_goal_cell > 10
     env.close()
+
+
+def test_in_the_goal_cell_the_generator_steers_at_the_cell_centre(monkeypatch):
+    """A tiny noiseless stitch run (goals never redrawn): every action inside the goal's cell points at the cell's
+    centre, not at the goal, and the point settles at the centre even where the goal lies more than 1.0 away."""
+    monkeypatch.setattr(od, "ACTION_NOISE", 0.0)
+    run = od.simulate("pointmaze-medium-stitch-v0", num_episodes=80, episode_length=120, num_val_episodes=0, seed=11,
+                      progress=False)  # fmt: skip
+    grid = od.MazeGrid(gym.make("pointmaze-medium-v0"))
+    xy, goal = run.qpos[:, :-1], run.goals[:, :-1]
+    centre = grid.cell_to_xy(run.goal_cells[:, :-1])
+    inside = (grid.xy_to_cell(xy) == run.goal_cells[:, :-1]).all(-1)
+    assert inside.sum() > 1000 and inside[:, -1].all()  # every episode ends in its goal's cell
+    expected = (centre - xy) / (np.linalg.norm(centre - xy, axis=-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(run.actions[inside], expected[inside], atol=1e-12)  # noise 0: unit vectors
+    towards_goal = (goal - xy) / (np.linalg.norm(goal - xy, axis=-1, keepdims=True) + 1e-6)
+    assert np.abs(run.actions[inside] - towards_goal[inside]).max() > 0.5
+    final = run.qpos[:, -1]
+    assert np.linalg.norm(final - centre[:, -1], axis=-1).max() <= 0.2 + 1e-9  # it hovers at the centre
+    far = np.linalg.norm(goal[:, -1] - centre[:, -1], axis=-1) > 1.0 + 0.2
+    assert far.any() and not run.success[far, -1].any()  # so a goal far from the centre is not reached
+
+
+def _vertex_rule(maze_map, i, j):
+    """OGBench's generator, written out per cell: a free cell is a vertex unless it is a straight hallway cell."""
+    up, down, left, right = maze_map[i - 1, j], maze_map[i + 1, j], maze_map[i, j - 1], maze_map[i, j + 1]
+    vertical_hallway = up == 0 and down == 0 and left == 1 and right == 1
+    horizontal_hallway = left == 0 and right == 0 and up == 1 and down == 1
+    return maze_map[i, j] == 0 and not vertical_hallway and not horizontal_hallway
+
+
+def test_vertex_cells_follow_ogbenchs_rule():
+    for maze, count in (("medium", 21), ("large", 22), ("giant", 46)):
+        grid = od.MazeGrid(gym.make(f"pointmaze-{maze}-v0"))
+        m = grid.maze_map
+        expected = [(i, j) for i in range(1, m.shape[0] - 1) for j in range(1, m.shape[1] - 1) if _vertex_rule(m, i, j)]
+        assert [tuple(c) for c in grid.vertex_cells] == expected and len(expected) == count
+    # A tiny maze: a dead end (3 walls), a straight hallway cell, a corner, a junction, an isolated cell.
+    tiny = np.array(
+        [
+            [1, 1, 1, 1, 1, 1, 1],
+            [1, 0, 0, 0, 0, 1, 1],
+            [1, 1, 0, 1, 1, 1, 1],
+            [1, 1, 0, 0, 1, 1, 0],
+            [1, 1, 1, 1, 1, 1, 1],
+        ]
+    )
+    # (1,1) dead end, (1,2) junction, (1,3) horizontal hallway: left out, (1,4) dead end, (2,2) vertical hallway:
+    # left out, (3,2) corner, (3,3) dead end, (3,6) isolated on the border (outside the grid counts as a wall).
+    assert [tuple(c) for c in od.vertex_cells(tiny)] == [(1, 1), (1, 2), (1, 4), (3, 2), (3, 3), (3, 6)]
+
+
+def test_navigate_goals_lie_on_vertex_cells_only(navigate):
+    grid = od.MazeGrid(gym.make("pointmaze-medium-v0"))
+    cells = {tuple(c) for c in navigate.goal_cells.reshape(-1, 2)}  # the first goals and every redrawn one
+    assert all(_vertex_rule(grid.maze_map, i, j) for i, j in cells)
+    hallways = {tuple(c) for c in grid.free_cells} - {tuple(c) for c in grid.vertex_cells}
+    assert len(hallways) == 5 and not cells & hallways
+    assert len(cells) >= 15  # many of the 21 vertex cells drawn
+    more = od.simulate("pointmaze-medium-navigate-v0", num_episodes=200, episode_length=1, seed=9, progress=False)
+    assert {tuple(c) for c in more.init_cells} & hallways  # starts: any free cell, hallways included
+    assert not {tuple(c) for c in more.goal_cells.reshape(-1, 2)} & hallways
 
 
 def test_navigate_goals_are_redrawn_when_reached(navigate):
@@ -183,8 +251,8 @@ def test_stitch_goals_are_four_cells_away_and_never_redrawn(stitch):
 def test_action_noise_is_gaussian_half_and_clipped(stitch, navigate):
     grid = od.MazeGrid(gym.make("pointmaze-large-v0"))
     actions = stitch.actions
-    assert actions.dtype == np.float32 and np.abs(actions).max() <= 1.0
-    direction = np.stack([grid.expert_direction(stitch.qpos[:, t], stitch.goals[:, t]) for t in range(60)], axis=1)
+    assert actions.dtype == np.float64 and np.abs(actions).max() <= 1.0  # the env steps with float64, as OGBench's
+    direction = np.stack([grid.oracle_direction(stitch.qpos[:, t], stitch.goals[:, t]) for t in range(60)], axis=1)
     np.testing.assert_allclose(np.linalg.norm(direction, axis=-1), 1.0, atol=1e-5)  # unit vectors
     d, a = direction.reshape(-1), actions.reshape(-1).astype(np.float64)
     clipped = np.abs(a) == 1.0
