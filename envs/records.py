@@ -92,15 +92,29 @@ def make_record(
         "episodes": episodes,
         "seconds": result.seconds,
         "settings": settings or {},
-        "command": shlex.join(["python", _script_path(), *sys.argv[1:]]),
-        "commit": git_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
+        **provenance(),
         **extra,
     }
     if table:
         record["table"] = table
     return record
+
+
+def provenance() -> dict:
+    """What every record carries besides its numbers: the exact command, the git commit, the date and the machine."""
+    return {
+        "command": shlex.join(["python", _script_path(), *sys.argv[1:]]),
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+    }
+
+
+def make_speed_record(env_id: str, measurements: dict, settings: dict | None = None, **extra) -> dict:
+    """A timing, not an evaluation (``"kind": "speed"``): ``measurements`` holds the timed quantities (e.g. control
+    steps per second of ``agent.act`` in one env, seconds per replan of a batch), with the usual provenance."""
+    return {"kind": "speed", "env_id": env_id, "measurements": measurements, "settings": settings or {},
+            **provenance(), **extra}  # fmt: skip
 
 
 def append_record(path: str | os.PathLike, record: dict) -> Path:

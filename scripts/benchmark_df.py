@@ -23,7 +23,7 @@ from df_agent.tokens import TokenLayout
 from df_agent.training import TrainConfig, WindowSampler, make_trainer
 from envs.datasets import load_transitions
 from envs.evaluation import evaluate
-from envs.records import append_record, make_record
+from envs.records import append_record, make_record, make_speed_record
 
 
 @dataclass
@@ -91,6 +91,9 @@ class Args:
     of the grid's first setting"""
     eval_multi: bool = True
     """also evaluate the planner grid on the multi-goal task"""
+    speed_record: str | None = None
+    """append the timings (each replan of the batch; agent.act in one env, overall and split by the point's
+    distance to the goal) as one speed record to this file (e.g. results/speed.jsonl; make_results.py tables it)"""
 
 
 def grid_planners(args: Args, episode_length: int) -> Iterator[PlannerConfig]:
@@ -161,10 +164,15 @@ def main(args: Args) -> None:
     obs = np.concatenate([layout.cell_to_xy(cells), np.zeros((args.plan_batch, 2))], axis=1).astype(np.float32)
     goal = np.tile(layout.cell_to_xy(layout.goal_cell), (args.plan_batch, 1)).astype(np.float32)
     frame_stack = agent.tokenizer.layout.frame_stack  # steps per token
+    timings: dict = {"replans": []}
     for horizon, steps, mcg in itertools.product(args.horizon_tokens, args.ddim_steps, args.mcg_samples):
         start = time.perf_counter()
         plan = agent.plan(obs, goal, horizon=horizon * frame_stack, ddim_steps=steps, mcg_samples=mcg)
         seconds = time.perf_counter() - start
+        timings["replans"].append(
+            {"batch": args.plan_batch, "horizon_tokens": horizon, "ddim_steps": steps, "mcg_samples": mcg,
+             "schedule": agent.planner.schedule, "rows": len(plan.level_history) - 1, "seconds": seconds}
+        )  # fmt: skip
         print(
             f"replan of {args.plan_batch} episodes, {horizon} tokens, {steps} DDIM steps, MCG {mcg}: "
             f"{seconds:.2f} s ({len(plan.level_history) - 1} rows)",
@@ -180,10 +188,23 @@ def main(args: Args) -> None:
         env = envs.make(task.env_id)
         obs, _ = env.reset(seed=args.seed)
         timed.act(obs)  # the first plan includes one-off warm-up costs
-        start = time.perf_counter()
-        for _ in range(args.act_steps):
-            obs, *_ = env.step(timed.act(obs))
-        seconds = time.perf_counter() - start
+        step_seconds, near = np.zeros(args.act_steps), np.zeros(args.act_steps, dtype=bool)
+        for i in range(args.act_steps):
+            near[i] = np.linalg.norm(obs["observation"][:2] - obs["desired_goal"]) <= timed.planner.near_goal_radius
+            start = time.perf_counter()
+            obs, _, terminated, truncated, _ = env.step(timed.act(obs))
+            step_seconds[i] = time.perf_counter() - start
+            if terminated or truncated:  # a new episode: longer timings span several
+                obs, _ = env.reset()
+                timed.reset()
+        seconds = step_seconds.sum()
+        timings["act"] = {
+            "steps": args.act_steps,
+            "steps_per_second": args.act_steps / seconds,
+            "near_goal_steps": int(near.sum()),
+            "steps_per_second_near_goal": float(near.sum() / step_seconds[near].sum()) if near.any() else None,
+            "steps_per_second_far": float((~near).sum() / step_seconds[~near].sum()) if (~near).any() else None,
+        }
         p = timed.planner
         print(
             f"agent.act in one env ({p.schedule}, MCG {p.mcg_samples}, DDIM {p.ddim_steps}, horizon "
@@ -193,6 +214,12 @@ def main(args: Args) -> None:
             f"steps/s ({1000 * seconds / args.act_steps * 10:.0f} ms per 10 steps, simulator included)",
             flush=True,
         )
+
+    if args.speed_record:
+        settings = asdict(timed.planner) if args.checkpoint and args.act_steps else asdict(agent.planner)
+        model = {"checkpoint": args.checkpoint, **agent.training} if args.checkpoint else {}
+        append_record(args.speed_record, make_speed_record(task.env_id, timings, settings, model=model))
+        print(f"speed record appended to {args.speed_record}")
 
     if args.checkpoint and args.eval_episodes:
         single = envs.twin_env_id(task.env_id) if task.multi_goal else task.env_id

@@ -81,6 +81,10 @@ def describe_settings(record: dict) -> str:
         near = [f"replan every {s['near_goal_execute_steps']} steps"] if s.get("near_goal_execute_steps") else []
         near += [f"{s['near_goal_horizon_tokens']}-token plans"] if s.get("near_goal_horizon_tokens") else []
         parts.append("near the goal: " + ", ".join(near))
+    if s.get("near_goal_schedule"):
+        parts.append(f"{s['near_goal_schedule']} near the goal")
+    if s.get("near_goal_mcg_samples") is not None:
+        parts.append(f"MCG {s['near_goal_mcg_samples']} near the goal")
     if s.get("stall_steps"):
         parts.append(f"cold replan after {s['stall_steps']} steps without {s.get('stall_distance', 0.5):g} progress")
     return ", ".join(parts)
@@ -163,6 +167,39 @@ def training_minutes(record: dict) -> float | None:
 def is_test_evaluation(record: dict) -> bool:
     """The 100 test episodes, seeds 0-99."""
     return sorted(record["episodes"]["seeds"]) == list(range(100))
+
+
+def speed_table(records: list[dict]) -> str:
+    """The speed records (``envs.records.make_speed_record``): agent.act in one env (overall, far from the goal and
+    near it) and each timed replan of a batch, with the machine and the command."""
+    lines = [
+        "Timings of the DF planner (`scripts/benchmark_df.py --speed-record`), simulator included in the act rate. The",
+        "100 Hz simulator needs 100 control steps/s for `agent.act` to keep real time in one env.",
+        "",
+        "| task | planner | agent.act, one env: steps/s (far / near the goal) | replans of a batch | machine | date, commit |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        m = r["measurements"]
+        act = m.get("act")
+        act_cell = "-"
+        if act:
+            split = [act.get("steps_per_second_far"), act.get("steps_per_second_near_goal")]
+            split = " / ".join("-" if v is None else f"{v:.0f}" for v in split)
+            act_cell = f"{act['steps_per_second']:.0f} ({split}) over {act['steps']} steps"
+        replans = "; ".join(
+            f"{t['batch']} x {t['horizon_tokens']} tokens, MCG {t['mcg_samples']}, {t['ddim_steps']} DDIM: "
+            f"{t['seconds']:.2f} s"
+            for t in m.get("replans", [])
+        )
+        machine = r["machine"]
+        where = f"{machine.get('gpu') or machine.get('cpu')}, {machine.get('torch_threads')} thread(s)"
+        lines.append(
+            f"| {r['env_id'].removesuffix('-v1')} | {describe_settings(r)} | {act_cell} | {replans or '-'} | {where} "
+            f"| {r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
+        )
+    commands = list(dict.fromkeys(r["command"] for r in records))
+    return "\n".join(lines) + "\n\nCommands:\n\n```bash\n" + "\n".join(commands) + "\n```\n"
 
 
 HEADLINE_TABLE = "Diffusion Forcing, pure: the shipped agents with the script's planner defaults (100 test episodes, seeds 0-99)"
@@ -264,8 +301,10 @@ def _table_rank(name: str) -> int:
 
 def main(args: Args) -> str:
     # OGBench records (envs.ogbench_eval: success per test goal, no D4RL scores) have no table here yet.
-    records = [r for r in load_all(args.records) if r.get("benchmark", "maze2d") == "maze2d"]
-    if not records:
+    everything = load_all(args.records)
+    speed = [r for r in everything if r.get("kind") == "speed"]
+    records = [r for r in everything if r.get("benchmark", "maze2d") == "maze2d" and r.get("kind") != "speed"]
+    if not records and not speed:
         raise SystemExit(f"no records match {args.records}; run scripts/df_maze2d.py or scripts/benchmark_df.py first")
     groups: dict[str, list[dict]] = defaultdict(list)
     for record in records:
@@ -332,6 +371,8 @@ def main(args: Args) -> str:
             ],
             "",
         ]
+    if speed:
+        lines += ["## Speed", "", speed_table(speed)]
     plans = sorted(figures.glob("plan_*.png"))
     if plans:
         lines += [

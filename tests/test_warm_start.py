@@ -1,6 +1,10 @@
 """Warm-started replanning (PlannerConfig.warm_start_level): the level matrix, the sampler's start and the agent's
 bookkeeping of its last plan. Reuses the tiny trained model of test_df_agent."""
 
+import json
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import test_df_agent
@@ -12,6 +16,9 @@ from df_agent.agent import Agent
 from df_agent.diffusion import NoiseSchedule
 from df_agent.sampler import sample
 from df_agent.schedules import make_schedule, to_noise_levels, warm_start
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import make_results  # noqa: E402
 
 LAYOUT, planner = test_df_agent.LAYOUT, test_df_agent.planner
 data, trained = test_df_agent.data, test_df_agent.trained  # the module's fixtures, shared
@@ -238,3 +245,31 @@ def test_near_the_goal_plans_can_use_their_own_mcg_samples(trained, monkeypatch)
     obs = {"observation": np.zeros((2, 4), np.float32), "desired_goal": np.array([[3.0, 3.0], [0.5, 0.0]], np.float32)}
     agent.act(obs)
     assert sorted(c["mcg_samples"] for c in calls) == [1, 3] and all(c["result"].shape[0] == 1 for c in calls)
+
+
+def test_benchmark_df_writes_a_speed_record_that_make_results_tables(trained, tmp_path, load_script):
+    """scripts/benchmark_df.py --speed-record: the batch replan timings and agent.act in one env (overall, split by
+    distance to the goal, over an episode boundary), then a Speed table in RESULTS.md."""
+    path = Agent.from_trainer(trained, planner(horizon_tokens=2, ddim_steps=2, near_goal_radius=100.0)).save(
+        tmp_path / "agent.pt"
+    )
+    bench = load_script("benchmark_df")
+    record_file = tmp_path / "results" / "speed.jsonl"
+    bench.main(
+        bench.Args(
+            env="maze2d-umaze", checkpoint=str(path), plan_batch=2, horizon_tokens=(2,), ddim_steps=(2,),
+            mcg_samples=(1, 2), act_steps=302, act_with_saved_planner=True, speed_record=str(record_file),
+        )
+    )  # fmt: skip
+    (record,) = [json.loads(line) for line in record_file.read_text().splitlines()]
+    assert record["kind"] == "speed" and record["env_id"] == "maze2d-umaze-v1" and record["commit"] is not None
+    assert [t["mcg_samples"] for t in record["measurements"]["replans"]] == [1, 2]
+    act = record["measurements"]["act"]
+    # near_goal_radius 100: every step counts as near the goal; 302 steps run past the 300-step episode
+    assert act["steps"] == 302 and act["near_goal_steps"] == 302 and act["steps_per_second_far"] is None
+    assert act["steps_per_second"] > 0 and record["settings"]["near_goal_radius"] == 100.0
+    text = make_results.main(
+        make_results.Args(records=str(record_file), output=str(tmp_path / "R.md"), figures=str(tmp_path / "f"))
+    )
+    row = next(line for line in text.split("## Speed")[1].splitlines() if line.startswith("| maze2d-umaze"))
+    assert f"{act['steps_per_second']:.0f} (- / " in row and "2 x 2 tokens, MCG 2" in row
