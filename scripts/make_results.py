@@ -205,6 +205,15 @@ def speed_table(records: list[dict]) -> str:
 HEADLINE_TABLE = "Diffusion Forcing, pure: the shipped agents with the script's planner defaults (100 test episodes, seeds 0-99)"
 
 
+MAZES = ("umaze", "medium", "large")
+
+
+def _task_order(env_id: str) -> tuple:
+    """umaze, medium, large; the single-goal tasks before the multi-goal ones."""
+    maze = next((i for i, m in enumerate(MAZES) if f"-{m}" in env_id), len(MAZES))
+    return ("-multi" in env_id, maze, env_id)
+
+
 def summary_table(records: list[dict]) -> str:
     """Every method on every task side by side: the headline DF rows and the benchmark's records
     (``results/benchmark.jsonl``), test episodes only, the latest record of each method and task. Cells: D4RL score
@@ -222,11 +231,7 @@ def summary_table(records: list[dict]) -> str:
         return ""
     scale = ("expert", "random")  # methods for scale go last
     methods = sorted(dict.fromkeys(method for method, _ in chosen), key=lambda m: m.startswith(scale))
-    mazes = ("umaze", "medium", "large")
-    tasks = sorted(
-        {task for _, task in chosen},
-        key=lambda e: ("-multi" in e, next((i for i, m in enumerate(mazes) if f"-{m}" in e), len(mazes)), e),
-    )
+    tasks = sorted({task for _, task in chosen}, key=_task_order)
     lines = [
         "| task | " + " | ".join(methods) + " |",
         "|---|" + "---|" * len(methods),
@@ -254,9 +259,12 @@ def minutes_figure(records: list[dict], path: Path) -> list[dict]:
     import matplotlib.pyplot as plt
 
     drawn = [r for r in records if training_minutes(r) is not None and is_test_evaluation(r)]
-    tasks = sorted({r["env_id"] for r in drawn}, key=lambda e: (e.replace("-multi", ""), "-multi" in e))
+    tasks = sorted({r["env_id"] for r in drawn}, key=_task_order)
     if not drawn:
         return []
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    all_minutes = [training_minutes(r) for r in drawn]
     columns = min(3, len(tasks))
     rows = -(-len(tasks) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
@@ -271,13 +279,21 @@ def minutes_figure(records: list[dict], path: Path) -> list[dict]:
                 e = [p[1]["normalized_score_stderr"] for p in points]
                 ax.errorbar(x, y, yerr=e, marker=markers.get(method, "o"), capsize=3, label=method)
         ax.set_xscale("log")
+        ax.set_xlim(min(all_minutes) / 1.5, max(all_minutes) * 1.5)  # one range for every panel
+        ax.set_xticks([t for t in (1, 2, 5, 10, 20, 50, 100, 200) if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]])
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(task.removesuffix("-v1"), fontsize=9)
         ax.set_xlabel("training minutes")
         ax.set_ylabel("D4RL score")
     for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=8)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return drawn
