@@ -229,8 +229,12 @@ def summary_table(records: list[dict]) -> str:
             chosen[key] = record
     if not chosen:
         return ""
-    scale = ("expert", "random")  # methods for scale go last
-    methods = sorted(dict.fromkeys(method for method, _ in chosen), key=lambda m: m.startswith(scale))
+    # DF, the learned baselines, the planner on the true dynamics, then the methods for scale
+    order = ("Diffusion Forcing", "IQL", "CQL", "Diffuser", "MPPI", "expert", "random")
+    methods = sorted(
+        dict.fromkeys(method for method, _ in chosen),
+        key=lambda m: next((i for i, prefix in enumerate(order) if m.startswith(prefix)), len(order)),
+    )
     tasks = sorted({task for _, task in chosen}, key=_task_order)
     lines = [
         "| task | " + " | ".join(methods) + " |",
