@@ -39,7 +39,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from baselines import common
-from baselines.common import Batch, GoalRelabelSampler, Normalizer, OfflinePolicy
+from baselines.common import Batch, Normalizer, OfflinePolicy
 from envs.datasets import load_transitions
 from envs.tasks import get_task, resolve_env_id
 
@@ -382,16 +382,7 @@ def main(args: Args) -> dict:
         normalizer = Normalizer.from_states(data.observations)
     else:
         normalizer = Normalizer.from_state_dict(checkpoint["normalizer"])
-    sampler = GoalRelabelSampler(
-        data,
-        args.env,
-        normalizer,
-        device,
-        future_goal_prob=args.future_goal_prob,
-        future_goal_mean_steps=args.future_goal_mean_steps,
-        terminal_on_success=args.terminal_on_success,
-        seed=args.seed,
-    )
+    sampler = common.make_sampler(data, args, normalizer, device)
 
     # Networks, temperatures and optimizers (restored with the RNG states on resume)
     agent = CQL(sampler.input_dim, args).to(device)

@@ -213,7 +213,9 @@ class Agent:
             planner = PlannerConfig()
             prediction = train.prediction
             seconds = state.get("train_seconds")
-            training = training_summary(state["step"], train.batch_size, None, None if seconds is None else seconds / 60)
+            training = training_summary(
+                state["step"], train.batch_size, None, None if seconds is None else seconds / 60
+            )
         planner = replace(planner, **planner_overrides)
         agent = cls(model, tokenizer, noise_schedule, planner, prediction, device)
         agent.training = training

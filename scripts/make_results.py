@@ -176,7 +176,8 @@ def speed_table(records: list[dict]) -> str:
         "Timings of the DF planner (`scripts/benchmark_df.py --speed-record`), simulator included in the act rate. The",
         "100 Hz simulator needs 100 control steps/s for `agent.act` to keep real time in one env.",
         "",
-        "| task | planner | agent.act, one env: steps/s (far / near the goal) | replans of a batch | machine | date, commit |",
+        "| task | planner | agent.act, one env: steps/s (far / near the goal) | replans of a batch | machine "
+        "| date, commit |",
         "|---|---|---|---|---|---|",
     ]
     for r in records:
@@ -202,7 +203,9 @@ def speed_table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n\nCommands:\n\n```bash\n" + "\n".join(commands) + "\n```\n"
 
 
-HEADLINE_TABLE = "Diffusion Forcing, pure: the shipped agents with the script's planner defaults (100 test episodes, seeds 0-99)"
+HEADLINE_TABLE = (
+    "Diffusion Forcing, pure: the shipped agents with the script's planner defaults (100 test episodes, seeds 0-99)"
+)
 
 
 MAZES = ("umaze", "medium", "large")
@@ -273,10 +276,12 @@ def minutes_figure(records: list[dict], path: Path) -> list[dict]:
     rows = -(-len(tasks) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
     methods = list(dict.fromkeys(r["method"] for r in drawn))
-    markers = dict(zip(methods, "os^DvP*X"))
-    for ax, task in zip(axes.flat, tasks):
+    markers = dict(zip(methods, "os^DvP*X", strict=False))  # more methods than markers: the default
+    for ax, task in zip(axes.flat, tasks, strict=False):  # a grid may have more panels than tasks
         for method in methods:
-            points = sorted((training_minutes(r), r["metrics"]) for r in drawn if r["env_id"] == task and r["method"] == method)
+            points = sorted(
+                (training_minutes(r), r["metrics"]) for r in drawn if r["env_id"] == task and r["method"] == method
+            )
             if points:
                 x = [p[0] for p in points]
                 y = [p[1]["normalized_score"] for p in points]
@@ -294,7 +299,7 @@ def minutes_figure(records: list[dict], path: Path) -> list[dict]:
         ax.axis("off")
     handles = {}
     for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=8)
     fig.tight_layout(rect=(0, 0.06, 1, 1))

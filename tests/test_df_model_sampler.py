@@ -247,7 +247,7 @@ def test_rows_without_guidance_weight_take_no_gradient_and_keep_the_random_strea
     levels = to_noise_levels(make_schedule("full_sequence", 3, 4), 4, 1000)
     weighted_rows = sum(
         bool((schedule.guidance_weight(torch.as_tensor(a), torch.as_tensor(b)) > 0).any())
-        for a, b in zip(levels[:-1], levels[1:])
+        for a, b in zip(levels[:-1], levels[1:], strict=True)
     )
     assert weighted_rows == len(levels) - 2  # every row but the step to the clean tokens
     z0 = torch.randn(2, 16, generator=torch.Generator().manual_seed(3))

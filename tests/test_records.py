@@ -80,9 +80,7 @@ def test_make_results_draws_score_against_training_minutes_from_records_that_sta
     append_record(path, make_record("Diffusion Forcing", test, table="T", model={"steps": 10}))  # no minutes
     append_record(path, make_record("IQL", expert, table="T", train_minutes=2.0))  # held-out seeds
     text = make_results.main(
-        make_results.Args(
-            records=str(path), output=str(tmp_path / "RESULTS.md"), figures=str(tmp_path / "figures")
-        )
+        make_results.Args(records=str(path), output=str(tmp_path / "RESULTS.md"), figures=str(tmp_path / "figures"))
     )
     section = text.split("## Score against training minutes")[1]
     rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]

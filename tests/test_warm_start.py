@@ -239,9 +239,7 @@ def test_near_the_goal_plans_can_use_their_own_mcg_samples(trained, monkeypatch)
     """near_goal_mcg_samples=1 with MCG 3 far away: the near env plans alone with plain guidance, the far one with
     its three futures."""
     calls = spy_on_sample(monkeypatch)
-    agent = Agent.from_trainer(
-        trained, planner(horizon_tokens=4, ddim_steps=2, mcg_samples=3, near_goal_mcg_samples=1)
-    )
+    agent = Agent.from_trainer(trained, planner(horizon_tokens=4, ddim_steps=2, mcg_samples=3, near_goal_mcg_samples=1))
     obs = {"observation": np.zeros((2, 4), np.float32), "desired_goal": np.array([[3.0, 3.0], [0.5, 0.0]], np.float32)}
     agent.act(obs)
     assert sorted(c["mcg_samples"] for c in calls) == [1, 3] and all(c["result"].shape[0] == 1 for c in calls)
