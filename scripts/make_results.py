@@ -208,6 +208,51 @@ HEADLINE_TABLE = (
 )
 
 
+# OGBench's published success rates (%, Park et al. 2024, Table 2: five test goals, 8 seeds), quoted for scale.
+OGBENCH_QUOTED = {
+    "pointmaze-medium-navigate-v0": {"GCBC": 9, "GCIVL": 63, "GCIQL": 53, "QRL": 82, "CRL": 29, "HIQL": 79},
+    "pointmaze-large-navigate-v0": {"GCBC": 29, "GCIVL": 45, "GCIQL": 34, "QRL": 86, "CRL": 39, "HIQL": 58},
+    "pointmaze-giant-navigate-v0": {"GCBC": 1, "GCIVL": 0, "GCIQL": 0, "QRL": 68, "CRL": 27, "HIQL": 46},
+    "pointmaze-medium-stitch-v0": {"GCBC": 23, "GCIVL": 70, "GCIQL": 21, "QRL": 80, "CRL": 0, "HIQL": 74},
+    "pointmaze-large-stitch-v0": {"GCBC": 7, "GCIVL": 12, "GCIQL": 31, "QRL": 84, "CRL": 0, "HIQL": 13},
+    "pointmaze-giant-stitch-v0": {"GCBC": 0, "GCIVL": 0, "GCIQL": 0, "QRL": 50, "CRL": 0, "HIQL": 0},
+}
+
+
+def ogbench_table(records: list[dict]) -> str:
+    """OGBench records (``"benchmark": "ogbench"``): success overall and per test goal, time to goal, training, with
+    the published numbers quoted beside."""
+    lines = [
+        "Success rate over OGBench's five test goals (OGBench's protocol: the goal within 1.0), ± s.e.; time to goal",
+        "in steps (1000 if never). *Quoted*: OGBench's published numbers (Park et al. 2024, best of GCBC / GCIVL /",
+        "GCIQL / QRL / CRL / HIQL and GCIQL's), not run here.",
+        "",
+        "| method | dataset | success | per goal 1-5 | time to goal | training | episodes | quoted: best / GCIQL "
+        "| date, commit |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        m = r["metrics"]
+        goals = " / ".join(f"{100 * m[f'success_rate_task{k}']:.0f}" for k in range(1, 6))
+        minutes = training_minutes(r)
+        steps = r.get("train_steps") or (r.get("model") or {}).get("steps")
+        training = ", ".join(
+            part
+            for part in (f"{minutes:.0f} min" if minutes is not None else "", f"{steps:,} steps" if steps else "")
+            if part
+        )
+        quoted = OGBENCH_QUOTED.get(r["env_id"], {})
+        best = max(quoted.items(), key=lambda item: item[1]) if quoted else None
+        quoted_cell = f"{best[0]} {best[1]}% / {quoted['GCIQL']}%" if best else "-"
+        lines.append(
+            f"| {r['method']} | {r['env_id']} | {100 * m['success_rate']:.1f} ± {100 * m['success_rate_stderr']:.1f}% "
+            f"| {goals} | {m['time_to_goal']:.0f} | {training or '-'} | {len(r['episodes']['seeds'])} | {quoted_cell} "
+            f"| {r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
+        )
+    commands = list(dict.fromkeys(r["command"] for r in records))
+    return "\n".join(lines) + "\n\nCommands:\n\n```bash\n" + "\n".join(commands) + "\n```\n"
+
+
 MAZES = ("umaze", "medium", "large")
 
 
@@ -325,11 +370,12 @@ def _table_rank(name: str) -> int:
 
 
 def main(args: Args) -> str:
-    # OGBench records (envs.ogbench_eval: success per test goal, no D4RL scores) have no table here yet.
+    # OGBench records (envs.ogbench_eval: success per test goal, no D4RL scores) get their own section
     everything = load_all(args.records)
     speed = [r for r in everything if r.get("kind") == "speed"]
+    ogbench = [r for r in everything if r.get("benchmark") == "ogbench"]
     records = [r for r in everything if r.get("benchmark", "maze2d") == "maze2d" and r.get("kind") != "speed"]
-    if not records and not speed:
+    if not records and not speed and not ogbench:
         raise SystemExit(f"no records match {args.records}; run scripts/df_maze2d.py or scripts/benchmark_df.py first")
     groups: dict[str, list[dict]] = defaultdict(list)
     for record in records:
@@ -398,6 +444,8 @@ def main(args: Args) -> str:
         ]
     if speed:
         lines += ["## Speed", "", speed_table(speed)]
+    if ogbench:
+        lines += ["## OGBench pointmaze", "", ogbench_table(ogbench)]
     plans = sorted(figures.glob("plan_*.png"))
     if plans:
         lines += [

@@ -107,3 +107,30 @@ def test_the_summary_puts_every_method_beside_the_headline_df_rows(results, tmp_
     rows = [line for line in summary.splitlines() if line.startswith("| ")]
     assert rows[0] == "| task | Diffusion Forcing | IQL | random |"
     assert rows[1].startswith("| maze2d-umaze | ") and rows[1].count("100%") == 2 and len(rows) == 2
+
+
+def test_make_results_tables_ogbench_records_beside_the_quoted_numbers(tmp_path):
+    """An OGBench record (success per test goal, no D4RL scores) gets its own section, with OGBench's published
+    numbers quoted beside it, and stays out of the maze2d tables."""
+    from envs.ogbench_eval import OGBenchEvalResult
+
+    result = OGBenchEvalResult(
+        env_id="pointmaze-medium-navigate-v0",
+        task_ids=np.repeat(np.arange(1, 6), 2),
+        success=np.array([1, 1, 1, 0, 0, 0, 1, 1, 0, 0], dtype=bool),
+        time_to_goal=np.array([100, 200, 300, 1000, 1000, 1000, 50, 150, 1000, 1000], dtype=float),
+        seconds=1.0,
+        seeds=list(range(10)),
+        episode_length=1000,
+        episodes_per_goal=2,
+    )
+    path = tmp_path / "ogbench.jsonl"
+    append_record(path, make_record("IQL", result, train_minutes=12.0, train_steps=3000))
+    text = make_results.main(
+        make_results.Args(records=str(path), output=str(tmp_path / "R.md"), figures=str(tmp_path / "f"))
+    )
+    row = next(line for line in text.split("## OGBench pointmaze")[1].splitlines() if line.startswith("| IQL"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[2].startswith("50.0 ± ") and cells[3] == "100 / 50 / 0 / 100 / 0"
+    assert cells[4] == "580" and cells[5] == "12 min, 3,000 steps" and cells[7] == "QRL 82% / 53%"
+    assert "## Other evaluations" not in text
