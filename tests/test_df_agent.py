@@ -362,10 +362,32 @@ def test_for_task_loads_a_path_or_the_pretrained_agent_with_the_task_episode_len
 
 def test_an_agent_carries_where_its_weights_came_from(trained, tmp_path):
     agent = Agent.from_trainer(trained)
-    assert agent.training == {"steps": trained.step, "batch_size": CONFIG.batch_size, "device": "cpu"}
+    minutes = round(trained.train_seconds / 60, 2)
+    assert agent.training == {
+        "steps": trained.step,
+        "batch_size": CONFIG.batch_size,
+        "device": "cpu",
+        "minutes": minutes,
+    }
     assert Agent.load(agent.save(tmp_path / "agent.pt")).training == agent.training
     checkpoint = trained.save(tmp_path / "checkpoint.pt")
     assert Agent.load(checkpoint).training["steps"] == trained.step
+
+
+@pytest.mark.parametrize("maze", ["umaze", "medium", "large"])
+def test_the_shipped_agents_plan_with_the_scripts_defaults(maze, load_script):
+    """What `Agent.from_pretrained` gives is what `python scripts/df_maze2d.py --env maze2d-<maze>` evaluates: the
+    planner saved in the shipped file equals the script's per-maze defaults (seed and episode length aside)."""
+    script = load_script("df_maze2d")
+    task = envs.get_task(f"maze2d-{maze}")
+    expected = script.planner_config(script.Args(env=task.env_id), task)
+    shipped = Agent.from_pretrained(f"maze2d-{maze}").planner
+    differing = {
+        name: (getattr(shipped, name), getattr(expected, name))
+        for name in PlannerConfig.__dataclass_fields__
+        if name not in ("seed", "episode_length") and getattr(shipped, name) != getattr(expected, name)
+    }
+    assert not differing, f"shipped {maze} agent's planner differs from the script's defaults: {differing}"
 
 
 def test_plot_plan_draws_the_rows_of_the_schedule_and_the_episode(trained, tmp_path, load_script):
