@@ -202,7 +202,7 @@ def test_records_and_make_results(oracle_result, tmp_path):
     assert record["metrics"]["success_rate_task3"] == 1.0 and record["episodes"]["task_ids"][:3] == [1, 1, 2]
     assert record["episodes"]["seeds"] == oracle_result.seeds and record["machine"]["packages"]["ogbench"]
     np.testing.assert_array_equal(record["episodes"]["time_to_goal"], oracle_result.time_to_goal)
-    # make_results tabulates the maze2d records and leaves the OGBench ones out (no table for them yet)
+    # make_results tabulates the maze2d records, and the OGBench ones in their own section only
     maze2d = evaluate(WaypointExpert("umaze"), "maze2d-umaze", num_episodes=2, progress=False)
     append_record(tmp_path / "results" / "benchmark.jsonl", make_record("expert", maze2d, table="umaze"))
     text = make_results.main(
@@ -212,7 +212,9 @@ def test_records_and_make_results(oracle_result, tmp_path):
             figures=str(tmp_path / "figures"),
         )
     )
-    assert "## umaze" in text and "maze2d-umaze" in text and MEDIUM not in text
+    maze2d_part, ogbench_part = text.split("## OGBench pointmaze")
+    assert "## umaze" in maze2d_part and "maze2d-umaze" in maze2d_part and MEDIUM not in maze2d_part
+    assert f"| oracle | {MEDIUM} | 100.0 ± 0.0%" in ogbench_part
 
 
 def test_cli_runs_and_writes_a_record(tmp_path, capsys):
