@@ -325,7 +325,8 @@ def minutes_figure(records: list[dict], path: Path) -> list[dict]:
     for ax, task in zip(axes.flat, tasks, strict=False):  # a grid may have more panels than tasks
         for method in methods:
             points = sorted(
-                (training_minutes(r), r["metrics"]) for r in drawn if r["env_id"] == task and r["method"] == method
+                ((training_minutes(r), r["metrics"]) for r in drawn if r["env_id"] == task and r["method"] == method),
+                key=lambda point: point[0],  # equal minutes (two runs of one budget) must not compare the metrics
             )
             if points:
                 x = [p[0] for p in points]

@@ -76,6 +76,7 @@ def test_make_results_draws_score_against_training_minutes_from_records_that_sta
     test = dataclasses.replace(expert, seeds=list(range(100)))
     path = tmp_path / "results" / "runs.jsonl"
     append_record(path, make_record("IQL", test, table="T", train_minutes=4.0))
+    append_record(path, make_record("IQL", test, table="T", train_minutes=4.0))  # the same budget twice
     append_record(path, make_record("Diffusion Forcing", test, table="T", model={"steps": 10, "minutes": 42.0}))
     append_record(path, make_record("Diffusion Forcing", test, table="T", model={"steps": 10}))  # no minutes
     append_record(path, make_record("IQL", expert, table="T", train_minutes=2.0))  # held-out seeds
@@ -85,6 +86,7 @@ def test_make_results_draws_score_against_training_minutes_from_records_that_sta
     section = text.split("## Score against training minutes")[1]
     rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [row.split("|")[1:4] for row in rows] == [
+        [" IQL ", " maze2d-umaze-v1 ", " 4.0 "],
         [" IQL ", " maze2d-umaze-v1 ", " 4.0 "],
         [" Diffusion Forcing ", " maze2d-umaze-v1 ", " 42.0 "],
     ]
