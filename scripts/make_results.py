@@ -262,6 +262,11 @@ def _task_order(env_id: str) -> tuple:
     return ("-multi" in env_id, maze, env_id)
 
 
+def is_summary_row(record: dict) -> bool:
+    """A headline DF record or a benchmark record: the rows that compare methods (not ablations, grids, probes)."""
+    return record.get("table") == HEADLINE_TABLE or record.get("source") == "benchmark.jsonl"
+
+
 def summary_table(records: list[dict]) -> str:
     """Every method on every task side by side: the headline DF rows and the benchmark's records
     (``results/benchmark.jsonl``), test episodes only, the latest record of each method and task. Cells: D4RL score
@@ -270,7 +275,7 @@ def summary_table(records: list[dict]) -> str:
     for record in records:
         if not is_test_evaluation(record):
             continue
-        if record.get("table") != HEADLINE_TABLE and record.get("source") != "benchmark.jsonl":
+        if not is_summary_row(record):
             continue
         key = (record["method"], record["env_id"])
         if key not in chosen or record["date"] >= chosen[key]["date"]:
@@ -310,7 +315,7 @@ def minutes_figure(records: list[dict], path: Path) -> list[dict]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    drawn = [r for r in records if training_minutes(r) is not None and is_test_evaluation(r)]
+    drawn = [r for r in records if training_minutes(r) is not None and is_test_evaluation(r) and is_summary_row(r)]
     tasks = sorted({r["env_id"] for r in drawn}, key=_task_order)
     if not drawn:
         return []
@@ -426,9 +431,10 @@ def main(args: Args) -> str:
         lines += [
             "## Score against training minutes",
             "",
-            "Every test-episode record that states its training time (a benchmark run's budget as spent, a DF agent's",
-            "provenance): D4RL score ± s.e. against the minutes of wall time its method trained, on the machine its",
-            "record names. Methods trained on a GPU are not comparable with CPU minutes; the records say which.",
+            "The summary's records (the headline DF agents, the benchmark's runs) that state their training time (a",
+            "benchmark run's budget as spent, a DF agent's provenance): D4RL score ± s.e. against the minutes of wall",
+            "time its method trained, on the machine its record names. GPU minutes are not CPU minutes; the table",
+            "says which.",
             "",
             f"![score against training minutes]({Path(args.figures) / 'score_vs_training_minutes.png'})",
             "",

@@ -70,25 +70,29 @@ def test_make_results_writes_one_table_per_group_with_figures(results, tmp_path)
 
 
 def test_make_results_draws_score_against_training_minutes_from_records_that_state_them(results, tmp_path):
-    """Only test-episode records (seeds 0-99) with training minutes (a benchmark's train_minutes or a DF agent's
-    model.minutes) are drawn and listed; the others are left out."""
+    """Only the summary's test-episode records (seeds 0-99: the benchmark's, the headline DF rows) with training
+    minutes (a benchmark's train_minutes or a DF agent's model.minutes) are drawn and listed; the others are not."""
     expert, _ = results
     test = dataclasses.replace(expert, seeds=list(range(100)))
-    path = tmp_path / "results" / "runs.jsonl"
-    append_record(path, make_record("IQL", test, table="T", train_minutes=4.0))
-    append_record(path, make_record("IQL", test, table="T", train_minutes=4.0))  # the same budget twice
-    append_record(path, make_record("Diffusion Forcing", test, table="T", model={"steps": 10, "minutes": 42.0}))
-    append_record(path, make_record("Diffusion Forcing", test, table="T", model={"steps": 10}))  # no minutes
-    append_record(path, make_record("IQL", expert, table="T", train_minutes=2.0))  # held-out seeds
+    folder = tmp_path / "results"
+    headline, bench, df = make_results.HEADLINE_TABLE, folder / "benchmark.jsonl", folder / "df.jsonl"
+    append_record(bench, make_record("IQL", test, table="T", train_minutes=4.0))
+    append_record(bench, make_record("IQL", test, table="T", train_minutes=4.0))  # the same budget twice
+    append_record(df, make_record("Diffusion Forcing", test, table=headline, model={"minutes": 42.0}))
+    append_record(df, make_record("Diffusion Forcing", test, table="an ablation", model={"minutes": 42.0}))
+    append_record(df, make_record("Diffusion Forcing", test, table=headline, model={"steps": 10}))  # no minutes
+    append_record(bench, make_record("IQL", expert, table="T", train_minutes=2.0))  # held-out seeds
     text = make_results.main(
-        make_results.Args(records=str(path), output=str(tmp_path / "RESULTS.md"), figures=str(tmp_path / "figures"))
+        make_results.Args(
+            records=str(folder / "*.jsonl"), output=str(tmp_path / "RESULTS.md"), figures=str(tmp_path / "figures")
+        )
     )
     section = text.split("## Score against training minutes")[1]
     rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [row.split("|")[1:4] for row in rows] == [
-        [" IQL ", " maze2d-umaze-v1 ", " 4.0 "],
-        [" IQL ", " maze2d-umaze-v1 ", " 4.0 "],
+    assert sorted(row.split("|")[1:4] for row in rows) == [
         [" Diffusion Forcing ", " maze2d-umaze-v1 ", " 42.0 "],
+        [" IQL ", " maze2d-umaze-v1 ", " 4.0 "],
+        [" IQL ", " maze2d-umaze-v1 ", " 4.0 "],
     ]
     assert (tmp_path / "figures" / "score_vs_training_minutes.png").stat().st_size > 1000
 
