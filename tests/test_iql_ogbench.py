@@ -6,32 +6,20 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import test_df_ogbench
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from baselines import common, iql
 from baselines.common import Normalizer, OGBenchGoalSampler
-from envs import ogbench_datasets as od
 from envs.ogbench_eval import OGBenchEvalResult
 from envs.ogbench_tasks import OGBenchDatasetMissing
 from envs.records import read_records
 
-ENV = "pointmaze-medium-navigate-v0"
-EPISODES, ROWS = 12, 61  # each episode: 61 rows in the file, 60 transitions
+# test_df_ogbench's tiny regenerated dataset and its fixtures, shared
+ENV, EPISODES, ROWS = test_df_ogbench.ENV, test_df_ogbench.EPISODES, test_df_ogbench.ROWS
+dataset_dir, data = test_df_ogbench.dataset_dir, test_df_ogbench.data
 LENGTH = ROWS - 1
-
-
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("ogbench_data")
-    kwargs = dict(num_episodes=EPISODES, episode_length=ROWS, seed=2, write_minari=False, progress=False)
-    od.generate_dataset(ENV, directory, overwrite=True, **kwargs)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def data(dataset_dir):
-    return od.load_ogbench_transitions(ENV, dataset_dir)
 
 
 def tiny_args(dataset_dir, runs_dir, **overrides) -> iql.Args:
