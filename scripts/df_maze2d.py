@@ -56,39 +56,37 @@ DEFAULT_WINDOW_TOKENS = {"umaze": 30, "medium": 60, "large": 60}
 #   full_sequence on the way scored 118.7 (94%).
 # - near_goal_mcg_samples: as far from the goal. Plain guidance near the goal cost medium 27 points (99.7 against
 #   126.6); 8 futures there instead of 4 scored within noise (medium 128.3, large 144.6 against 141.5) at more time.
+# Settings every maze shares: near the goal, short pyramid plans replanned every 3 steps, MCG as far from it.
+_NEAR_GOAL_DEFAULTS = dict(
+    near_goal_schedule="pyramid",
+    near_goal_execute_steps=3,
+    near_goal_horizon_tokens=5,
+    near_goal_mcg_samples=None,
+)
 MAZE_PLANNER_DEFAULTS = {
     "umaze": dict(
         guidance_scale=4.0,
         schedule="autoregressive",
         mcg_samples=1,
-        near_goal_schedule="pyramid",
         warm_start_level=0.75,
         near_goal_guidance_scale=128.0,
-        near_goal_execute_steps=3,
-        near_goal_horizon_tokens=5,
-        near_goal_mcg_samples=None,
+        **_NEAR_GOAL_DEFAULTS,
     ),
     "medium": dict(
         guidance_scale=4.0,
         schedule="full_sequence",
         mcg_samples=4,
-        near_goal_schedule="pyramid",
         warm_start_level=0.75,
         near_goal_guidance_scale=128.0,
-        near_goal_execute_steps=3,
-        near_goal_horizon_tokens=5,
-        near_goal_mcg_samples=None,
+        **_NEAR_GOAL_DEFAULTS,
     ),
     "large": dict(
         guidance_scale=1.0,
         schedule="full_sequence",
         mcg_samples=4,
-        near_goal_schedule="pyramid",
         warm_start_level=0.0,
         near_goal_guidance_scale=4.0,
-        near_goal_execute_steps=3,
-        near_goal_horizon_tokens=5,
-        near_goal_mcg_samples=None,
+        **_NEAR_GOAL_DEFAULTS,
     ),
 }
 # Settings that PlannerConfig turns off with None: a 0 on the command line turns them off.
