@@ -395,7 +395,7 @@ class Agent:
             )
         action_mask = torch.as_tensor(self.tokenizer.action_mask(), device=device) if p.guide_actions_only else None
         with torch.no_grad():
-            z0 = self.model.initial_latent(torch.as_tensor(self.tokenizer.normalize_obs(obs), device=device))
+            z0 = self.model.initial_latent(torch.as_tensor(self.tokenizer.condition(obs, goal), device=device))
         result = sample(
             self.model,
             self.noise_schedule,

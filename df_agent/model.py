@@ -22,6 +22,8 @@ from torch import nn
 class ModelConfig:
     token_dim: int
     obs_dim: int = 4
+    """size of what the initial state is encoded from: the observation, and the goal after it for a goal-conditioned
+    model (``TokenLayout.condition_dim``)"""
     latent_dim: int = 128
     width: int = 256
     depth: int = 2

@@ -19,6 +19,14 @@ class TokenLayout:
     obs_dim: int = 4
     frame_stack: int = 10
     use_reward: bool = False
+    goal_dim: int = 0
+    """size of the goal the model is conditioned on, appended to the observation its initial state is encoded from
+    (0: not goal-conditioned, the paper's model; 2: the goal position, scaled like the observation's position)"""
+
+    @property
+    def condition_dim(self) -> int:
+        """size of the vector the model's initial state is encoded from: the observation, then the goal"""
+        return self.obs_dim + self.goal_dim
 
     @property
     def step_dim(self) -> int:
@@ -71,6 +79,24 @@ class Tokenizer:
     def normalize_obs(self, obs):
         mean, std = self._obs_stats(obs)
         return (obs - mean) / std
+
+    def condition(self, obs, goal=None):
+        """What the model's initial state is encoded from: the normalized observation (B, obs_dim), followed for a
+        goal-conditioned layout by the goal (B, goal_dim) normalized with the statistics of the observation's first
+        ``goal_dim`` entries (the position), (B, condition_dim)."""
+        normalized = self.normalize_obs(obs)
+        goal_dim = self.layout.goal_dim
+        if goal_dim == 0:
+            return normalized
+        if goal is None:
+            raise ValueError(f"this model is goal-conditioned: pass the goal ({goal_dim} values per observation)")
+        if goal.shape[-1] != goal_dim or goal.shape[:-1] != obs.shape[:-1]:
+            raise ValueError(f"goal must have shape {(*obs.shape[:-1], goal_dim)}, got {tuple(goal.shape)}")
+        mean, std = self._obs_stats(obs)
+        goal = (goal - mean[:goal_dim]) / std[:goal_dim]
+        return torch.cat([normalized, goal], dim=-1) if isinstance(obs, torch.Tensor) else np.concatenate(
+            [normalized, goal.astype(normalized.dtype)], axis=-1
+        )
 
     # --- steps <-> tokens ---
     def encode(self, actions, next_observations, rewards=None):

@@ -56,7 +56,10 @@ class WindowSampler:
     """Random windows of ``num_steps`` consecutive steps from a dataset's continuous segments.
 
     ``observations``/``actions``/``next_observations``/``rewards`` are the flat arrays of ``envs.Transitions``;
-    ``segment_ids`` marks stretches where each row follows the previous one in time. With ``device`` the arrays are
+    ``segment_ids`` marks stretches where each row follows the previous one in time. With ``goals`` (the goal each
+    row's episode pursued), a batch also holds each window's goal: the one its first step pursued, for goal-conditioned
+    models (``TokenLayout.goal_dim``). In maze2d's data an episode ends where it reaches its goal, so that goal is also
+    a hindsight goal: a state the window's trajectory does reach. With ``device`` the arrays are
     held there as tensors and windows are gathered there (on a GPU, gathering a batch on the CPU and copying it over
     costs more than the training step); the windows drawn are the same either way, since ``rng`` picks them.
     """
@@ -70,37 +73,51 @@ class WindowSampler:
         segment_ids,
         num_steps: int,
         device: torch.device | str | None = None,
+        goals=None,
     ):
         self.num_steps = num_steps
         self.starts = window_starts(segment_ids, num_steps)
         self.device = torch.device(device) if device is not None else None
         arrays = [np.asarray(a, dtype=np.float32) for a in (observations, actions, next_observations, rewards)]
+        self.goals = None if goals is None else np.asarray(goals, dtype=np.float32)
         if self.device is not None:
             arrays = [torch.as_tensor(a, device=self.device) for a in arrays]
             self._offsets = torch.arange(num_steps, device=self.device)
+            self.goals = None if self.goals is None else torch.as_tensor(self.goals, device=self.device)
         self.observations, self.actions, self.next_observations, self.rewards = arrays
 
     @classmethod
     def from_transitions(cls, data, num_steps: int, device: torch.device | str | None = None) -> WindowSampler:
-        """Windows of an ``envs.datasets.Transitions``."""
+        """Windows of an ``envs.datasets.Transitions`` (with the goals of its episodes)."""
         return cls(
-            data.observations, data.actions, data.next_observations, data.rewards, data.segment_ids, num_steps, device
+            data.observations,
+            data.actions,
+            data.next_observations,
+            data.rewards,
+            data.segment_ids,
+            num_steps,
+            device,
+            goals=getattr(data, "goals", None),
         )
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict:
-        """A batch of windows: numpy arrays, or tensors on ``device`` when the sampler has one."""
+        """A batch of windows: numpy arrays, or tensors on ``device`` when the sampler has one; ``goals`` (B, 2)
+        when the sampler has goals."""
         starts = self.starts[rng.integers(len(self.starts), size=batch_size)]
         if self.device is None:
             rows = starts[:, None] + np.arange(self.num_steps)[None, :]
         else:
             starts = torch.as_tensor(starts, device=self.device)
             rows = starts[:, None] + self._offsets[None, :]
-        return {
+        batch = {
             "obs": self.observations[starts],
             "actions": self.actions[rows],
             "next_observations": self.next_observations[rows],
             "rewards": self.rewards[rows],
         }
+        if self.goals is not None:
+            batch["goals"] = self.goals[starts]
+        return batch
 
 
 @torch.no_grad()
@@ -148,6 +165,11 @@ class Trainer:
             raise ValueError(f"prediction must be 'x0', 'epsilon' or 'v', got {config.prediction!r}")
         if model_config.token_dim != tokenizer.layout.token_dim:
             raise ValueError("model token_dim does not match the tokenizer's layout")
+        if model_config.obs_dim != tokenizer.layout.condition_dim:
+            raise ValueError(
+                f"model obs_dim {model_config.obs_dim} does not match the layout's observation and goal "
+                f"({tokenizer.layout.condition_dim})"
+            )
         self.device = torch.device(device) if device is not None else default_device()
         self.config = config
         self.tokenizer = tokenizer
@@ -199,7 +221,10 @@ class Trainer:
         tokens = torch.as_tensor(
             self.tokenizer.encode(batch["actions"], batch["next_observations"], batch["rewards"]), device=device
         )
-        obs = torch.as_tensor(self.tokenizer.normalize_obs(batch["obs"]), device=device)
+        goals = batch.get("goals") if self.tokenizer.layout.goal_dim else None
+        if self.tokenizer.layout.goal_dim and goals is None:
+            raise ValueError("a goal-conditioned model trains on batches with 'goals' (WindowSampler with goals)")
+        obs = torch.as_tensor(self.tokenizer.condition(batch["obs"], goals), device=device)
         levels = torch.randint(0, self.config.num_levels + 1, tokens.shape[:2], device=device, generator=self.generator)
         noise = torch.randn(tokens.shape, device=device, generator=self.generator)
         noisy = self.schedule.add_noise(tokens, levels, noise)
@@ -285,5 +310,5 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str | None =
 def make_trainer(transitions, layout: TokenLayout, model_config: dict, config: TrainConfig, device=None, seed=0):
     """A fresh trainer whose tokenizer statistics come from a dataset (``envs.Transitions``-like)."""
     tokenizer = Tokenizer.fit(layout, transitions.actions, transitions.next_observations, transitions.rewards)
-    model_config = ModelConfig(token_dim=layout.token_dim, obs_dim=layout.obs_dim, **model_config)
+    model_config = ModelConfig(token_dim=layout.token_dim, obs_dim=layout.condition_dim, **model_config)
     return Trainer(model_config, tokenizer, config, device=device, seed=seed)

@@ -120,6 +120,10 @@ class Args:
     """steps per token"""
     use_reward: bool = False
     """keep the reward slot in tokens (maze2d guides by goal, so the paper drops it)"""
+    goal_conditioned: bool = False
+    """condition the model on the goal (encoded with the observation into the initial state; trained on the goal
+    each window's episode pursued, which it reaches), as well as guiding the plan toward it (the paper's model is not
+    goal-conditioned)"""
     backbone: Literal["rnn", "transformer"] = "rnn"
     """'rnn': the ResMLP-GRU; 'transformer': causal self-attention (depth layers of width, heads heads)"""
     latent_dim: int = 128
@@ -348,7 +352,7 @@ def train(
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     main_process = rank == 0
     data = load_transitions(task.env_id, source=args.dataset_source, progress=main_process)
-    layout = TokenLayout(frame_stack=args.frame_stack, use_reward=args.use_reward)
+    layout = TokenLayout(frame_stack=args.frame_stack, use_reward=args.use_reward, goal_dim=2 * args.goal_conditioned)
     window = args.window_tokens or DEFAULT_WINDOW_TOKENS[task.maze]
     if args.resume:
         trainer = Trainer.load(args.resume, device=device)

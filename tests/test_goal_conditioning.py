@@ -1,0 +1,106 @@
+"""Goal-conditioned Diffusion Forcing (``TokenLayout.goal_dim``): the goal enters the model's initial state beside
+the observation, training windows carry the goal their episode pursued, and the agent conditions its plans on the
+goal it is given. Each test checks one link of that chain against an independent expectation."""
+
+import numpy as np
+import pytest
+import torch
+
+from df_agent.agent import Agent, PlannerConfig
+from df_agent.tokens import Tokenizer, TokenLayout
+from df_agent.training import TrainConfig, WindowSampler, make_trainer
+from envs.datasets import load_transitions
+
+LAYOUT = TokenLayout(frame_stack=5, goal_dim=2)
+MODEL = {"latent_dim": 16, "width": 32, "depth": 1, "level_embedding_dim": 8}
+WINDOW_TOKENS = 4
+
+
+@pytest.fixture(scope="module")
+def data(tiny_umaze_dataset):
+    return load_transitions("maze2d-umaze", generate=False, progress=False)
+
+
+def new_trainer(data, layout=LAYOUT, seed=0):
+    config = TrainConfig(window_tokens=WINDOW_TOKENS, batch_size=16, learning_rate=3e-3, warmup_steps=1)
+    return make_trainer(data, layout, MODEL, config, device="cpu", seed=seed)
+
+
+def test_the_condition_is_the_normalized_observation_then_the_goal_scaled_like_the_position():
+    layout = TokenLayout(frame_stack=1, goal_dim=2)  # a step is [action (2), next observation (4)]
+    mean = np.array([0.0, 0.0, 1.0, 2.0, 0.5, -0.5], dtype=np.float32)
+    std = np.array([1.0, 1.0, 2.0, 4.0, 3.0, 5.0], dtype=np.float32)
+    tokenizer = Tokenizer(layout, mean, std)
+    obs = np.array([[3.0, 6.0, 2.0, 4.5]], dtype=np.float32)
+    goal = np.array([[1.0, 10.0]], dtype=np.float32)
+    expected = [[1.0, 1.0, 0.5, 1.0, 0.0, 2.0]]  # (obs - mean) / std, then (goal - mean[:2]) / std[:2] of the position
+    np.testing.assert_allclose(tokenizer.condition(obs, goal), expected)
+    as_tensor = tokenizer.condition(torch.as_tensor(obs), torch.as_tensor(goal))
+    np.testing.assert_allclose(as_tensor.numpy(), expected)
+    assert layout.condition_dim == 6
+    with pytest.raises(ValueError, match="goal-conditioned: pass the goal"):
+        tokenizer.condition(obs)
+    with pytest.raises(ValueError, match="goal must have shape"):
+        tokenizer.condition(obs, np.zeros((1, 3), dtype=np.float32))
+    plain = Tokenizer(TokenLayout(frame_stack=1), mean, std)
+    np.testing.assert_allclose(plain.condition(obs, goal), plain.normalize_obs(obs))  # no goal_dim: goal unused
+
+
+def test_each_window_carries_the_goal_its_first_step_pursued(data):
+    sampler = WindowSampler.from_transitions(data, WINDOW_TOKENS * LAYOUT.frame_stack)
+    rng = np.random.default_rng(3)
+    batch = sampler.sample(32, rng)
+    starts = sampler.starts[np.random.default_rng(3).integers(len(sampler.starts), size=32)]
+    np.testing.assert_array_equal(batch["goals"], data.goals[starts])
+    np.testing.assert_array_equal(batch["obs"], data.observations[starts])
+    on_device = WindowSampler.from_transitions(data, WINDOW_TOKENS * LAYOUT.frame_stack, device="cpu")
+    np.testing.assert_array_equal(on_device.sample(32, np.random.default_rng(3))["goals"].numpy(), batch["goals"])
+
+
+def test_a_goal_conditioned_model_reads_the_goal_in_training_and_in_planning(data, tmp_path):
+    trainer = new_trainer(data)
+    assert trainer.model.config.obs_dim == 6  # observation (4) and goal (2)
+    batch = WindowSampler.from_transitions(data, WINDOW_TOKENS * LAYOUT.frame_stack).sample(8, np.random.default_rng(0))
+
+    def loss_with(goals):
+        trainer.generator.manual_seed(0)  # the same noise levels and noise for both losses
+        return trainer.loss({**batch, "goals": goals}).item()
+
+    assert loss_with(batch["goals"]) != loss_with(batch["goals"] + 1.0)
+    with pytest.raises(ValueError, match="batches with 'goals'"):
+        trainer.loss({key: value for key, value in batch.items() if key != "goals"})
+
+    # Unguided plans from one observation toward two goals differ only through the conditioning.
+    planner = PlannerConfig(ddim_steps=3, guidance_scale=0.0, mcg_samples=1, horizon_tokens=3, seed=5)
+    agent = Agent.from_trainer(trainer, planner)
+    obs = data.observations[:1]
+    plans = [agent.with_planner().plan(obs, goal).actions for goal in ([[1.0, 1.0]], [[3.0, 3.0]])]
+    assert not np.allclose(plans[0], plans[1])
+    again = agent.with_planner().plan(obs, [[1.0, 1.0]]).actions
+    np.testing.assert_array_equal(plans[0], again)  # same goal, same seed: the same plan
+
+    # The layout travels with the saved agent, and the loaded agent plans the same.
+    loaded = Agent.load(agent.save(tmp_path / "agent.pt"), device="cpu")
+    assert loaded.tokenizer.layout.goal_dim == 2
+    np.testing.assert_array_equal(loaded.with_planner(planner).plan(obs, [[1.0, 1.0]]).actions, plans[0])
+
+
+def test_agents_saved_before_goal_conditioning_load_as_unconditioned(data, tmp_path):
+    trainer = new_trainer(data, layout=TokenLayout(frame_stack=5))
+    path = Agent.from_trainer(trainer).save(tmp_path / "agent.pt")
+    state = torch.load(path, weights_only=False)
+    del state["tokenizer"]["layout"]["goal_dim"]  # the layout as older versions wrote it
+    torch.save(state, path)
+    agent = Agent.load(path, device="cpu")
+    assert agent.tokenizer.layout.goal_dim == 0 and agent.model.config.obs_dim == 4
+    assert agent.plan(data.observations[:1], [[1.0, 1.0]], horizon=10).actions.shape == (1, 10, 2)
+
+
+def test_a_trainer_rejects_a_model_whose_input_does_not_fit_the_layout(data):
+    from df_agent.model import ModelConfig
+    from df_agent.training import Trainer
+
+    tokenizer = new_trainer(data).tokenizer
+    config = ModelConfig(token_dim=LAYOUT.token_dim, obs_dim=4, **MODEL)  # forgot the goal's 2 entries
+    with pytest.raises(ValueError, match="observation and goal"):
+        Trainer(config, tokenizer, TrainConfig(window_tokens=WINDOW_TOKENS), device="cpu")
