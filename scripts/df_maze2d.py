@@ -505,6 +505,7 @@ def main(args: Args) -> dict:
         summary[env_id] = {**result.metrics(), "seconds": result.seconds}
         if args.record:
             settings = {**asdict(agent.planner), "checkpoint": args.checkpoint or str(run_dir / "agent.pt")}
+            settings["goal_conditioned"] = agent.tokenizer.layout.goal_dim > 0
             record = make_record(
                 "Diffusion Forcing", result, settings, table=args.table, train_steps=step, model=agent.training
             )
