@@ -57,6 +57,8 @@ def describe_settings(record: dict) -> str:
     if record.get("model", {}).get("steps"):
         model = record["model"]
         parts.append(f"model: {model['steps']:,} steps of {model['batch_size']:,} windows on {model['device']}")
+    if s.get("goal_conditioned"):
+        parts.append("goal-conditioned model")
     parts += [
         s.get("schedule", "pyramid"),
         f"guidance {s['guidance_scale']:g}",
