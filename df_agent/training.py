@@ -59,9 +59,12 @@ class WindowSampler:
     ``segment_ids`` marks stretches where each row follows the previous one in time. With ``goals`` (the goal each
     row's episode pursued), a batch also holds each window's goal: the one its first step pursued, for goal-conditioned
     models (``TokenLayout.goal_dim``). In maze2d's data an episode ends where it reaches its goal, so that goal is also
-    a hindsight goal: a state the window's trajectory does reach. With ``device`` the arrays are
-    held there as tensors and windows are gathered there (on a GPU, gathering a batch on the CPU and copying it over
-    costs more than the training step); the windows drawn are the same either way, since ``rng`` picks them.
+    a hindsight goal: a state the window's trajectory does reach. With ``hindsight_steps`` instead, each window's goal
+    is the position (the first two entries of the observation) its trajectory reaches d steps after its start, d drawn
+    uniformly from 1..hindsight_steps and cut at the end of the window's continuous segment: hindsight relabelling, for
+    data whose goals are not kept or not reached (OGBench's). With ``device`` the arrays are held there as tensors
+    and windows are gathered there (on a GPU, gathering a batch on the CPU and copying it over costs more than the
+    training step); the windows drawn are the same either way, since ``rng`` picks them.
     """
 
     def __init__(
@@ -74,9 +77,19 @@ class WindowSampler:
         num_steps: int,
         device: torch.device | str | None = None,
         goals=None,
+        hindsight_steps: int | None = None,
     ):
         self.num_steps = num_steps
         self.starts = window_starts(segment_ids, num_steps)
+        if hindsight_steps is not None:
+            if hindsight_steps < 1:
+                raise ValueError(f"hindsight_steps must be at least 1 (None: the episodes' goals), got {hindsight_steps}")
+            segment_ids = np.asarray(segment_ids)
+            last_rows = np.r_[np.flatnonzero(np.diff(segment_ids) != 0), len(segment_ids) - 1]
+            segment_index = np.r_[0, np.cumsum(np.diff(segment_ids) != 0)]
+            self._start_last_rows = last_rows[segment_index[self.starts]]  # per start: its segment's last row
+            goals = np.asarray(next_observations)[:, :2]  # row i: the position after step i
+        self.hindsight_steps = hindsight_steps
         self.device = torch.device(device) if device is not None else None
         arrays = [np.asarray(a, dtype=np.float32) for a in (observations, actions, next_observations, rewards)]
         self.goals = None if goals is None else np.asarray(goals, dtype=np.float32)
@@ -87,8 +100,10 @@ class WindowSampler:
         self.observations, self.actions, self.next_observations, self.rewards = arrays
 
     @classmethod
-    def from_transitions(cls, data, num_steps: int, device: torch.device | str | None = None) -> WindowSampler:
-        """Windows of an ``envs.datasets.Transitions`` (with the goals of its episodes)."""
+    def from_transitions(
+        cls, data, num_steps: int, device: torch.device | str | None = None, hindsight_steps: int | None = None
+    ) -> WindowSampler:
+        """Windows of an ``envs.datasets.Transitions``, with the goals of its episodes (or hindsight goals)."""
         return cls(
             data.observations,
             data.actions,
@@ -98,16 +113,23 @@ class WindowSampler:
             num_steps,
             device,
             goals=getattr(data, "goals", None),
+            hindsight_steps=hindsight_steps,
         )
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict:
         """A batch of windows: numpy arrays, or tensors on ``device`` when the sampler has one; ``goals`` (B, 2)
         when the sampler has goals."""
-        starts = self.starts[rng.integers(len(self.starts), size=batch_size)]
+        chosen = rng.integers(len(self.starts), size=batch_size)
+        starts = self.starts[chosen]
+        goal_rows = starts
+        if self.hindsight_steps is not None:  # drawn after the windows, which stay those drawn without it
+            ahead = rng.integers(1, self.hindsight_steps + 1, size=batch_size)
+            goal_rows = np.minimum(starts + ahead - 1, self._start_last_rows[chosen])
         if self.device is None:
             rows = starts[:, None] + np.arange(self.num_steps)[None, :]
         else:
             starts = torch.as_tensor(starts, device=self.device)
+            goal_rows = torch.as_tensor(goal_rows, device=self.device)
             rows = starts[:, None] + self._offsets[None, :]
         batch = {
             "obs": self.observations[starts],
@@ -116,7 +138,7 @@ class WindowSampler:
             "rewards": self.rewards[rows],
         }
         if self.goals is not None:
-            batch["goals"] = self.goals[starts]
+            batch["goals"] = self.goals[goal_rows]
         return batch
 
 

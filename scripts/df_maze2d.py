@@ -124,6 +124,9 @@ class Args:
     """condition the model on the goal (encoded with the observation into the initial state; trained on the goal
     each window's episode pursued, which it reaches), as well as guiding the plan toward it (the paper's model is not
     goal-conditioned)"""
+    hindsight_goal_steps: int | None = None
+    """goal-conditioned training on hindsight goals instead: each window's goal is the position reached d steps after
+    its start, d uniform in 1..this (None: the goal its episode pursued)"""
     backbone: Literal["rnn", "transformer"] = "rnn"
     """'rnn': the ResMLP-GRU; 'transformer': causal self-attention (depth layers of width, heads heads)"""
     latent_dim: int = 128
@@ -380,7 +383,10 @@ def train(
         trainer.autocast_dtype = torch.bfloat16
     config = trainer.config
     sampler = WindowSampler.from_transitions(
-        data, config.window_tokens * trainer.tokenizer.layout.frame_stack, device=trainer.device
+        data,
+        config.window_tokens * trainer.tokenizer.layout.frame_stack,
+        device=trainer.device,
+        hindsight_steps=args.hindsight_goal_steps,
     )
     global_batch = config.batch_size * world_size
     setup = (

@@ -88,6 +88,12 @@ class Args:
     # model and tokens
     frame_stack: int = 10
     """steps per token"""
+    goal_conditioned: bool = False
+    """condition the model on the goal (encoded with the observation into the initial state), as well as guiding the
+    plan toward it; trained on hindsight goals (--hindsight-goal-steps)"""
+    hindsight_goal_steps: int | None = None
+    """goal-conditioned training: each window's goal is the position reached d steps after its start, d uniform in
+    1..this (None: the position where its episode ends)"""
     backbone: Literal["rnn", "transformer"] = "rnn"
     """'rnn': the ResMLP-GRU; 'transformer': causal self-attention"""
     latent_dim: int = 128
@@ -185,7 +191,12 @@ def train(args: Args, task: OGBenchTask, writer: SummaryWriter, run_dir: Path, d
             raise ValueError(f"{args.resume} was trained on {dims}-D observations; run with {flag}")
         print(f"resumed from {args.resume} at step {trainer.step}")
     else:
-        layout = TokenLayout(action_dim=2, obs_dim=data.observations.shape[1], frame_stack=args.frame_stack)
+        layout = TokenLayout(
+            action_dim=2,
+            obs_dim=data.observations.shape[1],
+            frame_stack=args.frame_stack,
+            goal_dim=2 * args.goal_conditioned,
+        )
         config = TrainConfig(
             window_tokens=args.window_tokens or DEFAULT_WINDOW_TOKENS[task.dataset_kind],
             batch_size=args.batch_size,
@@ -203,7 +214,10 @@ def train(args: Args, task: OGBenchTask, writer: SummaryWriter, run_dir: Path, d
         trainer.autocast_dtype = torch.bfloat16
     config = trainer.config
     sampler = WindowSampler.from_transitions(
-        data, config.window_tokens * trainer.tokenizer.layout.frame_stack, device=trainer.device
+        data,
+        config.window_tokens * trainer.tokenizer.layout.frame_stack,
+        device=trainer.device,
+        hindsight_steps=args.hindsight_goal_steps,
     )
     setup = (
         f"{len(data):,} transitions in {len(data.episode_lengths):,} episodes, {len(sampler.starts):,} windows of "
@@ -296,6 +310,7 @@ def main(args: Args) -> dict:
                 **asdict(agent.planner),
                 "checkpoint": args.checkpoint or str(run_dir / "agent.pt"),
                 "observation": "x, y, 0, 0" if agent.tokenizer.layout.obs_dim == 4 else "x, y",
+                "goal_conditioned": agent.tokenizer.layout.goal_dim > 0,
                 "episodes_per_goal": args.eval_episodes_per_goal,
                 "eval_seed": args.eval_seed,
                 "max_episode_steps": result.episode_length,

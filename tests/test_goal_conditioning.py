@@ -104,3 +104,23 @@ def test_a_trainer_rejects_a_model_whose_input_does_not_fit_the_layout(data):
     config = ModelConfig(token_dim=LAYOUT.token_dim, obs_dim=4, **MODEL)  # forgot the goal's 2 entries
     with pytest.raises(ValueError, match="observation and goal"):
         Trainer(config, tokenizer, TrainConfig(window_tokens=WINDOW_TOKENS), device="cpu")
+
+
+def test_hindsight_goals_are_positions_reached_later_in_the_same_segment(data):
+    num_steps, ahead_max = WINDOW_TOKENS * LAYOUT.frame_stack, 50
+    plain = WindowSampler.from_transitions(data, num_steps)
+    sampler = WindowSampler.from_transitions(data, num_steps, hindsight_steps=ahead_max)
+    batch = sampler.sample(256, np.random.default_rng(7))
+    np.testing.assert_array_equal(batch["obs"], plain.sample(256, np.random.default_rng(7))["obs"])  # same windows
+    segments = np.asarray(data.segment_ids)
+    for obs, goal in zip(batch["obs"], batch["goals"], strict=True):
+        start = int(np.flatnonzero((data.observations == obs).all(axis=1))[0])
+        # the rows from the window's start to ahead_max steps later, within its segment
+        later = np.arange(start, min(start + ahead_max, len(segments)))
+        later = later[segments[later] == segments[start]]
+        distances = np.linalg.norm(data.next_observations[later, :2] - goal, axis=1)
+        assert distances.min() == 0.0  # the goal is one of those positions
+    distance = np.linalg.norm(batch["goals"] - batch["obs"][:, :2], axis=1)
+    assert np.ptp(distance) > 0.5  # goals at many distances, not one fixed offset
+    with pytest.raises(ValueError, match="hindsight_steps must be at least 1"):
+        WindowSampler.from_transitions(data, num_steps, hindsight_steps=0)
