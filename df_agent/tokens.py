@@ -94,8 +94,10 @@ class Tokenizer:
             raise ValueError(f"goal must have shape {(*obs.shape[:-1], goal_dim)}, got {tuple(goal.shape)}")
         mean, std = self._obs_stats(obs)
         goal = (goal - mean[:goal_dim]) / std[:goal_dim]
-        return torch.cat([normalized, goal], dim=-1) if isinstance(obs, torch.Tensor) else np.concatenate(
-            [normalized, goal.astype(normalized.dtype)], axis=-1
+        return (
+            torch.cat([normalized, goal], dim=-1)
+            if isinstance(obs, torch.Tensor)
+            else np.concatenate([normalized, goal.astype(normalized.dtype)], axis=-1)
         )
 
     # --- steps <-> tokens ---

@@ -83,7 +83,9 @@ class WindowSampler:
         self.starts = window_starts(segment_ids, num_steps)
         if hindsight_steps is not None:
             if hindsight_steps < 1:
-                raise ValueError(f"hindsight_steps must be at least 1 (None: the episodes' goals), got {hindsight_steps}")
+                raise ValueError(
+                    f"hindsight_steps must be at least 1 (None: the episodes' goals), got {hindsight_steps}"
+                )
             segment_ids = np.asarray(segment_ids)
             last_rows = np.r_[np.flatnonzero(np.diff(segment_ids) != 0), len(segment_ids) - 1]
             segment_index = np.r_[0, np.cumsum(np.diff(segment_ids) != 0)]
