@@ -309,6 +309,46 @@ def summary_table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def time_lost_table(records: list[dict]) -> str:
+    """Where the headline DF agents lose time on the way: each one's time to goal against the dataset's expert
+    (waypoints + PD, ``results/benchmark.jsonl``) on the same test episodes, episode by episode. A median near 0 with
+    a long upper tail says the agent moves as fast as the expert but sometimes takes a detour."""
+    latest: dict[tuple[str, str], dict] = {}
+    for record in records:
+        if not is_test_evaluation(record):
+            continue
+        if record.get("table") == HEADLINE_TABLE:
+            key = ("df", record["env_id"])
+        elif record.get("source") == "benchmark.jsonl" and record["method"].startswith("expert"):
+            key = ("expert", record["env_id"])
+        else:
+            continue
+        if key not in latest or record["date"] >= latest[key]["date"]:
+            latest[key] = record
+    rows = []
+    for (kind, task), df in sorted(latest.items(), key=lambda item: _task_order(item[0][1])):
+        expert = latest.get(("expert", task))
+        if kind != "df" or expert is None or expert["episodes"]["seeds"] != df["episodes"]["seeds"]:
+            continue
+        steps = [
+            np.array([np.nan if t is None else t for t in r["episodes"]["time_to_goal"]], float) for r in (df, expert)
+        ]
+        lost = steps[0] - steps[1]
+        q50, q75, q90 = np.nanpercentile(lost, [50, 75, 90])
+        rows.append(
+            f"| {task.removesuffix('-v1')} | {np.nanmean(steps[0]):.0f} | {np.nanmean(steps[1]):.0f} | {q50:+.0f} | "
+            f"{q75:+.0f} | {q90:+.0f} | {100 * np.mean(lost > 50):.0f}% |"
+        )
+    if not rows:
+        return ""
+    header = [
+        "| task | DF time to goal | expert's | DF - expert: median | 75th percentile | 90th "
+        "| episodes > 50 steps slower |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    return "\n".join(header + rows) + "\n"
+
+
 def minutes_figure(records: list[dict], path: Path) -> list[dict]:
     """D4RL score against minutes of training, one panel per task, one marker per method, with standard-error bars,
     from the test-episode records that state their training time. Returns the records it drew."""
@@ -428,6 +468,16 @@ def main(args: Args) -> str:
         ]
         commands = list(dict.fromkeys(r["command"] for r in group))
         lines += ["Commands:", "", "```bash", *commands, "```", ""]
+    lost = time_lost_table(records)
+    if lost:
+        lines += [
+            "## Where DF loses time on the way",
+            "",
+            "The headline DF agents' steps to the goal against the dataset's expert (waypoints + PD) on the same 100",
+            "test episodes, episode by episode (an episode that never reaches the goal counts its length).",
+            "",
+            lost,
+        ]
     drawn = minutes_figure(records, figures / "score_vs_training_minutes.png")
     if drawn:
         lines += [

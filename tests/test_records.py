@@ -115,6 +115,23 @@ def test_the_summary_puts_every_method_beside_the_headline_df_rows(results, tmp_
     assert rows[1].startswith("| maze2d-umaze | ") and rows[1].count("100%") == 2 and len(rows) == 2
 
 
+def test_the_time_lost_table_compares_df_with_the_expert_episode_by_episode(results, tmp_path):
+    expert, _ = results
+    seeds = list(range(100))
+    ideal = dataclasses.replace(expert, time_to_goal=np.array([50, 60, 70]), seeds=seeds)
+    slower = dataclasses.replace(ideal, time_to_goal=np.array([50, 70, 170]))  # +0, +10, +100 steps
+    folder = tmp_path / "results"
+    append_record(folder / "df.jsonl", make_record("Diffusion Forcing", slower, table=make_results.HEADLINE_TABLE))
+    append_record(folder / "benchmark.jsonl", make_record("expert (waypoints + PD)", ideal))
+    text = make_results.main(
+        make_results.Args(records=str(folder / "*.jsonl"), output=str(tmp_path / "R.md"), figures=str(tmp_path / "f"))
+    )
+    section = text.split("## Where DF loses time on the way")[1].split("## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| maze2d")]
+    # mean 97 against 60; lost steps 0, 10, 100: median +10, 75th percentile +55, 90th +82; 1 of 3 over 50
+    assert rows == ["| maze2d-umaze | 97 | 60 | +10 | +55 | +82 | 33% |"]
+
+
 def test_make_results_tables_ogbench_records_beside_the_quoted_numbers(tmp_path):
     """An OGBench record (success per test goal, no D4RL scores) gets its own section, with OGBench's published
     numbers quoted beside it, and stays out of the maze2d tables."""
