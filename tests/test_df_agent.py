@@ -388,6 +388,8 @@ def test_the_shipped_agents_plan_with_the_scripts_defaults(maze, load_script):
         if name not in ("seed", "episode_length") and getattr(shipped, name) != getattr(expected, name)
     }
     assert not differing, f"shipped {maze} agent's planner differs from the script's defaults: {differing}"
+    goal_dim = Agent.from_pretrained(f"maze2d-{maze}").tokenizer.layout.goal_dim
+    assert goal_dim == 2 * script.GOAL_CONDITIONED[maze], f"shipped {maze} agent's goal conditioning is not the default"
 
 
 def test_plot_plan_draws_the_rows_of_the_schedule_and_the_episode(trained, tmp_path, load_script):
