@@ -221,6 +221,21 @@ OGBENCH_QUOTED = {
 }
 
 
+def _episodes(record: dict) -> str:
+    """'N (seeds a-b)': how many episodes, and which (OGBench's test episodes are seeds 0-249, held-out ones above)."""
+    seeds = record["episodes"]["seeds"]
+    return f"{len(seeds)} (seeds {min(seeds)}-{max(seeds)})"
+
+
+def _ogbench_method(record: dict) -> str:
+    """The method, with a DF planner's matrix and MCG futures (the settings its held-out rows compare)."""
+    s = record.get("settings", {})
+    if "schedule" not in s:
+        return record["method"]
+    conditioned = ", goal-conditioned" if s.get("goal_conditioned") else ""
+    return f"{record['method']} ({s['schedule']}, MCG {s.get('mcg_samples', 1)}{conditioned})"
+
+
 def ogbench_table(records: list[dict]) -> str:
     """OGBench records (``"benchmark": "ogbench"``): success overall and per test goal, time to goal, training, with
     the published numbers quoted beside."""
@@ -247,8 +262,9 @@ def ogbench_table(records: list[dict]) -> str:
         best = max(quoted.items(), key=lambda item: item[1]) if quoted else None
         quoted_cell = f"{best[0]} {best[1]}% / {quoted['GCIQL']}%" if best else "-"
         lines.append(
-            f"| {r['method']} | {r['env_id']} | {100 * m['success_rate']:.1f} ± {100 * m['success_rate_stderr']:.1f}% "
-            f"| {goals} | {m['time_to_goal']:.0f} | {training or '-'} | {len(r['episodes']['seeds'])} | {quoted_cell} "
+            f"| {_ogbench_method(r)} | {r['env_id']} "
+            f"| {100 * m['success_rate']:.1f} ± {100 * m['success_rate_stderr']:.1f}% "
+            f"| {goals} | {m['time_to_goal']:.0f} | {training or '-'} | {_episodes(r)} | {quoted_cell} "
             f"| {r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
         )
     commands = list(dict.fromkeys(r["command"] for r in records))
