@@ -103,9 +103,16 @@ class WindowSampler:
 
     @classmethod
     def from_transitions(
-        cls, data, num_steps: int, device: torch.device | str | None = None, hindsight_steps: int | None = None
+        cls,
+        data,
+        num_steps: int,
+        device: torch.device | str | None = None,
+        with_goals: bool = False,
+        hindsight_steps: int | None = None,
     ) -> WindowSampler:
-        """Windows of an ``envs.datasets.Transitions``, with the goals of its episodes (or hindsight goals)."""
+        """Windows of an ``envs.datasets.Transitions``; with ``with_goals`` each window also carries the goal of its
+        episode, with ``hindsight_steps`` a hindsight goal (only goal-conditioned models read goals: an unconditioned
+        one neither holds nor gathers them)."""
         return cls(
             data.observations,
             data.actions,
@@ -114,7 +121,7 @@ class WindowSampler:
             data.segment_ids,
             num_steps,
             device,
-            goals=getattr(data, "goals", None),
+            goals=data.goals if with_goals else None,
             hindsight_steps=hindsight_steps,
         )
 
@@ -245,7 +252,7 @@ class Trainer:
         tokens = torch.as_tensor(
             self.tokenizer.encode(batch["actions"], batch["next_observations"], batch["rewards"]), device=device
         )
-        goals = batch.get("goals") if self.tokenizer.layout.goal_dim else None
+        goals = batch.get("goals")
         if self.tokenizer.layout.goal_dim and goals is None:
             raise ValueError("a goal-conditioned model trains on batches with 'goals' (WindowSampler with goals)")
         obs = torch.as_tensor(self.tokenizer.condition(batch["obs"], goals), device=device)

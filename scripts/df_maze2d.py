@@ -393,6 +393,7 @@ def train(
         data,
         config.window_tokens * trainer.tokenizer.layout.frame_stack,
         device=trainer.device,
+        with_goals=trainer.tokenizer.layout.goal_dim > 0,
         hindsight_steps=args.hindsight_goal_steps,
     )
     global_batch = config.batch_size * world_size

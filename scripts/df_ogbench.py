@@ -217,6 +217,7 @@ def train(args: Args, task: OGBenchTask, writer: SummaryWriter, run_dir: Path, d
         data,
         config.window_tokens * trainer.tokenizer.layout.frame_stack,
         device=trainer.device,
+        with_goals=trainer.tokenizer.layout.goal_dim > 0,
         hindsight_steps=args.hindsight_goal_steps,
     )
     setup = (

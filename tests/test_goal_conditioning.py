@@ -47,20 +47,26 @@ def test_the_condition_is_the_normalized_observation_then_the_goal_scaled_like_t
 
 
 def test_each_window_carries_the_goal_its_first_step_pursued(data):
-    sampler = WindowSampler.from_transitions(data, WINDOW_TOKENS * LAYOUT.frame_stack)
+    sampler = WindowSampler.from_transitions(data, WINDOW_TOKENS * LAYOUT.frame_stack, with_goals=True)
     rng = np.random.default_rng(3)
     batch = sampler.sample(32, rng)
     starts = sampler.starts[np.random.default_rng(3).integers(len(sampler.starts), size=32)]
     np.testing.assert_array_equal(batch["goals"], data.goals[starts])
     np.testing.assert_array_equal(batch["obs"], data.observations[starts])
-    on_device = WindowSampler.from_transitions(data, WINDOW_TOKENS * LAYOUT.frame_stack, device="cpu")
+    on_device = WindowSampler.from_transitions(data, WINDOW_TOKENS * LAYOUT.frame_stack, device="cpu", with_goals=True)
     np.testing.assert_array_equal(on_device.sample(32, np.random.default_rng(3))["goals"].numpy(), batch["goals"])
+    plain = WindowSampler.from_transitions(data, WINDOW_TOKENS * LAYOUT.frame_stack).sample(
+        32, np.random.default_rng(3)
+    )
+    assert "goals" not in plain  # an unconditioned model's windows carry no goals
+    np.testing.assert_array_equal(plain["obs"], batch["obs"])  # and are the same windows
 
 
 def test_a_goal_conditioned_model_reads_the_goal_in_training_and_in_planning(data, tmp_path):
     trainer = new_trainer(data)
     assert trainer.model.config.obs_dim == 6  # observation (4) and goal (2)
-    batch = WindowSampler.from_transitions(data, WINDOW_TOKENS * LAYOUT.frame_stack).sample(8, np.random.default_rng(0))
+    windows = WindowSampler.from_transitions(data, WINDOW_TOKENS * LAYOUT.frame_stack, with_goals=True)
+    batch = windows.sample(8, np.random.default_rng(0))
 
     def loss_with(goals):
         trainer.generator.manual_seed(0)  # the same noise levels and noise for both losses
