@@ -268,6 +268,13 @@ def test_script_runs_end_to_end(data, tmp_path, load_script):
     large = envs.get_task("maze2d-large")
     assert script.planner_config(args, large).guidance_scale == script.MAZE_PLANNER_DEFAULTS["large"]["guidance_scale"]
     assert script.planner_config(script.Args(guidance_scale=0.0), large).guidance_scale == 0.0
+    # plan lengths: the maze's default, a number of tokens, or 0 for plans to the episode's end (None)
+    umaze = envs.get_task("maze2d-umaze")
+    assert script.planner_config(script.Args(), umaze).horizon_tokens == 20
+    assert script.planner_config(script.Args(), large).horizon_tokens == 30
+    assert script.planner_config(script.Args(horizon_tokens=7), large).horizon_tokens == 7
+    assert script.planner_config(script.Args(horizon_tokens=0), large).horizon_tokens is None
+    assert script.planner_config(script.Args(execute_steps=5), large).execute_steps == 5
     again = script.main(
         script.Args(**{**vars(args), "eval_only": True, "checkpoint": str(run_dir / "agent.pt"), "eval_multi": False})
     )
