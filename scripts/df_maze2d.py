@@ -37,10 +37,13 @@ from envs.records import append_record, make_record
 DEFAULT_WINDOW_TOKENS = {"umaze": 30, "medium": 60, "large": 60}
 # Goal-conditioned models per maze (--goal-conditioned). On large (held-out seeds 100-149, the same training recipe)
 # the goal-conditioned model scored 172.1 against 141.5 (paired difference +30.6 +- 9.5; success 92% against 90%),
-# and it stays at the goal better (score / reach-then-stay 0.99 against 0.87). On medium, a goal-conditioned model of
-# the CPU recipe scored 46.8 (74% success) against the shipped unconditioned model's 126.6 (H200-trained; the planner
-# not re-tuned); umaze: not measured.
-GOAL_CONDITIONED = {"umaze": False, "medium": False, "large": True}
+# and it stays at the goal better (score / reach-then-stay 0.99 against 0.87). On medium, the goal-conditioned model
+# of the CPU recipe, with its planner re-chosen (guidance 1, cold replans, near-goal scale 8), scored 141.6 / 155.8
+# single / multi-goal against the previous H200-trained unconditioned model's 124.8 / 145.6 on the same seeds
+# (paired +16.8 +- 5.9 / +10.1 +- 5.3; 100% success, 192 steps to the goal against 238); with the unconditioned
+# planner (guidance 4, warm start) it had failed (46.3, 74% success). On umaze it reached the goal later (143 steps
+# against 85; 74.0 / 97.4 with near-goal scale 16 / 85.5 with guidance 2, against 138.0), so umaze stays unconditioned.
+GOAL_CONDITIONED = {"umaze": False, "medium": True, "large": True}
 # The planner's defaults per maze (PlannerConfig fields; a command-line value replaces them), each chosen on held-out
 # episodes (seeds >= 100, RESULTS.md):
 # - guidance_scale: 4 reaches the goal sooner on umaze and medium; on large it failed to reach the goal in 37 of 100
@@ -66,6 +69,11 @@ GOAL_CONDITIONED = {"umaze": False, "medium": False, "large": True}
 #   single / multi-goal against 138.0 / 148.9 on the same seeds) at about half the planning time of its
 #   autoregressive plans; 15 / 10 tokens scored 133.5 / 122.7 single-goal. Medium: 20 tokens scored 126.0 against
 #   126.6. Large keeps 30.
+# - medium's goal-conditioned model (held-out, single / multi-goal): guidance 1 with cold replans, near-goal scale
+#   4 / 6 / 8 / 16 / 64: 119.6 / 140.5 / 141.6 / 128.3 / 94.7 single-goal (the way there the same: 191-193 steps;
+#   the scale decides the staying), 8 with near-goal radius 0.5: 139.1; guidance 2 with near-goal 16: 121.8, with the
+#   unconditioned model's guidance 4 and warm start 0.75: 46.3 (74% success). The bullets above that name medium
+#   were measured on the previous, unconditioned medium model.
 # Settings every maze shares: near the goal, short pyramid plans replanned every 3 steps, MCG as far from it.
 _NEAR_GOAL_DEFAULTS = dict(
     near_goal_schedule="pyramid",
@@ -85,11 +93,11 @@ MAZE_PLANNER_DEFAULTS = {
     ),
     "medium": dict(
         horizon_tokens=30,
-        guidance_scale=4.0,
+        guidance_scale=1.0,
         schedule="full_sequence",
         mcg_samples=4,
-        warm_start_level=0.75,
-        near_goal_guidance_scale=128.0,
+        warm_start_level=0.0,
+        near_goal_guidance_scale=8.0,
         **_NEAR_GOAL_DEFAULTS,
     ),
     "large": dict(
@@ -136,7 +144,7 @@ class Args:
     goal_conditioned: bool | None = None
     """condition the model on the goal (encoded with the observation into the initial state; trained on the goal
     each window's episode pursued, which it reaches), as well as guiding the plan toward it (the paper's model is not
-    goal-conditioned; default per maze: on for large)"""
+    goal-conditioned; default per maze: on for medium and large)"""
     hindsight_goal_steps: int | None = None
     """goal-conditioned training on hindsight goals instead: each window's goal is the position reached d steps after
     its start, d uniform in 1..this (None: the goal its episode pursued)"""
@@ -194,7 +202,7 @@ class Args:
     ddim_steps: int = 10
     """DDIM steps per token (10 scored as well as 20 on held-out episodes, in half the time)"""
     guidance_scale: float | None = None
-    """goal guidance step size (default: 4 on umaze and medium, 1 on large; 0: unguided)"""
+    """goal guidance step size (default: 4 on umaze, 1 on medium and large; 0: unguided)"""
     mcg_samples: int | None = None
     """Monte Carlo Guidance futures per plan (default: per maze)"""
     no_mcg: bool = False
@@ -210,8 +218,9 @@ class Args:
     """goal-state guidance: distance scale of the gate exp(-(d / radius)^2) that turns the stay terms on"""
     near_goal_guidance_scale: float | None = None
     """guidance scale for plans that start within --near-goal-radius of the goal (0: the maze's scale everywhere;
-    default per maze: 128 on umaze and medium, chosen on umaze's held-out episodes; 4 on large, whose positions
-    spread 3x wider, so that the same scale pulls 3x harder in the model's normalized units)"""
+    default per maze: 128 on umaze, chosen on its held-out episodes; 8 on medium and 4 on large, whose
+    goal-conditioned models stay with a gentler pull, and whose positions spread 2-3x wider than umaze's, so that
+    one scale pulls harder in the model's normalized units)"""
     near_goal_radius: float = 1.0
     """distance to the goal within which --near-goal-guidance-scale applies"""
     near_goal_execute_steps: int | None = None
@@ -234,8 +243,8 @@ class Args:
     """steps executed between replans on the way, if fewer than --replan-every tokens (None: the whole tokens)"""
     warm_start_level: float | None = None
     """warm start each replan from the previous plan, shifted by the steps executed and noised to this fraction of
-    the noise scale (0: off, every plan from pure noise; default per maze: 0.75 on umaze and medium, off on
-    large), see PlannerConfig.warm_start_level"""
+    the noise scale (0: off, every plan from pure noise; default per maze: 0.75 on umaze, off on medium and large),
+    see PlannerConfig.warm_start_level"""
     stall_steps: int = 0
     """with warm start: replan cold when the point moved less than --stall-distance in this many steps, away from
     the goal (0: off), see PlannerConfig.stall_steps"""
