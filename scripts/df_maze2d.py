@@ -74,6 +74,8 @@ GOAL_CONDITIONED = {"umaze": False, "medium": True, "large": True}
 #   the scale decides the staying), 8 with near-goal radius 0.5: 139.1; guidance 2 with near-goal 16: 121.8, with the
 #   unconditioned model's guidance 4 and warm start 0.75: 46.3 (74% success). The bullets above that name medium
 #   were measured on the previous, unconditioned medium model.
+# - large's goal-conditioned model, near-goal scale 2 / 4 / 8 (held-out, single / multi-goal): 169.0 / 172.1 / 173.6
+#   and 155.0 / 174.4 / 176.6, within noise of each other (s.e. about 10; 4 measured on another machine), so 4 stays.
 # Settings every maze shares: near the goal, short pyramid plans replanned every 3 steps, MCG as far from it.
 _NEAR_GOAL_DEFAULTS = dict(
     near_goal_schedule="pyramid",
