@@ -6,19 +6,22 @@ protocol (five test goals x N episodes, success rate; ``envs.ogbench_eval``).
     python scripts/df_ogbench.py --env pointmaze-medium-navigate-v0 --eval-only --checkpoint runs/<run>/agent.pt
 
 The same library as maze2d (``scripts/df_maze2d.py``): ``df_agent``'s trainer, windows, tokens, sampler and Agent.
-The defaults below are provisional (set by analogy with maze2d, not tuned on OGBench; see docs/ogbench.md):
+The defaults below are provisional, set by analogy with maze2d, except the plan length, chosen per maze on held-out
+episodes (see docs/ogbench.md):
 
 * observation: OGBench's (x, y). The point's velocity is zeroed at every step, so (x, y) is the whole state. By default
-  it is padded to (x, y, 0, 0) because ``Agent.act`` currently reads a 4-D observation; --no-zero-velocity trains
-  on (x, y) alone, which needs the change to ``Agent.act`` described in docs/ogbench.md.
+  it is padded to (x, y, 0, 0), maze2d's layout (the measured runs use it); --no-zero-velocity trains and acts on
+  (x, y) alone (not measured yet).
 * frame stack 10 steps per token (a step moves the point by 0.2 * action, so a token spans at most 2 of a cell's 4
   units). Training windows: 30 tokens on navigate (1000-step episodes), 18 on stitch (200-step episodes).
 * planner: pyramid schedule, 10 DDIM steps, Monte Carlo Guidance with 4 futures, guidance scale 1, plans of 30
-  tokens replanned every token, cold starts, no PD hold; episode length 1000 (the evaluation's time limit).
+  tokens on medium and 60 on large and giant (HORIZON_TOKENS) replanned every token, cold starts, no PD hold;
+  episode length 1000 (the evaluation's time limit).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import time
@@ -46,16 +49,23 @@ from envs.records import append_record, make_record
 DEFAULT_WINDOW_TOKENS = {"navigate": 30, "stitch": 18}
 
 
-def default_planner() -> PlannerConfig:
-    """The planner for OGBench (provisional: maze2d-medium's choices, cold starts). Guidance 1: the goal cost's
-    gradient with respect to the normalized tokens grows with the positions' spread, which is about 4x maze2d
-    medium's in OGBench's units (maze cells of 4), so 1 here is roughly maze2d medium's 4."""
+# Plan length per maze, in tokens of 10 steps, chosen on held-out episodes (seeds >= 1000; records in
+# results/df_ogbench.jsonl): medium 30; large 60 (10 episodes per goal: 30 / 60 / 100 tokens reached 40 / 68 / 62%,
+# the far goals 4 and 5 need plans past 300 steps); giant: large's, not measured yet.
+HORIZON_TOKENS = {"medium": 30, "large": 60, "giant": 60}
+
+
+def default_planner(maze: str = "medium") -> PlannerConfig:
+    """The planner for OGBench (provisional: maze2d-medium's choices, cold starts), with the maze's plan length
+    (``HORIZON_TOKENS``). Guidance 1: the goal cost's gradient with respect to the normalized tokens grows with the
+    positions' spread, which is about 4x maze2d medium's in OGBench's units (maze cells of 4), so 1 here is roughly
+    maze2d medium's 4."""
     return PlannerConfig(
         ddim_steps=10,
         schedule="pyramid",
         guidance_scale=1.0,
         mcg_samples=4,
-        horizon_tokens=30,
+        horizon_tokens=HORIZON_TOKENS[maze],
         replan_every=1,
         episode_length=1000,
         warm_start_level=0.0,
@@ -83,7 +93,7 @@ class Args:
     generates them)"""
     zero_velocity: bool = True
     """observations (x, y, 0, 0) instead of OGBench's (x, y): the velocity entering every OGBench step is 0, so both
-    carry the same information; the padding lets the current Agent act (it reads observation[:, 2:4])"""
+    carry the same information; the padding is maze2d's layout, which the measured runs use"""
 
     # model and tokens
     frame_stack: int = 10
@@ -137,8 +147,9 @@ class Args:
 
     # planning and evaluation
     planner: PlannerConfig = field(default_factory=default_planner)
-    """planner settings (--planner.guidance-scale, --planner.mcg-samples, ...); episode_length and seed are set from
-    the evaluation's time limit and --seed"""
+    """planner settings (--planner.guidance-scale, --planner.mcg-samples, ...); the plan length defaults to the
+    maze's (HORIZON_TOKENS: medium 30, large and giant 60); episode_length and seed are set from the evaluation's
+    time limit and --seed"""
     eval_episodes_per_goal: int = DEFAULT_EPISODES_PER_GOAL
     """evaluation episodes per test goal (OGBench's 50; 5 goals; 0: skip evaluation)"""
     eval_seed: int = 0
@@ -323,5 +334,18 @@ def main(args: Args) -> dict:
     return summary
 
 
+def cli(argv: list[str] | None = None) -> Args:
+    """The command line's Args, with the planner defaults of its --env's maze (explicit --planner.* flags win)."""
+    first_pass = argparse.ArgumentParser(add_help=False)
+    first_pass.add_argument("--env", default=Args.env)
+    env = first_pass.parse_known_args(argv)[0].env
+    try:
+        maze = get_ogbench_task(env).maze
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    description = __doc__.split("\n\n")[0] + f" Tasks: {', '.join(OGBENCH_TASKS)}."
+    return tyro.cli(Args, args=argv, default=Args(env=env, planner=default_planner(maze)), description=description)
+
+
 if __name__ == "__main__":
-    main(tyro.cli(Args, description=__doc__.split("\n\n")[0] + f" Tasks: {', '.join(OGBENCH_TASKS)}."))
+    main(cli())

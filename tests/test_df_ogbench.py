@@ -141,6 +141,18 @@ def recorded_actions(monkeypatch):
     return runs
 
 
+def test_the_command_line_takes_the_plan_length_of_the_env_s_maze(load_script):
+    script = load_script("df_ogbench")
+    assert script.cli([]).planner.horizon_tokens == script.HORIZON_TOKENS["medium"] == 30  # the default env
+    large = script.cli(["--env", "pointmaze-large-stitch-v0", "--planner.guidance-scale", "2"])
+    assert large.planner.horizon_tokens == script.HORIZON_TOKENS["large"] == 60
+    assert large.planner.guidance_scale == 2.0 and large.planner.mcg_samples == script.default_planner().mcg_samples
+    explicit = script.cli(["--env=pointmaze-giant-navigate-v0", "--planner.horizon-tokens", "45"])
+    assert explicit.planner.horizon_tokens == 45 and explicit.env == "pointmaze-giant-navigate-v0"
+    with pytest.raises(SystemExit, match="pointmaze-medium-navigate-v0"):  # an unknown id names the valid ones
+        script.cli(["--env", "pointmaze-tiny-navigate-v0"])
+
+
 def test_script_trains_evaluates_and_reproduces_from_its_checkpoints(
     dataset_dir, tmp_path, load_script, recorded_actions
 ):
