@@ -228,12 +228,18 @@ def _episodes(record: dict) -> str:
 
 
 def _ogbench_method(record: dict) -> str:
-    """The method, with a DF planner's matrix and MCG futures (the settings its held-out rows compare)."""
+    """The method, with a DF planner's matrix, MCG futures, plan length and guidance scale (the settings its held-out
+    rows compare)."""
     s = record.get("settings", {})
     if "schedule" not in s:
         return record["method"]
     conditioned = ", goal-conditioned" if s.get("goal_conditioned") else ""
-    return f"{record['method']} ({s['schedule']}, MCG {s.get('mcg_samples', 1)}{conditioned})"
+    horizon = s.get("horizon_tokens")
+    plans = f"{horizon}-token plans" if horizon else "plans to the episode's end"
+    return (
+        f"{record['method']} ({s['schedule']}, MCG {s.get('mcg_samples', 1)}, {plans}, "
+        f"guidance {s.get('guidance_scale', 1.0):g}{conditioned})"
+    )
 
 
 def ogbench_table(records: list[dict]) -> str:

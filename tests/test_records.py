@@ -149,6 +149,9 @@ def test_make_results_tables_ogbench_records_beside_the_quoted_numbers(tmp_path)
     )
     path = tmp_path / "ogbench.jsonl"
     append_record(path, make_record("IQL", result, train_minutes=12.0, train_steps=3000))
+    planner = {"schedule": "pyramid", "mcg_samples": 4, "horizon_tokens": 60, "guidance_scale": 2.0}
+    append_record(path, make_record("Diffusion Forcing", result, {**planner, "goal_conditioned": True}))
+    append_record(path, make_record("Diffusion Forcing", result, {**planner, "horizon_tokens": None}))
     text = make_results.main(
         make_results.Args(records=str(path), output=str(tmp_path / "R.md"), figures=str(tmp_path / "f"))
     )
@@ -157,3 +160,6 @@ def test_make_results_tables_ogbench_records_beside_the_quoted_numbers(tmp_path)
     assert cells[2].startswith("50.0 ± ") and cells[3] == "100 / 50 / 0 / 100 / 0"
     assert cells[4] == "580" and cells[5] == "12 min, 3,000 steps" and cells[7] == "QRL 82% / 53%"
     assert "## Other evaluations" not in text
+    # a DF row names the planner settings that its held-out rows compare
+    assert "| Diffusion Forcing (pyramid, MCG 4, 60-token plans, guidance 2, goal-conditioned) | pointmaze-" in text
+    assert "| Diffusion Forcing (pyramid, MCG 4, plans to the episode's end, guidance 2) | pointmaze-" in text
