@@ -74,8 +74,11 @@ GOAL_CONDITIONED = {"umaze": False, "medium": True, "large": True}
 # - medium's goal-conditioned model (held-out, single / multi-goal): guidance 1 with cold replans, near-goal scale
 #   4 / 6 / 8 / 16 / 64: 119.6 / 140.5 / 141.6 / 128.3 / 94.7 single-goal (the way there the same: 191-193 steps;
 #   the scale decides the staying), 8 with near-goal radius 0.5: 139.1; guidance 2 with near-goal 16: 121.8, with the
-#   unconditioned model's guidance 4 and warm start 0.75: 46.3 (74% success). The bullets above that name medium
-#   were measured on the previous, unconditioned medium model.
+#   unconditioned model's guidance 4 and warm start 0.75: 46.3 (74% success). Staying, at near-goal scale 8:
+#   goal-state guidance near the goal (--stay-velocity-weight 1 / 4 --stay-near-goal-only) 105.6 / 49.6 single and
+#   71.3 / 15.3 multi-goal (the point slowed before the goal: 222 / 335 steps), near-goal plans of 3 / 10 tokens
+#   74.0 / 70.3 single-goal, against 141.6 / 155.8 with the defaults. The bullets above that name medium were
+#   measured on the previous, unconditioned medium model.
 # - large's goal-conditioned model, near-goal scale 2 / 4 / 8 (held-out, single / multi-goal): 169.0 / 172.1 / 173.6
 #   and 155.0 / 174.4 / 176.6, within noise of each other (s.e. about 10; 4 measured on another machine), so 4 stays.
 # Settings every maze shares: near the goal, short pyramid plans replanned every 3 steps, MCG as far from it.
