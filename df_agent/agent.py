@@ -56,6 +56,10 @@ class PlannerConfig:
     stay_near_goal_only: bool = False
     """apply the stay terms only to plans that start within ``near_goal_radius`` of the goal, so that they never
     slow the way there"""
+    start_weight: float = 0.0
+    """weight of the pull of each plan's first predicted observation toward the observation it starts at
+    (``df_agent.guidance.start_cost``; 0: off). The goal pull alone can move a plan's first steps toward the goal,
+    so the plan starts where the point is not, and its actions overshoot the goal"""
     near_goal_guidance_scale: float | None = None
     """guidance scale for plans that start within ``near_goal_radius`` of the goal (None: ``guidance_scale``).
     Strong guidance far from the goal can pull a plan through walls, near it there is no wall to cross: a
@@ -392,6 +396,8 @@ class Agent:
                 velocity_weight=velocity_weight,
                 action_weight=action_weight,
                 stay_radius=p.stay_radius,
+                start=torch.as_tensor(obs, dtype=torch.float32, device=device),
+                start_weight=p.start_weight,
             )
         action_mask = torch.as_tensor(self.tokenizer.action_mask(), device=device) if p.guide_actions_only else None
         with torch.no_grad():

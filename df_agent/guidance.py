@@ -53,6 +53,18 @@ def goal_state_cost(
     return per_step.sum(dim=-1)
 
 
+def start_cost(first_observations: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """Distance of each plan's first predicted observation from the observation it starts at (B,).
+
+    A plan is conditioned on the current observation only through the model's initial state, so a strong goal
+    pull can move its first predicted steps toward the goal, away from where the point is and how fast it moves:
+    the plan then believes it is closer and slower than it is, and its actions overshoot (near a goal the point
+    circles it). One control step moves the point by at most a few hundredths, so the first predicted observation
+    should be the current one; weighting this distance keeps the guided plan consistent with the present.
+    first_observations, current (B, obs_dim), unnormalized."""
+    return torch.linalg.vector_norm(first_observations - current, dim=-1)
+
+
 def predicted_reward_cost(rewards: torch.Tensor, step_mask: torch.Tensor | None = None):
     """Negative sum of the predicted rewards (needs the reward slot in the tokens). rewards (B, L)."""
     if step_mask is not None:
@@ -62,7 +74,8 @@ def predicted_reward_cost(rewards: torch.Tensor, step_mask: torch.Tensor | None 
 
 class GoalCost:
     """Token-space cost for the sampler: decode the clean-token prediction, then ``goal_state_cost`` (which is
-    ``goal_distance_cost`` while ``velocity_weight`` and ``action_weight`` are 0)."""
+    ``goal_distance_cost`` while ``velocity_weight`` and ``action_weight`` are 0), plus ``start_weight`` times
+    ``start_cost`` from ``start`` (B, obs_dim), the observations the plans start at, when both are given."""
 
     def __init__(
         self,
@@ -72,30 +85,37 @@ class GoalCost:
         velocity_weight: float = 0.0,
         action_weight: float = 0.0,
         stay_radius: float = 1.0,
+        start: torch.Tensor | None = None,
+        start_weight: float = 0.0,
     ):
         if np.any(np.asarray(velocity_weight) < 0) or np.any(np.asarray(action_weight) < 0) or stay_radius <= 0:
             raise ValueError(
                 f"velocity_weight and action_weight must be >= 0 and stay_radius > 0, got {velocity_weight}, "
                 f"{action_weight}, {stay_radius}"
             )
+        if start_weight < 0 or (start_weight > 0 and start is None):
+            raise ValueError(f"start_weight must be >= 0 and needs the start observations, got {start_weight}")
         self.tokenizer = tokenizer
         self.goal = goal
         self.step_mask = step_mask
         self.velocity_weight = velocity_weight
         self.action_weight = action_weight
         self.stay_radius = stay_radius
+        self.start = start
+        self.start_weight = start_weight
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         steps = self.tokenizer.decode(tokens)
         observations = steps["next_observations"]
-        goal, mask = self.goal, self.step_mask
+        goal, mask, start = self.goal, self.step_mask, self.start
         velocity_weight, action_weight = self.velocity_weight, self.action_weight
         if len(tokens) != len(goal):  # Monte Carlo Guidance stacks several futures per plan
             repeats = len(tokens) // len(goal)
             goal = goal.repeat(repeats, 1)
             mask = mask.repeat(repeats, 1) if mask is not None else None
+            start = start.repeat(repeats, 1) if start is not None else None
             velocity_weight, action_weight = _repeat(velocity_weight, repeats), _repeat(action_weight, repeats)
-        return goal_state_cost(
+        cost = goal_state_cost(
             observations[..., :2],
             observations[..., 2:4],
             steps["actions"],
@@ -105,6 +125,9 @@ class GoalCost:
             action_weight,
             self.stay_radius,
         )
+        if self.start_weight > 0:
+            cost = cost + self.start_weight * start_cost(observations[:, 0], start)
+        return cost
 
 
 def _repeat(weight, repeats: int):

@@ -81,6 +81,10 @@ GOAL_CONDITIONED = {"umaze": False, "medium": True, "large": True}
 #   measured on the previous, unconditioned medium model.
 # - large's goal-conditioned model, near-goal scale 2 / 4 / 8 (held-out, single / multi-goal): 169.0 / 172.1 / 173.6
 #   and 155.0 / 174.4 / 176.6, within noise of each other (s.e. about 10; 4 measured on another machine), so 4 stays.
+#   Re-measured on the Intel machine: 172.0 / 164.0. Near-goal radius 1.5 / 2: 180.0 / 170.1 (paired +8.0 +- 8.6 /
+#   +6.0 +- 7.7, within noise, not adopted) and 119.6 / 174.7 (62% success single-goal: the strong pull 2 away crosses
+#   walls). --start-weight 4 / 16 (the plan's first step pulled toward the current observation): 173.3 / 161.9 and
+#   166.5 / 127.6, so start_weight stays 0 (results/planner_grid_start.jsonl).
 # Settings every maze shares: near the goal, short pyramid plans replanned every 3 steps, MCG as far from it.
 _NEAR_GOAL_DEFAULTS = dict(
     near_goal_schedule="pyramid",
@@ -96,6 +100,7 @@ MAZE_PLANNER_DEFAULTS = {
         mcg_samples=1,
         warm_start_level=0.75,
         near_goal_guidance_scale=128.0,
+        start_weight=0.0,
         **_NEAR_GOAL_DEFAULTS,
     ),
     "medium": dict(
@@ -105,6 +110,7 @@ MAZE_PLANNER_DEFAULTS = {
         mcg_samples=4,
         warm_start_level=0.0,
         near_goal_guidance_scale=8.0,
+        start_weight=0.0,
         **_NEAR_GOAL_DEFAULTS,
     ),
     "large": dict(
@@ -114,6 +120,7 @@ MAZE_PLANNER_DEFAULTS = {
         mcg_samples=4,
         warm_start_level=0.0,
         near_goal_guidance_scale=4.0,
+        start_weight=0.0,
         **_NEAR_GOAL_DEFAULTS,
     ),
 }
@@ -223,6 +230,9 @@ class Args:
     """apply the goal-state terms only to plans that start within --near-goal-radius of the goal"""
     stay_radius: float = 1.0
     """goal-state guidance: distance scale of the gate exp(-(d / radius)^2) that turns the stay terms on"""
+    start_weight: float | None = None
+    """weight of the pull of each plan's first predicted observation toward the current observation, so a guided
+    plan starts where the point is and as fast as it moves (PlannerConfig.start_weight; default per maze; 0: off)"""
     near_goal_guidance_scale: float | None = None
     """guidance scale for plans that start within --near-goal-radius of the goal (0: the maze's scale everywhere;
     default per maze: 128 on umaze, chosen on its held-out episodes; 8 on medium and 4 on large, whose
@@ -327,6 +337,7 @@ def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
         stay_action_weight=args.stay_action_weight,
         stay_radius=args.stay_radius,
         stay_near_goal_only=args.stay_near_goal_only,
+        start_weight=per_maze("start_weight"),
         near_goal_guidance_scale=per_maze("near_goal_guidance_scale"),
         near_goal_radius=args.near_goal_radius,
         near_goal_execute_steps=per_maze("near_goal_execute_steps"),

@@ -73,6 +73,8 @@ def describe_settings(record: dict) -> str:
     if s.get("stay_velocity_weight") or s.get("stay_action_weight"):
         where = " near goal only" if s.get("stay_near_goal_only") else ""
         parts.append(f"stay v {s.get('stay_velocity_weight', 0):g} a {s.get('stay_action_weight', 0):g}{where}")
+    if s.get("start_weight"):
+        parts.append(f"start pull {s['start_weight']:g}")
     if s.get("shrink_horizon") is False:
         parts.append("horizon kept past the episode's end")
     if s.get("goal_hold_radius"):

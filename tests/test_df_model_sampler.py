@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from df_agent.diffusion import NoiseSchedule
-from df_agent.guidance import GoalCost, goal_distance_cost, goal_state_cost, predicted_reward_cost
+from df_agent.guidance import GoalCost, goal_distance_cost, goal_state_cost, predicted_reward_cost, start_cost
 from df_agent.model import DiffusionForcingModel, ModelConfig
 from df_agent.sampler import monte_carlo_guidance_cost, sample
 from df_agent.schedules import make_schedule, to_noise_levels
@@ -106,6 +106,31 @@ def test_goal_cost_decodes_tokens_and_repeats_goals_for_mcg_futures():
     assert cost(torch.cat([tokens, tokens])).shape == (2,)  # two MCG futures of one plan
     with pytest.raises(ValueError, match="stay_radius"):
         GoalCost(tokenizer, torch.tensor([[3.0, 0.0]]), stay_radius=0.0)
+
+
+def test_the_start_cost_pulls_a_plan_s_first_observation_to_the_current_one():
+    layout = TokenLayout(frame_stack=2)
+    tokenizer = Tokenizer(layout, np.zeros(layout.step_dim), np.ones(layout.step_dim))
+    steps = torch.zeros(1, 4, layout.step_dim)  # [ax, ay, x, y, vx, vy] per step
+    steps[0, :, 2:4] = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])
+    tokens = steps.reshape(1, 2, layout.token_dim).requires_grad_(True)
+    # the point is at (0, 3) moving at (0, 4): its first planned step (0, 0) at rest is 5 away from it in (x, y)
+    # and 4 in velocity, i.e. sqrt(9 + 16) = 5 in all
+    start = torch.tensor([[0.0, 3.0, 0.0, 4.0]])
+    assert start_cost(tokenizer.decode(tokens)["next_observations"][:, 0], start).item() == pytest.approx(5.0)
+    goal = torch.tensor([[3.0, 0.0]])
+    plain = GoalCost(tokenizer, goal)(tokens)
+    pulled = GoalCost(tokenizer, goal, start=start, start_weight=2.0)
+    assert pulled(tokens).item() == pytest.approx(plain.item() + 2.0 * 5.0, rel=1e-6)
+    # its gradient moves only the first step, toward the current observation
+    (pulled(tokens) - plain).sum().backward()
+    grad = tokens.grad.reshape(1, 4, layout.step_dim)
+    np.testing.assert_allclose(grad[0, 0, 2:].numpy(), -2.0 * np.array([0.0, 3.0, 0.0, 4.0]) / 5.0, atol=1e-6)
+    assert torch.count_nonzero(grad[0, 1:]) == 0
+    # Monte Carlo Guidance futures of one plan share its start
+    assert pulled(torch.cat([tokens, tokens])).detach().numpy() == pytest.approx([pulled(tokens).item()] * 2)
+    with pytest.raises(ValueError, match="start"):
+        GoalCost(tokenizer, goal, start_weight=1.0)
 
 
 @pytest.mark.parametrize("schedule_name", ["pyramid", "full_sequence", "autoregressive"])

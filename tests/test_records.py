@@ -163,3 +163,12 @@ def test_make_results_tables_ogbench_records_beside_the_quoted_numbers(tmp_path)
     # a DF row names the planner settings that its held-out rows compare
     assert "| Diffusion Forcing (pyramid, MCG 4, 60-token plans, guidance 2, goal-conditioned) | pointmaze-" in text
     assert "| Diffusion Forcing (pyramid, MCG 4, plans to the episode's end, guidance 2) | pointmaze-" in text
+
+
+def test_the_settings_column_names_the_planner_s_guidance_terms():
+    settings = {"schedule": "pyramid", "guidance_scale": 4.0, "mcg_samples": 4, "ddim_steps": 10}
+    plain = make_results.describe_settings({"settings": settings})
+    pulled_settings = {**settings, "start_weight": 4.0, "near_goal_guidance_scale": 8.0, "near_goal_radius": 1.5}
+    pulled = make_results.describe_settings({"settings": pulled_settings})
+    assert "start pull" not in plain and "start pull 4" in pulled
+    assert "near-goal 8 within 1.5" in pulled
