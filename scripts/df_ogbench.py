@@ -51,7 +51,7 @@ DEFAULT_WINDOW_TOKENS = {"navigate": 30, "stitch": 18}
 
 # Plan length per maze, in tokens of 10 steps, chosen on held-out episodes (seeds >= 1000; records in
 # results/df_ogbench.jsonl): medium 30; large 60 (10 episodes per goal: 30 / 60 / 100 tokens reached 40 / 68 / 62%,
-# the far goals 4 and 5 need plans past 300 steps); giant: large's, not measured yet.
+# the far goals 4 and 5 need plans past 300 steps); giant: large's, not chosen on giant (test 15.2% with it).
 HORIZON_TOKENS = {"medium": 30, "large": 60, "giant": 60}
 
 
