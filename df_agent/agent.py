@@ -396,7 +396,7 @@ class Agent:
                 velocity_weight=velocity_weight,
                 action_weight=action_weight,
                 stay_radius=p.stay_radius,
-                start=torch.as_tensor(obs, dtype=torch.float32, device=device),
+                start=torch.as_tensor(obs, dtype=torch.float32, device=device) if p.start_weight > 0 else None,
                 start_weight=p.start_weight,
             )
         action_mask = torch.as_tensor(self.tokenizer.action_mask(), device=device) if p.guide_actions_only else None
