@@ -230,18 +230,25 @@ def _episodes(record: dict) -> str:
 
 
 def _ogbench_method(record: dict) -> str:
-    """The method, with a DF planner's matrix, MCG futures, plan length and guidance scale (the settings its held-out
-    rows compare)."""
+    """The method, with a DF planner's matrix, MCG futures, plan length and guidance (scale, actions only, start pull:
+    the settings its held-out rows compare)."""
     s = record.get("settings", {})
     if "schedule" not in s:
         return record["method"]
-    conditioned = ", goal-conditioned" if s.get("goal_conditioned") else ""
     horizon = s.get("horizon_tokens")
     plans = f"{horizon}-token plans" if horizon else "plans to the episode's end"
-    return (
-        f"{record['method']} ({s['schedule']}, MCG {s.get('mcg_samples', 1)}, {plans}, "
-        f"guidance {s.get('guidance_scale', 1.0):g}{conditioned})"
+    guidance = f"guidance {s.get('guidance_scale', 1.0):g}" + (
+        " on actions only" if s.get("guide_actions_only") else ""
     )
+    extras = "".join(
+        part
+        for part, on in (
+            (f", start pull {s.get('start_weight', 0):g}", s.get("start_weight")),
+            (", goal-conditioned", s.get("goal_conditioned")),
+        )
+        if on
+    )
+    return f"{record['method']} ({s['schedule']}, MCG {s.get('mcg_samples', 1)}, {plans}, {guidance}{extras})"
 
 
 def ogbench_table(records: list[dict]) -> str:
@@ -274,6 +281,33 @@ def ogbench_table(records: list[dict]) -> str:
             f"| {100 * m['success_rate']:.1f} ± {100 * m['success_rate_stderr']:.1f}% "
             f"| {goals} | {m['time_to_goal']:.0f} | {training or '-'} | {_episodes(r)} | {quoted_cell} "
             f"| {r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
+        )
+    commands = list(dict.fromkeys(r["command"] for r in records))
+    return "\n".join(lines) + "\n\nCommands:\n\n```bash\n" + "\n".join(commands) + "\n```\n"
+
+
+def continuity_table(records: list[dict]) -> str:
+    """``scripts/plan_continuity.py`` records: how far apart a plan's consecutive predicted positions lie inside
+    tokens, across token boundaries and from the current position (medians over the plans)."""
+    lines = [
+        "Distances between consecutive predicted positions of plans made from held-out starts (median over the plans",
+        "of each plan's median), in the maze's units: the first step (from the current position), steps inside a",
+        "token, steps across token boundaries; and the plan's last position's distance to the goal. A boundary step",
+        "far longer than an inside step is a plan that jumps.",
+        "",
+        "| env | checkpoint | guidance | plan | first step | inside tokens | at boundaries | ratio | end to goal "
+        "| plans | date, commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        m, s = r["metrics"], r["settings"]
+        guidance = f"{s['guidance_scale']:g}" + (" on actions only" if s.get("guide_actions_only") else "")
+        lines.append(
+            f"| {r['env_id']} | {s['checkpoint']} | {guidance} | {s['horizon_tokens']} tokens of {s['frame_stack']}, "
+            f"{s['schedule']} | {m['first_step_median']:.3f} | {m['inside_step_median']:.3f} "
+            f"| {m['boundary_step_median']:.3f} | {m['boundary_to_inside']:.1f}x "
+            f"| {m['final_distance_to_goal_median']:.2f} "
+            f"| {s['starts']} from seed {s['seed']} | {r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
         )
     commands = list(dict.fromkeys(r["command"] for r in records))
     return "\n".join(lines) + "\n\nCommands:\n\n```bash\n" + "\n".join(commands) + "\n```\n"
@@ -446,6 +480,7 @@ def main(args: Args) -> str:
     everything = load_all(args.records)
     speed = [r for r in everything if r.get("kind") == "speed"]
     ogbench = [r for r in everything if r.get("benchmark") == "ogbench"]
+    continuity = [r for r in everything if r.get("kind") == "plan_continuity"]
     records = [r for r in everything if r.get("benchmark", "maze2d") == "maze2d" and r.get("kind") != "speed"]
     if not records and not speed and not ogbench:
         raise SystemExit(f"no records match {args.records}; run scripts/df_maze2d.py or scripts/benchmark_df.py first")
@@ -529,6 +564,8 @@ def main(args: Args) -> str:
         lines += ["## Speed", "", speed_table(speed)]
     if ogbench:
         lines += ["## OGBench pointmaze", "", ogbench_table(ogbench)]
+    if continuity:
+        lines += ["## Plan continuity (diagnostic)", "", continuity_table(continuity)]
     plans = sorted(figures.glob("plan_*.png"))
     if plans:
         lines += [

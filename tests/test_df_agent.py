@@ -9,6 +9,7 @@ from df_agent.agent import Agent, PlannerConfig
 from df_agent.tokens import TokenLayout
 from df_agent.training import TrainConfig, Trainer, WindowSampler, make_trainer
 from envs.datasets import generate_dataset, load_transitions
+from envs.records import read_records
 
 LAYOUT = TokenLayout(frame_stack=5)
 MODEL = {"latent_dim": 32, "width": 64, "depth": 1, "level_embedding_dim": 16}
@@ -409,6 +410,39 @@ def test_plot_plan_draws_the_rows_of_the_schedule_and_the_episode(trained, tmp_p
     script = load_script("plot_plan")
     out = script.main(script.Args(env="maze2d-umaze", checkpoint=str(path), output=str(tmp_path / "plan.png")))
     assert out.stat().st_size > 10_000
+
+
+def test_plan_continuity_measures_steps_inside_tokens_at_boundaries_and_from_the_start(load_script):
+    script = load_script("plan_continuity")
+    start = np.zeros((1, 2))
+    # frame stack 3, two tokens: a first step of 0.5, steps of 0.1 inside tokens, a jump of 1.0 into the second
+    xs = np.array([0.5, 0.6, 0.7, 1.7, 1.8, 1.9])
+    stats = script.continuity(start, np.stack([xs, np.zeros(6)], axis=-1)[None], frame_stack=3)
+    np.testing.assert_allclose(stats["first_step"], [0.5])
+    np.testing.assert_allclose(stats["inside_step"], [0.1])
+    np.testing.assert_allclose(stats["boundary_step"], [1.0])
+
+
+def test_plan_continuity_records_the_plans_an_agent_makes_from_held_out_starts(trained, tmp_path, load_script):
+    path = Agent.from_trainer(trained, planner(horizon_tokens=3, ddim_steps=2, mcg_samples=1)).save(tmp_path / "a.pt")
+    script = load_script("plan_continuity")
+    args = script.Args(
+        env="maze2d-umaze", checkpoint=str(path), starts=3, guidance_scales=(0.0, 2.0), record=str(tmp_path / "r.jsonl")
+    )
+    records = script.main(args)
+    assert [r["settings"]["guidance_scale"] for r in read_records(tmp_path / "r.jsonl")] == [0.0, 2.0]
+    assert all(r["benchmark"] == "diagnostic" and len(r["plans"]["first_step"]) == 3 for r in records)
+    # the first step it reports is the distance from each start to the plan's first position, planned independently
+    env = envs.make("maze2d-umaze-v1")
+    obs = [env.reset(seed=100 + i)[0] for i in range(3)]
+    observations = np.array([o["observation"] for o in obs], np.float32)
+    goals = np.array([o["desired_goal"] for o in obs], np.float32)
+    agent = Agent.for_task(path, "maze2d-umaze-v1", guidance_scale=2.0)
+    plan = agent.plan(observations, goals, horizon=3 * agent.tokenizer.layout.frame_stack)
+    expected = np.linalg.norm(plan.positions[:, 0] - observations[:, :2], axis=-1)
+    np.testing.assert_allclose(records[1]["plans"]["first_step"], expected, rtol=1e-4, atol=1e-5)
+    table = load_script("make_results").continuity_table(records)  # RESULTS.md's table of these records
+    assert table.count("| maze2d-umaze |") == 2 and f"| {records[1]['metrics']['first_step_median']:.3f} |" in table
 
 
 def test_planner_settings_are_immutable_and_with_planner_gives_a_new_agent(trained, tmp_path):

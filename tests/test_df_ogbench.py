@@ -235,3 +235,28 @@ def test_script_trains_a_goal_conditioned_agent_on_hindsight_goals(dataset_dir, 
     assert not np.allclose(plans[0], plans[1])  # the goal reaches the plan through the model, not only guidance
     (record,) = read_records(record_path)
     assert record["settings"]["goal_conditioned"] is True
+
+
+def test_plot_plan_draws_an_ogbench_episode_over_its_maze_and_the_data_s_pieces(dataset_dir, tmp_path, load_script):
+    """scripts/plot_plan.py on an OGBench id: the evaluation's start and goal for (task id, seed), the maze's walls
+    from OGBench's map (4-unit cells), an episode ended at its first success or its step cap, dataset episodes."""
+    from envs.ogbench_eval import make_eval_env, reset_episode
+
+    train = load_script("df_ogbench")
+    summary = train.main(tiny_args(train, dataset_dir, tmp_path, total_steps=10, eval_episodes_per_goal=0))
+    checkpoint = str(tmp_path / summary["run"] / "agent.pt")
+    script = load_script("plot_plan")
+    args = script.Args(
+        env=ENV, checkpoint=checkpoint, task_id=3, seed=7, max_steps=12, dataset_pieces=4, dataset_dir=str(dataset_dir)
+    )
+    scene = script.ogbench_scene(args)
+    start, info = reset_episode(make_eval_env(ENV), 3, 7)
+    np.testing.assert_allclose(scene.trajectory[0], start)
+    np.testing.assert_allclose(scene.goal, info["goal"])
+    assert 2 <= len(scene.trajectory) <= 13 and scene.cell_size == 4.0 and scene.goal_radius == 1.0
+    assert len(scene.pieces) == 4 and all(piece.shape == (ROWS - 1, 2) for piece in scene.pieces)
+    assert len(scene.wall_centres) == 64 - 26  # medium: an 8 x 8 grid with 26 free cells
+    out = script.main(script.Args(**{**vars(args), "output": str(tmp_path / "plan.png")}))
+    assert out.stat().st_size > 10_000
+    with pytest.raises(SystemExit, match="--checkpoint"):  # no packaged OGBench agent
+        script.main(script.Args(env=ENV))

@@ -172,3 +172,12 @@ def test_the_settings_column_names_the_planner_s_guidance_terms():
     pulled = make_results.describe_settings({"settings": pulled_settings})
     assert "start pull" not in plain and "start pull 4" in pulled
     assert "near-goal 8 within 1.5" in pulled
+
+
+def test_ogbench_rows_name_the_guidance_they_used():
+    settings = {"schedule": "pyramid", "mcg_samples": 4, "horizon_tokens": 60, "guidance_scale": 1.0}
+    plain = make_results._ogbench_method({"method": "DF", "settings": settings})
+    assert plain == "DF (pyramid, MCG 4, 60-token plans, guidance 1)"
+    actions = {**settings, "guide_actions_only": True, "start_weight": 4.0, "goal_conditioned": True}
+    named = make_results._ogbench_method({"method": "DF", "settings": actions})
+    assert named == "DF (pyramid, MCG 4, 60-token plans, guidance 1 on actions only, start pull 4, goal-conditioned)"
