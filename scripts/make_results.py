@@ -564,6 +564,14 @@ def main(args: Args) -> str:
         lines += ["## Speed", "", speed_table(speed)]
     if ogbench:
         lines += ["## OGBench pointmaze", "", ogbench_table(ogbench)]
+        for figure in sorted(figures.glob("ogbench_plan_*.png")):
+            lines += [
+                "Made by `python scripts/plot_plan.py --env <dataset> --checkpoint runs/<run>/agent.pt "
+                "--dataset-pieces 20`: a plan's rows over the maze, with training episodes in grey, and the episode.",
+                "",
+                f"![plan]({Path(args.figures) / figure.name})",
+                "",
+            ]
     if continuity:
         lines += ["## Plan continuity (diagnostic)", "", continuity_table(continuity)]
     plans = sorted(figures.glob("plan_*.png"))
