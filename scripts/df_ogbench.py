@@ -36,6 +36,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from df_agent.agent import Agent, PlannerConfig
+from df_agent.subgoals import SubgoalPolicy, TransitionGraph
 from df_agent.tokens import TokenLayout
 from df_agent.training import TrainConfig, Trainer, WindowSampler, make_trainer
 from envs.evaluation import log_evaluation
@@ -158,6 +159,12 @@ class Args:
     """episodes stepped (and planned) together (default: all episodes of a goal)"""
     eval_max_steps: int | None = None
     """time limit of an evaluation episode (default: the task's, 1000; shorter only for quick checks)"""
+    subgoal_distance: float | None = None
+    """guide each plan toward a subgoal this far ahead (maze units; a cell is 4) on the shortest way to the goal
+    through the training data's own transitions (``df_agent.subgoals``, search on the replay buffer) instead of the
+    goal itself; None: toward the goal (plain Diffusion Forcing). The actions stay the plan's own"""
+    subgoal_cell: float = 0.5
+    """grid cell of the subgoal graph's nodes (maze units)"""
     eval_only: bool = False
     """skip training: evaluate --checkpoint"""
     checkpoint: str | None = None
@@ -172,17 +179,29 @@ class Args:
 
 class AgentPolicy:
     """The agent as an ``evaluate_ogbench`` policy: OGBench's (x, y) observation in the layout the agent was trained
-    on (``position_observation``), guided toward ``desired_goal``."""
+    on (``position_observation``), guided toward ``desired_goal``, or toward the subgoals of ``subgoals`` (a
+    ``SubgoalPolicy`` around the agent) when given."""
 
-    def __init__(self, agent: Agent):
+    def __init__(self, agent: Agent, subgoals: SubgoalPolicy | None = None):
         self.agent = agent
+        self.policy = subgoals or agent
 
     def reset(self, num_envs: int) -> None:
-        self.agent.reset(num_envs)
+        self.policy.reset(num_envs)
 
     def __call__(self, obs: dict) -> np.ndarray:
         observation = position_observation(obs["observation"], self.agent.tokenizer.layout.obs_dim)
-        return self.agent.act({"observation": observation, "desired_goal": obs["desired_goal"]})
+        return self.policy.act(observation, obs["desired_goal"])
+
+
+def subgoal_policy(args: Args, task: OGBenchTask, agent: Agent) -> SubgoalPolicy | None:
+    """``args.subgoal_distance``'s ``SubgoalPolicy`` over the graph of the task's training transitions, or None."""
+    if args.subgoal_distance is None:
+        return None
+    data = load_ogbench_transitions(task.env_id, args.dataset_dir)
+    graph = TransitionGraph(data.observations[:, :2], data.next_observations[:, :2], cell=args.subgoal_cell)
+    print(f"subgoal graph: {graph.num_nodes:,} nodes, {graph.num_edges:,} edges from {len(data):,} transitions")
+    return SubgoalPolicy(agent, graph, args.subgoal_distance)
 
 
 def planner_config(args: Args, task: OGBenchTask) -> PlannerConfig:
@@ -307,7 +326,7 @@ def main(args: Args) -> dict:
     summary = {"run": run_name, "train_steps": step}
     if args.eval_episodes_per_goal > 0:
         result: OGBenchEvalResult = evaluate_ogbench(
-            AgentPolicy(agent),
+            AgentPolicy(agent, subgoal_policy(args, task, agent)),
             task.env_id,
             episodes_per_goal=args.eval_episodes_per_goal,
             seed=args.eval_seed,
@@ -325,6 +344,8 @@ def main(args: Args) -> dict:
                 "goal_conditioned": agent.tokenizer.layout.goal_dim > 0,
                 "episodes_per_goal": args.eval_episodes_per_goal,
                 "eval_seed": args.eval_seed,
+                "subgoal_distance": args.subgoal_distance,
+                "subgoal_cell": args.subgoal_cell if args.subgoal_distance is not None else None,
                 "max_episode_steps": result.episode_length,
             }
             record = make_record("Diffusion Forcing", result, settings, train_steps=step, model=agent.training)

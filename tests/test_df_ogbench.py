@@ -237,6 +237,41 @@ def test_script_trains_a_goal_conditioned_agent_on_hindsight_goals(dataset_dir, 
     assert record["settings"]["goal_conditioned"] is True
 
 
+def test_subgoal_distance_guides_the_agent_along_the_data_s_graph(dataset_dir, tmp_path, load_script, monkeypatch):
+    """--subgoal-distance: the agent is guided toward points of the training data on the way, not the far test goal,
+    and the record names the distance."""
+    script = load_script("df_ogbench")
+    desired, guided = [], []
+    act = Agent.act
+
+    def recording(self, obs, goal=None):
+        guided.append(np.array(goal))
+        return act(self, obs, goal)
+
+    subgoal_act = script.SubgoalPolicy.act
+
+    def recording_desired(self, obs, goal):
+        desired.append(np.array(goal))
+        return subgoal_act(self, obs, goal)
+
+    monkeypatch.setattr(Agent, "act", recording)
+    monkeypatch.setattr(script.SubgoalPolicy, "act", recording_desired)
+    record_path = tmp_path / "records.jsonl"
+    args = tiny_args(
+        script, dataset_dir, tmp_path, total_steps=10, eval_max_steps=5, subgoal_distance=2.0, record=str(record_path)
+    )
+    script.main(args)
+    desired, guided = np.concatenate(desired), np.concatenate(guided)
+    assert len(desired) == len(guided) == 25  # five goals, one episode each, five steps
+    moved = np.linalg.norm(guided - desired, axis=-1) > 1e-4
+    assert moved.sum() >= 5  # a whole episode guided toward subgoals on the way (the tiny data reaches few goals)
+    data = od.load_ogbench_transitions(ENV, dataset_dir)
+    nearest_data = np.min(np.linalg.norm(guided[moved][:, None] - data.observations[None, :, :2], axis=-1), axis=1)
+    assert nearest_data.max() < args.subgoal_cell * np.sqrt(2)  # each subgoal is a node: where the data has been
+    (record,) = read_records(record_path)
+    assert record["settings"]["subgoal_distance"] == 2.0 and record["settings"]["subgoal_cell"] == 0.5
+
+
 def test_plot_plan_draws_an_ogbench_episode_over_its_maze_and_the_data_s_pieces(dataset_dir, tmp_path, load_script):
     """scripts/plot_plan.py on an OGBench id: the evaluation's start and goal for (task id, seed), the maze's walls
     from OGBench's map (4-unit cells), an episode ended at its first success or its step cap, dataset episodes."""

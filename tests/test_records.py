@@ -181,3 +181,6 @@ def test_ogbench_rows_name_the_guidance_they_used():
     actions = {**settings, "guide_actions_only": True, "start_weight": 4.0, "goal_conditioned": True}
     named = make_results._ogbench_method({"method": "DF", "settings": actions})
     assert named == "DF (pyramid, MCG 4, 60-token plans, guidance 1 on actions only, start pull 4, goal-conditioned)"
+    subgoals = make_results._ogbench_method({"method": "DF", "settings": {**settings, "subgoal_distance": 8.0}})
+    assert subgoals == "DF (pyramid, MCG 4, 60-token plans, guidance 1, subgoals 8 ahead on the data's graph)"
+    assert make_results._ogbench_method({"method": "DF", "settings": {**settings, "subgoal_distance": None}}) == plain

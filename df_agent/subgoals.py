@@ -1,0 +1,137 @@
+"""Subgoals from a graph of the offline data's own transitions, for goals the planner cannot reach in one plan.
+
+The guidance cost pulls a plan toward its goal in a straight line (``df_agent.guidance``). Where the way to the goal
+bends around walls and the data holds only short pieces of it (OGBench's stitch datasets: every trajectory spans at
+most 4 cells), the pull leads into a wall and the model's prior has never seen the detour whole. The data has seen
+every piece, though: this module builds a graph whose nodes are the cells of a fine grid the data visits and whose
+edges are the data's transitions between them, finds the shortest way from the point to the goal along it (Dijkstra,
+weighted by the distance between the nodes' mean positions), and hands the planner a subgoal a fixed distance ahead on
+that way. The planner still diffuses every action; only the point it is guided toward changes. This is search on the
+replay buffer (Eysenbach et al., 2019, "SoRB") with the data's transitions as its edges, so no edge crosses a wall:
+nothing here knows the maze beyond what the dataset shows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import dijkstra
+from scipy.spatial import cKDTree
+
+
+class TransitionGraph:
+    """Nodes: the cells of a ``cell``-sized grid that the data visits, placed at the mean of the data's positions in
+    them. Edges: one per pair of cells that some transition moves between, both ways, weighted by the distance
+    between their nodes. ``subgoals`` walks the shortest path from the node nearest each point toward the node
+    nearest its goal."""
+
+    def __init__(self, positions: np.ndarray, next_positions: np.ndarray, cell: float = 0.5):
+        positions = np.asarray(positions, dtype=np.float64)
+        next_positions = np.asarray(next_positions, dtype=np.float64)
+        if positions.ndim != 2 or positions.shape[1] != 2 or positions.shape != next_positions.shape:
+            raise ValueError(
+                f"positions and next_positions must both have shape (N, 2), got {positions.shape} and "
+                f"{next_positions.shape}"
+            )
+        if len(positions) == 0 or not (np.all(np.isfinite(positions)) and np.all(np.isfinite(next_positions))):
+            raise ValueError("the graph needs at least one transition and finite positions")
+        if not cell > 0:
+            raise ValueError(f"cell must be > 0, got {cell}")
+        self.cell = float(cell)
+        both = np.concatenate([positions, next_positions])
+        keys, node_of = np.unique(np.floor(both / cell).astype(np.int64), axis=0, return_inverse=True)
+        node_of = node_of.reshape(-1)
+        num_nodes = len(keys)
+        counts = np.bincount(node_of, minlength=num_nodes).astype(np.float64)
+        self.node_positions = np.stack(
+            [np.bincount(node_of, weights=both[:, k], minlength=num_nodes) / counts for k in range(2)], axis=1
+        )
+        start, end = node_of[: len(positions)], node_of[len(positions) :]
+        moved = start != end
+        pairs = np.unique(np.sort(np.stack([start[moved], end[moved]], axis=1), axis=1), axis=0)
+        lengths = np.linalg.norm(self.node_positions[pairs[:, 0]] - self.node_positions[pairs[:, 1]], axis=1)
+        lengths = np.maximum(lengths, 1e-9)  # a zero weight would read as "no edge" in a sparse matrix
+        rows = np.concatenate([pairs[:, 0], pairs[:, 1]])
+        cols = np.concatenate([pairs[:, 1], pairs[:, 0]])
+        self.adjacency = coo_matrix((np.tile(lengths, 2), (rows, cols)), shape=(num_nodes, num_nodes)).tocsr()
+        self.num_edges = len(pairs)
+        self._tree = cKDTree(self.node_positions)
+        self._ahead: dict[tuple[int, float], tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.node_positions)
+
+    def nearest(self, xy: np.ndarray) -> np.ndarray:
+        """Index of the node nearest each position (B, 2) -> (B,)."""
+        return self._tree.query(np.asarray(xy, dtype=np.float64).reshape(-1, 2))[1]
+
+    def path_distances(self, goal: np.ndarray) -> np.ndarray:
+        """Shortest-path length from every node to the node nearest ``goal`` (2,): (num_nodes,), inf where the data
+        never connects them."""
+        return dijkstra(self.adjacency, directed=False, indices=int(self.nearest(goal)[0]))
+
+    def _lookahead(self, goal_node: int, distance: float) -> tuple[np.ndarray, np.ndarray]:
+        """For every node: the node ``distance`` ahead of it on its shortest path to ``goal_node`` (the goal node
+        itself when the goal is nearer), and its path length to the goal. Cached per goal node and distance."""
+        key = (goal_node, distance)
+        if key not in self._ahead:
+            to_goal, predecessors = dijkstra(
+                self.adjacency, directed=False, indices=goal_node, return_predecessors=True
+            )
+            parent = np.where(predecessors < 0, np.arange(self.num_nodes), predecessors)  # roots and unreachable
+            reachable = np.isfinite(to_goal)
+            ahead = np.arange(self.num_nodes)
+            # pointer jumping along the shortest-path tree: step every node's pointer toward the goal while it is
+            # less than ``distance`` ahead; each round moves at least one edge, so rounds <= the tree's depth
+            while True:
+                step = parent[ahead]
+                move = reachable & (step != ahead)
+                move[move] = to_goal[move] - to_goal[ahead[move]] < distance
+                if not move.any():
+                    break
+                ahead = np.where(move, step, ahead)
+            self._ahead[key] = (ahead, to_goal)
+        return self._ahead[key]
+
+    def subgoals(self, xy: np.ndarray, goals: np.ndarray, distance: float) -> np.ndarray:
+        """The point ``distance`` ahead of each position on the data's shortest way to its goal (B, 2).
+
+        A goal within ``distance`` along the way (or a position the data never connects to its goal) gets the goal
+        itself; otherwise the subgoal is the node's mean position there. xy, goals (B, 2)."""
+        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        goals = np.asarray(goals, dtype=np.float64).reshape(-1, 2)
+        if len(xy) != len(goals):
+            raise ValueError(f"one goal per position: got {len(xy)} positions and {len(goals)} goals")
+        if not distance > 0:
+            raise ValueError(f"distance must be > 0, got {distance}")
+        out = goals.copy()
+        here, goal_nodes = self.nearest(xy), self.nearest(goals)
+        for goal_node in np.unique(goal_nodes):
+            members = np.flatnonzero(goal_nodes == goal_node)
+            ahead, to_goal = self._lookahead(int(goal_node), float(distance))
+            nodes = here[members]
+            far = np.isfinite(to_goal[nodes]) & (to_goal[nodes] > distance)
+            out[members[far]] = self.node_positions[ahead[nodes[far]]]
+        return out
+
+
+class SubgoalPolicy:
+    """A goal-guided policy ``act(obs, goal)`` (e.g. ``df_agent.Agent``) steered by ``TransitionGraph`` subgoals:
+    each call passes the subgoal ``distance`` ahead on the data's way to the goal instead of the goal itself. The
+    policy's own actions are returned unchanged. ``obs`` and ``goal`` are batches (B, obs_dim), (B, 2)."""
+
+    def __init__(self, policy, graph: TransitionGraph, distance: float):
+        if not distance > 0:
+            raise ValueError(f"distance must be > 0, got {distance}")
+        self.policy = policy
+        self.graph = graph
+        self.distance = float(distance)
+
+    def reset(self, num_envs: int | None = None) -> None:
+        self.policy.reset(num_envs)
+
+    def act(self, obs: np.ndarray, goal: np.ndarray) -> np.ndarray:
+        obs = np.asarray(obs)
+        subgoal = self.graph.subgoals(obs.reshape(len(obs), -1)[:, :2], goal, self.distance)
+        return self.policy.act(obs, subgoal.astype(np.float32))

@@ -1,0 +1,96 @@
+"""Subgoals from the data's transition graph (df_agent.subgoals): the way follows the data, not the straight line."""
+
+import numpy as np
+import pytest
+
+from df_agent.subgoals import SubgoalPolicy, TransitionGraph
+
+
+def walk(points, step=0.2):
+    """Positions along the polyline through ``points``, ``step`` apart: (positions, next positions)."""
+    path = [np.asarray(points[0], dtype=float)]
+    for a, b in zip(points[:-1], points[1:], strict=True):
+        a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+        n = int(np.ceil(np.linalg.norm(b - a) / step))
+        path += [a + (b - a) * (i / n) for i in range(1, n + 1)]
+    path = np.array(path)
+    return path[:-1], path[1:]
+
+
+@pytest.fixture(scope="module")
+def u_graph():
+    """A U: up the left arm x=0, across y=10, down the right arm x=10; the arms' feet are 10 apart in a straight
+    line (a wall between them that no transition crosses) and 30 apart along the data."""
+    return TransitionGraph(*walk([(0, 0), (0, 10), (10, 10), (10, 0)]), cell=0.5)
+
+
+def test_the_way_follows_the_data_around_the_wall(u_graph):
+    start, goal = np.array([[0.1, 0.1]]), np.array([[10.0, 0.0]])
+    to_goal = u_graph.path_distances(goal[0])
+    assert to_goal[u_graph.nearest(start)[0]] == pytest.approx(30.0, abs=1.0)  # along the U, not 10 across
+    subgoal = u_graph.subgoals(start, goal, distance=5.0)[0]
+    assert abs(subgoal[0]) < 0.5 and subgoal[1] == pytest.approx(5.0, abs=1.0)  # up the left arm
+    # further ahead: across the top, then down the right arm
+    np.testing.assert_allclose(u_graph.subgoals(start, goal, distance=15.0)[0], [5.0, 10.0], atol=1.0)
+    np.testing.assert_allclose(u_graph.subgoals(start, goal, distance=25.0)[0], [10.0, 5.0], atol=1.0)
+
+
+def test_a_near_goal_is_its_own_subgoal_and_batches_mix_goals(u_graph):
+    xy = np.array([[0.0, 2.0], [10.0, 3.0], [0.0, 2.0]])
+    goals = np.array([[10.0, 0.0], [10.0, 0.0], [0.0, 6.0]])
+    subgoals = u_graph.subgoals(xy, goals, distance=5.0)
+    assert subgoals[0, 1] == pytest.approx(7.0, abs=1.0)  # 5 up the left arm
+    np.testing.assert_array_equal(subgoals[1], goals[1])  # 3 from the goal along the data: the goal itself
+    np.testing.assert_array_equal(subgoals[2], goals[2])
+
+
+def test_a_goal_the_data_never_connects_is_passed_through():
+    a, b = walk([(0, 0), (0, 5)])
+    c, d = walk([(20, 0), (20, 5)])
+    graph = TransitionGraph(np.concatenate([a, c]), np.concatenate([b, d]))
+    goal = np.array([[20.0, 5.0]])
+    np.testing.assert_array_equal(graph.subgoals(np.zeros((1, 2)), goal, distance=2.0), goal)
+
+
+def test_nodes_sit_where_the_data_is_and_edges_only_where_it_moves(u_graph):
+    assert u_graph.num_edges == pytest.approx(u_graph.num_nodes - 1, abs=2)  # a path: one edge per step of it
+    # every node is on the U (mean of data positions), none in its open middle
+    x, y = u_graph.node_positions.T
+    on_u = (np.abs(x) < 0.5) | (np.abs(x - 10) < 0.5) | (np.abs(y - 10) < 0.5)
+    assert on_u.all()
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match=r"\(N, 2\)"):
+        TransitionGraph(np.zeros((5, 3)), np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="finite"):
+        TransitionGraph(np.full((2, 2), np.nan), np.zeros((2, 2)))
+    graph = TransitionGraph(*walk([(0, 0), (0, 5)]))
+    with pytest.raises(ValueError, match="distance"):
+        graph.subgoals(np.zeros((1, 2)), np.ones((1, 2)), distance=0.0)
+    with pytest.raises(ValueError, match="one goal per position"):
+        graph.subgoals(np.zeros((2, 2)), np.ones((3, 2)), distance=1.0)
+
+
+class GoalRecorder:
+    def __init__(self):
+        self.goals, self.resets = [], []
+
+    def reset(self, num_envs=None):
+        self.resets.append(num_envs)
+
+    def act(self, obs, goal):
+        self.goals.append(np.array(goal))
+        return np.zeros((len(obs), 2), dtype=np.float32)
+
+
+def test_the_policy_is_guided_toward_the_subgoal_and_its_actions_pass_through(u_graph):
+    inner = GoalRecorder()
+    policy = SubgoalPolicy(inner, u_graph, distance=5.0)
+    policy.reset(2)
+    obs = np.array([[0.0, 0.0, 0.0, 0.0], [10.0, 2.0, 0.0, 0.0]], dtype=np.float32)
+    goals = np.array([[10.0, 0.0], [10.0, 0.0]])
+    actions = policy.act(obs, goals)
+    assert inner.resets == [2] and actions.shape == (2, 2)
+    np.testing.assert_allclose(inner.goals[0][0], [0.0, 5.0], atol=1.0)
+    np.testing.assert_array_equal(inner.goals[0][1], goals[1])
