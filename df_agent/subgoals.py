@@ -71,6 +71,18 @@ class TransitionGraph:
         never connects them."""
         return dijkstra(self.adjacency, directed=False, indices=int(self.nearest(goal)[0]))
 
+    def way(self, xy: np.ndarray, goal: np.ndarray) -> np.ndarray:
+        """The node positions on the data's shortest way from the node nearest ``xy`` (2,) to the node nearest
+        ``goal`` (2,), both included: (K, 2); empty (0, 2) where the data never connects them."""
+        start, goal_node = int(self.nearest(xy)[0]), int(self.nearest(goal)[0])
+        _, predecessors = dijkstra(self.adjacency, directed=False, indices=goal_node, return_predecessors=True)
+        if start != goal_node and predecessors[start] < 0:
+            return np.zeros((0, 2))
+        nodes = [start]
+        while nodes[-1] != goal_node:
+            nodes.append(int(predecessors[nodes[-1]]))
+        return self.node_positions[nodes]
+
     def _lookahead(self, goal_node: int, distance: float) -> tuple[np.ndarray, np.ndarray]:
         """For every node: the node ``distance`` ahead of it on its shortest path to ``goal_node`` (the goal node
         itself when the goal is nearer), and its path length to the goal. Cached per goal node and distance."""

@@ -18,6 +18,7 @@ import tyro
 
 import envs
 from df_agent import Agent
+from df_agent.subgoals import SubgoalPolicy, TransitionGraph
 from envs.ogbench_tasks import get_ogbench_task, is_ogbench_id
 
 matplotlib.use("Agg")
@@ -39,6 +40,9 @@ class Args:
     dataset_pieces: int = 0
     """OGBench only: draw this many random training episodes of the dataset faintly (on stitch, the 4-cell pieces
     a plan across the maze is composed of)"""
+    subgoal_distance: float | None = None
+    """OGBench only: plan toward subgoals this far ahead on the data's graph (``df_ogbench.py --subgoal-distance``),
+    and draw the graph's way to the goal"""
     dataset_dir: str | None = None
     """OGBench only: where the dataset's .npz files are (default: OGBench's ~/.ogbench/data)"""
     rows: int = 6
@@ -61,6 +65,7 @@ class Scene:
     goal_radius: float  # the radius the outcome is judged by
     outcome: str  # the right panel's title
     pieces: list[np.ndarray]  # dataset trajectories drawn under the plan
+    way: np.ndarray | None = None  # (K, 2) the data graph's way to the goal, when planning toward its subgoals
 
 
 def draw_maze(ax, scene: Scene) -> None:
@@ -123,14 +128,22 @@ def ogbench_scene(args: Args) -> Scene:
     goal = np.asarray(info["goal"], dtype=np.float64)
     obs_dim = agent.tokenizer.layout.obs_dim
 
-    def observation(xy):
-        return {"observation": position_observation(xy, obs_dim), "desired_goal": goal.astype(np.float32)}
+    policy, way, data = agent, None, None
+    if args.subgoal_distance is not None or args.dataset_pieces > 0:
+        data = load_ogbench_transitions(task.env_id, args.dataset_dir)
+    if args.subgoal_distance is not None:
+        graph = TransitionGraph(data.observations[:, :2], data.next_observations[:, :2])
+        policy, way = SubgoalPolicy(agent, graph, args.subgoal_distance), graph.way(position, goal)
 
-    plan = agent.plan(observation(position), return_history=True)
-    agent.reset()
+    def observation(xy):
+        return position_observation(np.asarray(xy, dtype=np.float32)[None], obs_dim)
+
+    first_goal = goal[None] if way is None else policy.graph.subgoals(position[None], goal[None], policy.distance)
+    plan = agent.plan(observation(position), first_goal, return_history=True)
+    policy.reset(1)
     trajectory, reached = [np.asarray(position, dtype=np.float64)], None
     for t in range(args.max_steps or task.max_episode_steps):
-        action = np.clip(agent.act(observation(position)), -1.0, 1.0)
+        action = np.clip(policy.act(observation(position), goal[None])[0], -1.0, 1.0)
         position, _, terminated, truncated, info = env.step(action)
         trajectory.append(np.asarray(position, dtype=np.float64))
         if info.get("success"):  # OGBench's evaluation ends an episode at its first success
@@ -141,7 +154,6 @@ def ogbench_scene(args: Args) -> Scene:
     grid = MazeGrid(env)
     pieces = []
     if args.dataset_pieces > 0:
-        data = load_ogbench_transitions(task.env_id, args.dataset_dir)
         picks = np.random.default_rng(args.seed).choice(len(data.episode_starts), args.dataset_pieces, replace=False)
         for episode in picks:
             start, length = data.episode_starts[episode], data.episode_lengths[episode]
@@ -162,6 +174,7 @@ def ogbench_scene(args: Args) -> Scene:
         goal_radius=grid.goal_tol,
         outcome=outcome,
         pieces=pieces,
+        way=way,
     )
 
 
@@ -184,6 +197,8 @@ def draw(scene: Scene, rows: int, output: Path) -> Path:
     ax.legend(fontsize=7, loc="lower left")
     ax = axes[1]
     draw_maze(ax, scene)
+    if scene.way is not None and len(scene.way):
+        ax.plot(*scene.way.T, "--", lw=1.0, color="tab:orange", label="the data graph's way (subgoals)")
     ax.plot(*scene.trajectory.T, "-", lw=1.2, color="tab:blue", label="executed (the planner's own actions)")
     ax.add_patch(
         plt.Circle(

@@ -291,7 +291,13 @@ def test_plot_plan_draws_an_ogbench_episode_over_its_maze_and_the_data_s_pieces(
     assert 2 <= len(scene.trajectory) <= 13 and scene.cell_size == 4.0 and scene.goal_radius == 1.0
     assert len(scene.pieces) == 4 and all(piece.shape == (ROWS - 1, 2) for piece in scene.pieces)
     assert len(scene.wall_centres) == 64 - 26  # medium: an 8 x 8 grid with 26 free cells
+    assert scene.way is None
     out = script.main(script.Args(**{**vars(args), "output": str(tmp_path / "plan.png")}))
     assert out.stat().st_size > 10_000
+    # toward subgoals: the data's way starts at the node nearest the start (goal 5 from seed 7: the tiny data joins
+    # the start's node to the node nearest the goal) and moves by steps of the data's grid, never through a wall
+    guided = script.ogbench_scene(script.Args(**{**vars(args), "subgoal_distance": 2.0, "task_id": 5}))
+    assert len(guided.way) > 10 and np.linalg.norm(guided.way[0] - guided.trajectory[0]) < 1.5
+    assert np.linalg.norm(np.diff(guided.way, axis=0), axis=1).max() < 1.0
     with pytest.raises(SystemExit, match="--checkpoint"):  # no packaged OGBench agent
         script.main(script.Args(env=ENV))

@@ -35,6 +35,14 @@ def test_the_way_follows_the_data_around_the_wall(u_graph):
     np.testing.assert_allclose(u_graph.subgoals(start, goal, distance=25.0)[0], [10.0, 5.0], atol=1.0)
 
 
+def test_the_way_runs_along_the_data_from_the_point_to_the_goal(u_graph):
+    way = u_graph.way(np.array([0.1, 0.1]), np.array([10.0, 0.0]))
+    np.testing.assert_allclose(way[0], [0.0, 0.0], atol=0.5)
+    np.testing.assert_allclose(way[-1], [10.0, 0.0], atol=0.5)
+    assert np.linalg.norm(np.diff(way, axis=0), axis=1).max() < 1.0  # node to next node: no jump across the wall
+    assert np.isclose(way[:, 1].max(), 10.0, atol=0.5)  # over the top of the U
+
+
 def test_a_near_goal_is_its_own_subgoal_and_batches_mix_goals(u_graph):
     xy = np.array([[0.0, 2.0], [10.0, 3.0], [0.0, 2.0]])
     goals = np.array([[10.0, 0.0], [10.0, 0.0], [0.0, 6.0]])
@@ -50,6 +58,7 @@ def test_a_goal_the_data_never_connects_is_passed_through():
     graph = TransitionGraph(np.concatenate([a, c]), np.concatenate([b, d]))
     goal = np.array([[20.0, 5.0]])
     np.testing.assert_array_equal(graph.subgoals(np.zeros((1, 2)), goal, distance=2.0), goal)
+    assert graph.way(np.zeros(2), goal[0]).shape == (0, 2)
 
 
 def test_nodes_sit_where_the_data_is_and_edges_only_where_it_moves(u_graph):
