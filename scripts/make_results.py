@@ -573,6 +573,15 @@ def main(args: Args) -> str:
                 f"![plan]({Path(args.figures) / figure.name})",
                 "",
             ]
+        for figure in sorted(figures.glob("ogbench_subgoals_*.png")):
+            lines += [
+                "Made by `python scripts/plot_plan.py --env <dataset> --checkpoint runs/<run>/agent.pt --task-id 1 "
+                "--seed 1000 --subgoal-distance 8`: guided toward subgoals on the data graph's way (dashed), the",
+                "planner's own actions follow it back and forth and stall at the last bend (docs/ogbench.md).",
+                "",
+                f"![subgoals]({Path(args.figures) / figure.name})",
+                "",
+            ]
     if continuity:
         lines += ["## Plan continuity (diagnostic)", "", continuity_table(continuity)]
     plans = sorted(figures.glob("plan_*.png"))
