@@ -17,6 +17,8 @@ episodes (see docs/ogbench.md):
 * planner: pyramid schedule, 10 DDIM steps, Monte Carlo Guidance with 4 futures, guidance scale 1, plans of 30
   tokens on medium and 60 on large and giant (HORIZON_TOKENS) replanned every token, cold starts, no PD hold;
   episode length 1000 (the evaluation's time limit).
+* --subgoal-distance D (off by default): guide toward the point D ahead on the shortest way to the goal through the
+  training data's own transitions (``df_agent.subgoals``); measured on large-stitch without a gain (docs/ogbench.md).
 """
 
 from __future__ import annotations
