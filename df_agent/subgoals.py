@@ -56,7 +56,8 @@ class TransitionGraph:
         self.adjacency = coo_matrix((np.tile(lengths, 2), (rows, cols)), shape=(num_nodes, num_nodes)).tocsr()
         self.num_edges = len(pairs)
         self._tree = cKDTree(self.node_positions)
-        self._ahead: dict[tuple[int, float], tuple[np.ndarray, np.ndarray]] = {}
+        self._trees: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._ahead: dict[tuple[int, float], np.ndarray] = {}
 
     @property
     def num_nodes(self) -> int:
@@ -66,32 +67,40 @@ class TransitionGraph:
         """Index of the node nearest each position (B, 2) -> (B,)."""
         return self._tree.query(np.asarray(xy, dtype=np.float64).reshape(-1, 2))[1]
 
+    def _shortest_paths(self, goal_node: int) -> tuple[np.ndarray, np.ndarray]:
+        """The shortest-path tree to ``goal_node`` (Dijkstra, once per goal node): every node's path length to it
+        (inf where the data never connects them) and its parent on the way (itself at the root and where unreached)."""
+        if goal_node not in self._trees:
+            to_goal, predecessors = dijkstra(
+                self.adjacency, directed=False, indices=goal_node, return_predecessors=True
+            )
+            parent = np.where(predecessors < 0, np.arange(self.num_nodes), predecessors)
+            self._trees[goal_node] = (to_goal, parent)
+        return self._trees[goal_node]
+
     def path_distances(self, goal: np.ndarray) -> np.ndarray:
         """Shortest-path length from every node to the node nearest ``goal`` (2,): (num_nodes,), inf where the data
         never connects them."""
-        return dijkstra(self.adjacency, directed=False, indices=int(self.nearest(goal)[0]))
+        return self._shortest_paths(int(self.nearest(goal)[0]))[0]
 
     def way(self, xy: np.ndarray, goal: np.ndarray) -> np.ndarray:
         """The node positions on the data's shortest way from the node nearest ``xy`` (2,) to the node nearest
         ``goal`` (2,), both included: (K, 2); empty (0, 2) where the data never connects them."""
         start, goal_node = int(self.nearest(xy)[0]), int(self.nearest(goal)[0])
-        _, predecessors = dijkstra(self.adjacency, directed=False, indices=goal_node, return_predecessors=True)
-        if start != goal_node and predecessors[start] < 0:
+        to_goal, parent = self._shortest_paths(goal_node)
+        if not np.isfinite(to_goal[start]):
             return np.zeros((0, 2))
         nodes = [start]
         while nodes[-1] != goal_node:
-            nodes.append(int(predecessors[nodes[-1]]))
+            nodes.append(int(parent[nodes[-1]]))
         return self.node_positions[nodes]
 
-    def _lookahead(self, goal_node: int, distance: float) -> tuple[np.ndarray, np.ndarray]:
+    def _lookahead(self, goal_node: int, distance: float) -> np.ndarray:
         """For every node: the node ``distance`` ahead of it on its shortest path to ``goal_node`` (the goal node
-        itself when the goal is nearer), and its path length to the goal. Cached per goal node and distance."""
+        itself when the goal is nearer; itself where unreached). Cached per goal node and distance."""
         key = (goal_node, distance)
         if key not in self._ahead:
-            to_goal, predecessors = dijkstra(
-                self.adjacency, directed=False, indices=goal_node, return_predecessors=True
-            )
-            parent = np.where(predecessors < 0, np.arange(self.num_nodes), predecessors)  # roots and unreachable
+            to_goal, parent = self._shortest_paths(goal_node)
             reachable = np.isfinite(to_goal)
             ahead = np.arange(self.num_nodes)
             # pointer jumping along the shortest-path tree: step every node's pointer toward the goal while it is
@@ -103,7 +112,7 @@ class TransitionGraph:
                 if not move.any():
                     break
                 ahead = np.where(move, step, ahead)
-            self._ahead[key] = (ahead, to_goal)
+            self._ahead[key] = ahead
         return self._ahead[key]
 
     def subgoals(self, xy: np.ndarray, goals: np.ndarray, distance: float) -> np.ndarray:
@@ -121,7 +130,7 @@ class TransitionGraph:
         here, goal_nodes = self.nearest(xy), self.nearest(goals)
         for goal_node in np.unique(goal_nodes):
             members = np.flatnonzero(goal_nodes == goal_node)
-            ahead, to_goal = self._lookahead(int(goal_node), float(distance))
+            ahead, to_goal = self._lookahead(int(goal_node), float(distance)), self._shortest_paths(int(goal_node))[0]
             nodes = here[members]
             far = np.isfinite(to_goal[nodes]) & (to_goal[nodes] > distance)
             out[members[far]] = self.node_positions[ahead[nodes[far]]]
@@ -143,7 +152,10 @@ class SubgoalPolicy:
     def reset(self, num_envs: int | None = None) -> None:
         self.policy.reset(num_envs)
 
-    def act(self, obs: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    def subgoals(self, obs: np.ndarray, goal: np.ndarray) -> np.ndarray:
+        """The points the policy is guided toward from observations (B, obs_dim) with goals (B, 2): (B, 2) float32."""
         obs = np.asarray(obs)
-        subgoal = self.graph.subgoals(obs.reshape(len(obs), -1)[:, :2], goal, self.distance)
-        return self.policy.act(obs, subgoal.astype(np.float32))
+        return self.graph.subgoals(obs.reshape(len(obs), -1)[:, :2], goal, self.distance).astype(np.float32)
+
+    def act(self, obs: np.ndarray, goal: np.ndarray) -> np.ndarray:
+        return self.policy.act(obs, self.subgoals(obs, goal))

@@ -138,7 +138,7 @@ def ogbench_scene(args: Args) -> Scene:
     def observation(xy):
         return position_observation(np.asarray(xy, dtype=np.float32)[None], obs_dim)
 
-    first_goal = goal[None] if way is None else policy.graph.subgoals(position[None], goal[None], policy.distance)
+    first_goal = goal[None] if policy is agent else policy.subgoals(observation(position), goal[None])
     plan = agent.plan(observation(position), first_goal, return_history=True)
     policy.reset(1)
     trajectory, reached = [np.asarray(position, dtype=np.float64)], None
