@@ -365,6 +365,9 @@ class Agent:
             raise ValueError(f"warm_start_level must be >= 0, got {warm_fraction}")
         initial_tokens = initial_mask = None
         if warm_tokens is not None and warm_fraction > 0:
+            if self.tokenizer.layout.relative_positions:
+                # a previous plan's tokens hold positions relative to where that plan started, not to obs
+                raise ValueError("warm starts are not supported with relative positions: set warm_start_level=0")
             warm_tokens = np.asarray(warm_tokens, dtype=np.float32)
             token_dim = self.tokenizer.layout.token_dim
             if warm_tokens.ndim != 3 or warm_tokens.shape[0] != len(obs) or warm_tokens.shape[2] != token_dim:
@@ -398,6 +401,7 @@ class Agent:
                 stay_radius=p.stay_radius,
                 start=torch.as_tensor(obs, dtype=torch.float32, device=device) if p.start_weight > 0 else None,
                 start_weight=p.start_weight,
+                origin=torch.as_tensor(obs, dtype=torch.float32, device=device),
             )
         action_mask = torch.as_tensor(self.tokenizer.action_mask(), device=device) if p.guide_actions_only else None
         with torch.no_grad():
@@ -420,8 +424,9 @@ class Agent:
         row_positions = None
         if result.history is not None:
             rows = torch.stack(result.history).cpu().numpy()
-            row_positions = self.tokenizer.decode(rows)["next_observations"][:, :, :horizon, :2]
-        decoded = self.tokenizer.decode(result.tokens.cpu().numpy())
+            origins = np.broadcast_to(obs, (len(rows), *obs.shape))
+            row_positions = self.tokenizer.decode(rows, origins)["next_observations"][:, :, :horizon, :2]
+        decoded = self.tokenizer.decode(result.tokens.cpu().numpy(), obs)
         next_obs = decoded["next_observations"][:, :horizon]
         return Plan(
             actions=np.clip(decoded["actions"][:, :horizon], -1.0, 1.0),

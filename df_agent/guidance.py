@@ -75,7 +75,8 @@ def predicted_reward_cost(rewards: torch.Tensor, step_mask: torch.Tensor | None 
 class GoalCost:
     """Token-space cost for the sampler: decode the clean-token prediction, then ``goal_state_cost`` (which is
     ``goal_distance_cost`` while ``velocity_weight`` and ``action_weight`` are 0), plus ``start_weight`` times
-    ``start_cost`` from ``start`` (B, obs_dim), the observations the plans start at, when both are given."""
+    ``start_cost`` from ``start`` (B, obs_dim), the observations the plans start at, when both are given.
+    ``origin`` (B, obs_dim): the observations the plans start from, which a relative token layout decodes with."""
 
     def __init__(
         self,
@@ -87,6 +88,7 @@ class GoalCost:
         stay_radius: float = 1.0,
         start: torch.Tensor | None = None,
         start_weight: float = 0.0,
+        origin: torch.Tensor | None = None,
     ):
         if np.any(np.asarray(velocity_weight) < 0) or np.any(np.asarray(action_weight) < 0) or stay_radius <= 0:
             raise ValueError(
@@ -103,18 +105,20 @@ class GoalCost:
         self.stay_radius = stay_radius
         self.start = start
         self.start_weight = start_weight
+        self.origin = origin
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        steps = self.tokenizer.decode(tokens)
-        observations = steps["next_observations"]
-        goal, mask, start = self.goal, self.step_mask, self.start
+        goal, mask, start, origin = self.goal, self.step_mask, self.start, self.origin
         velocity_weight, action_weight = self.velocity_weight, self.action_weight
         if len(tokens) != len(goal):  # Monte Carlo Guidance stacks several futures per plan
             repeats = len(tokens) // len(goal)
             goal = goal.repeat(repeats, 1)
             mask = mask.repeat(repeats, 1) if mask is not None else None
             start = start.repeat(repeats, 1) if start is not None else None
+            origin = origin.repeat(repeats, 1) if origin is not None else None
             velocity_weight, action_weight = _repeat(velocity_weight, repeats), _repeat(action_weight, repeats)
+        steps = self.tokenizer.decode(tokens, origin)
+        observations = steps["next_observations"]
         cost = goal_state_cost(
             observations[..., :2],
             observations[..., 2:4],
@@ -136,16 +140,20 @@ def _repeat(weight, repeats: int):
 
 
 class RewardCost:
-    """Token-space cost: decode, then ``predicted_reward_cost``."""
+    """Token-space cost: decode, then ``predicted_reward_cost``. ``origin`` as in ``GoalCost``."""
 
-    def __init__(self, tokenizer: Tokenizer, step_mask: torch.Tensor | None = None):
+    def __init__(self, tokenizer: Tokenizer, step_mask: torch.Tensor | None = None, origin: torch.Tensor | None = None):
         if not tokenizer.layout.use_reward:
             raise ValueError("reward guidance needs tokens with the reward slot (use_reward=True)")
         self.tokenizer = tokenizer
         self.step_mask = step_mask
+        self.origin = origin
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        rewards = self.tokenizer.decode(tokens)["rewards"]
+        origin = self.origin
+        if origin is not None and len(origin) != len(tokens):
+            origin = origin.repeat(len(tokens) // len(origin), 1)
+        rewards = self.tokenizer.decode(tokens, origin)["rewards"]
         mask = self.step_mask
         if mask is not None and len(mask) != len(rewards):
             mask = mask.repeat(len(rewards) // len(mask), 1)

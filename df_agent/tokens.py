@@ -22,6 +22,11 @@ class TokenLayout:
     goal_dim: int = 0
     """size of the goal the model is conditioned on, appended to the observation its initial state is encoded from
     (0: not goal-conditioned, the paper's model; 2: the goal position, scaled like the observation's position)"""
+    relative_positions: bool = False
+    """store each next observation's position (its first two entries) relative to the *origin*, the observation the
+    token sequence starts from (a training window's first observation, a plan's current one), so a plan starts where
+    the point is by construction; the model still sees the origin's absolute position through its initial state.
+    ``encode`` and ``decode`` then need the origin"""
 
     @property
     def condition_dim(self) -> int:
@@ -101,22 +106,49 @@ class Tokenizer:
         )
 
     # --- steps <-> tokens ---
-    def encode(self, actions, next_observations, rewards=None):
-        """Steps (..., L, ·) with L a multiple of ``frame_stack`` -> normalized tokens (..., L / F, token_dim)."""
+    def _origin_shift(self, origin, steps):
+        """What ``decode`` adds to the unnormalized steps (..., L, step_dim) of a relative layout, (..., 1, step_dim):
+        the origin's position minus the dataset's mean position on the position slots, 0 elsewhere. ``encode``
+        subtracts it, so a relative position is normalized with the absolute positions' std, centred on 0."""
+        if origin is None:
+            raise ValueError("this layout stores positions relative to the origin: pass origin (the observations "
+                             "the token sequences start from)")
+        layout = self.layout
+        first = layout.action_dim + int(layout.use_reward)
+        if isinstance(steps, torch.Tensor):
+            origin = torch.as_tensor(origin, dtype=steps.dtype, device=steps.device)
+            shift = torch.zeros((*origin.shape[:-1], 1, layout.step_dim), dtype=steps.dtype, device=steps.device)
+        else:
+            origin = np.asarray(origin, dtype=steps.dtype)
+            shift = np.zeros((*origin.shape[:-1], 1, layout.step_dim), dtype=steps.dtype)
+        if origin.shape[:-1] != steps.shape[:-2]:
+            raise ValueError(f"origin must have shape {(*steps.shape[:-2], layout.obs_dim)}, got {tuple(origin.shape)}")
+        mean = self._stats(steps)[0][first : first + 2]
+        shift[..., 0, first : first + 2] = origin[..., :2] - mean
+        return shift
+
+    def encode(self, actions, next_observations, rewards=None, origin=None):
+        """Steps (..., L, ·) with L a multiple of ``frame_stack`` -> normalized tokens (..., L / F, token_dim).
+        ``origin`` (..., obs_dim): the observations the sequences start from (relative layouts only)."""
         steps = self._concat(self.layout, actions, next_observations, rewards)
         length = steps.shape[-2]
         if length % self.layout.frame_stack:
             raise ValueError(f"{length} steps do not fill tokens of {self.layout.frame_stack} steps")
         mean, std = self._stats(steps)
+        if self.layout.relative_positions:
+            steps = steps - self._origin_shift(origin, steps)
         steps = (steps - mean) / std
         return steps.reshape(*steps.shape[:-2], length // self.layout.frame_stack, self.layout.token_dim)
 
-    def decode(self, tokens) -> dict:
-        """Normalized tokens (..., T, token_dim) -> dict of actions, next_observations (and rewards), (..., T*F, ·)."""
+    def decode(self, tokens, origin=None) -> dict:
+        """Normalized tokens (..., T, token_dim) -> dict of actions, next_observations (and rewards), (..., T*F, ·).
+        ``origin`` (..., obs_dim): the observations the sequences start from (relative layouts only)."""
         layout = self.layout
         steps = tokens.reshape(*tokens.shape[:-2], tokens.shape[-2] * layout.frame_stack, layout.step_dim)
         mean, std = self._stats(steps)
         steps = steps * std + mean
+        if layout.relative_positions:
+            steps = steps + self._origin_shift(origin, steps)
         out = {"actions": steps[..., : layout.action_dim], "next_observations": steps[..., -layout.obs_dim :]}
         if layout.use_reward:
             out["rewards"] = steps[..., layout.action_dim]

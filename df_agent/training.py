@@ -250,7 +250,8 @@ class Trainer:
         """Algorithm 1 on one batch: noise every token to its own uniformly drawn level, predict, MSE."""
         device = self.device
         tokens = torch.as_tensor(
-            self.tokenizer.encode(batch["actions"], batch["next_observations"], batch["rewards"]), device=device
+            self.tokenizer.encode(batch["actions"], batch["next_observations"], batch["rewards"], origin=batch["obs"]),
+            device=device,
         )
         goals = batch.get("goals")
         if self.tokenizer.layout.goal_dim and goals is None:

@@ -101,6 +101,9 @@ class Args:
     # model and tokens
     frame_stack: int = 10
     """steps per token"""
+    relative_positions: bool = False
+    """tokens hold each planned position relative to the observation the plan starts from (``TokenLayout.
+    relative_positions``), so a plan starts where the point is by construction (needs cold starts)"""
     goal_conditioned: bool = False
     """condition the model on the goal (encoded with the observation into the initial state), as well as guiding the
     plan toward it; trained on hindsight goals (--hindsight-goal-steps)"""
@@ -228,6 +231,7 @@ def train(args: Args, task: OGBenchTask, writer: SummaryWriter, run_dir: Path, d
             obs_dim=data.observations.shape[1],
             frame_stack=args.frame_stack,
             goal_dim=2 * args.goal_conditioned,
+            relative_positions=args.relative_positions,
         )
         config = TrainConfig(
             window_tokens=args.window_tokens or DEFAULT_WINDOW_TOKENS[task.dataset_kind],
@@ -344,6 +348,7 @@ def main(args: Args) -> dict:
                 "checkpoint": args.checkpoint or str(run_dir / "agent.pt"),
                 "observation": "x, y, 0, 0" if agent.tokenizer.layout.obs_dim == 4 else "x, y",
                 "goal_conditioned": agent.tokenizer.layout.goal_dim > 0,
+                "relative_positions": agent.tokenizer.layout.relative_positions,
                 "episodes_per_goal": args.eval_episodes_per_goal,
                 "eval_seed": args.eval_seed,
                 "subgoal_distance": args.subgoal_distance,

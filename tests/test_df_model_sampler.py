@@ -293,3 +293,32 @@ def test_rows_without_guidance_weight_take_no_gradient_and_keep_the_random_strea
         torch.randn(2, 2, 3, 12, generator=replay)
         torch.randn(2, 3, 12, generator=replay)
     assert torch.equal(generator.get_state(), replay.get_state())
+
+
+@pytest.mark.parametrize("use_reward", [False, True])
+def test_relative_position_tokens_round_trip_and_hold_positions_from_the_origin(use_reward):
+    layout = TokenLayout(frame_stack=5, use_reward=use_reward, relative_positions=True)
+    rng = np.random.default_rng(1)
+    actions = rng.uniform(-1, 1, (3, 20, 2)).astype(np.float32)
+    next_obs = (rng.normal(size=(3, 20, 4)) * 3 + 10).astype(np.float32)
+    origin = next_obs[:, 0] + rng.normal(size=(3, 4)).astype(np.float32) * 0.1
+    rewards = rng.integers(0, 2, (3, 20)).astype(np.float32)
+    tokenizer = Tokenizer.fit(layout, actions.reshape(-1, 2), next_obs.reshape(-1, 4), rewards.reshape(-1))
+    tokens = tokenizer.encode(actions, next_obs, rewards, origin=origin)
+    decoded = tokenizer.decode(tokens, origin)
+    np.testing.assert_allclose(decoded["next_observations"], next_obs, atol=1e-4)
+    np.testing.assert_allclose(decoded["actions"], actions, atol=1e-5)
+    torch_decoded = tokenizer.decode(torch.as_tensor(tokens), torch.as_tensor(origin))
+    np.testing.assert_allclose(torch_decoded["next_observations"].numpy(), next_obs, atol=1e-4)
+    # the position slots hold (position - origin) / std: shifting the origin moves every decoded position with it,
+    # and leaves the actions and the other observation entries alone
+    shifted = tokenizer.decode(tokens, origin + np.array([1.0, -2.0, 5.0, 5.0], dtype=np.float32))
+    np.testing.assert_allclose(shifted["next_observations"][..., :2], next_obs[..., :2] + [1.0, -2.0], atol=1e-4)
+    np.testing.assert_allclose(shifted["next_observations"][..., 2:], next_obs[..., 2:], atol=1e-4)
+    position_slot = layout.action_dim + int(use_reward)
+    first = tokens[:, 0, position_slot : position_slot + 2]
+    np.testing.assert_allclose(first, (next_obs[:, 0, :2] - origin[:, :2]) / tokenizer.step_std[position_slot : position_slot + 2], atol=1e-5)
+    with pytest.raises(ValueError, match="pass origin"):
+        tokenizer.decode(tokens)
+    with pytest.raises(ValueError, match="origin must have shape"):
+        tokenizer.encode(actions, next_obs, rewards, origin=origin[:2])

@@ -237,6 +237,30 @@ def test_script_trains_a_goal_conditioned_agent_on_hindsight_goals(dataset_dir, 
     assert record["settings"]["goal_conditioned"] is True
 
 
+def test_script_trains_an_agent_of_relative_positions(dataset_dir, tmp_path, load_script):
+    """--relative-positions: tokens hold positions relative to the plan's start; the agent decodes its plans from the
+    observation it plans from, guidance included, and refuses warm starts (whose tokens hold another origin)."""
+    script = load_script("df_ogbench")
+    record_path = tmp_path / "records.jsonl"
+    args = tiny_args(
+        script, dataset_dir, tmp_path, relative_positions=True, total_steps=10, eval_max_steps=10,
+        record=str(record_path),
+    )  # fmt: skip
+    summary = script.main(args)
+    agent = Agent.load(tmp_path / summary["run"] / "agent.pt")
+    assert agent.tokenizer.layout.relative_positions
+    obs = np.array([[2.0, 3.0, 0.0, 0.0], [10.0, -4.0, 0.0, 0.0]], dtype=np.float32)
+    plan = agent.plan(obs, np.ones(2), horizon=20)
+    decoded = agent.tokenizer.decode(plan.tokens, obs)["next_observations"][:, :20]
+    np.testing.assert_allclose(plan.observations, decoded, atol=1e-5)
+    from_zero = agent.tokenizer.decode(plan.tokens, np.zeros_like(obs))["next_observations"][:, :20, :2]
+    np.testing.assert_allclose(plan.positions, from_zero + obs[:, None, :2], atol=1e-4)
+    with pytest.raises(ValueError, match="relative positions"):
+        agent.plan(obs, np.ones(2), horizon=20, warm_tokens=plan.tokens[:, 1:], warm_start_level=0.5)
+    (record,) = read_records(record_path)
+    assert record["settings"]["relative_positions"] is True
+
+
 def test_subgoal_distance_guides_the_agent_along_the_data_s_graph(dataset_dir, tmp_path, load_script, monkeypatch):
     """--subgoal-distance: the agent is guided toward points of the training data on the way, not the far test goal,
     and the record names the distance."""
