@@ -231,7 +231,7 @@ def _episodes(record: dict) -> str:
 
 def _ogbench_method(record: dict) -> str:
     """The method, with a DF planner's matrix, MCG futures, plan length and guidance (scale, actions only, start pull,
-    subgoals: the settings its held-out rows compare)."""
+    goal-conditioned model, relative positions, subgoals: the settings its held-out rows compare)."""
     s = record.get("settings", {})
     if "schedule" not in s:
         return record["method"]
@@ -245,6 +245,7 @@ def _ogbench_method(record: dict) -> str:
         for part, on in (
             (f", start pull {s.get('start_weight', 0):g}", s.get("start_weight")),
             (", goal-conditioned", s.get("goal_conditioned")),
+            (", relative positions", s.get("relative_positions")),
             (f", subgoals {s.get('subgoal_distance') or 0:g} ahead on the data's graph", s.get("subgoal_distance")),
         )
         if on
