@@ -230,8 +230,8 @@ def _episodes(record: dict) -> str:
 
 
 def _ogbench_method(record: dict) -> str:
-    """The method, with a DF planner's matrix, MCG futures, plan length and guidance (scale, actions only, start pull,
-    goal-conditioned model, relative positions, subgoals: the settings its held-out rows compare)."""
+    """The method, with a DF planner's matrix, MCG futures, plan length and guidance (scale, actions only, near the
+    goal, start pull, goal-conditioned model, relative positions, subgoals: the settings its held-out rows compare)."""
     s = record.get("settings", {})
     if "schedule" not in s:
         return record["method"]
@@ -243,6 +243,11 @@ def _ogbench_method(record: dict) -> str:
     extras = "".join(
         part
         for part, on in (
+            (
+                f", guidance {s.get('near_goal_guidance_scale') or 0:g} within {s.get('near_goal_radius', 1.0):g} "
+                "of the goal",
+                s.get("near_goal_guidance_scale") is not None,
+            ),
             (f", start pull {s.get('start_weight', 0):g}", s.get("start_weight")),
             (", goal-conditioned", s.get("goal_conditioned")),
             (", relative positions", s.get("relative_positions")),

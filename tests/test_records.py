@@ -188,3 +188,8 @@ def test_ogbench_rows_name_the_guidance_they_used():
     assert make_results._ogbench_method({"method": "DF", "settings": relative}).endswith(
         "guidance 1, goal-conditioned, relative positions)"
     )
+    near = {**settings, "near_goal_guidance_scale": 2.0, "near_goal_radius": 3.0}
+    assert make_results._ogbench_method({"method": "DF", "settings": near}) == (
+        "DF (pyramid, MCG 4, 60-token plans, guidance 1, guidance 2 within 3 of the goal)"
+    )
+    assert make_results._ogbench_method({"method": "DF", "settings": {**near, "near_goal_guidance_scale": None}}) == plain
