@@ -192,4 +192,5 @@ def test_ogbench_rows_name_the_guidance_they_used():
     assert make_results._ogbench_method({"method": "DF", "settings": near}) == (
         "DF (pyramid, MCG 4, 60-token plans, guidance 1, guidance 2 within 3 of the goal)"
     )
-    assert make_results._ogbench_method({"method": "DF", "settings": {**near, "near_goal_guidance_scale": None}}) == plain
+    near_off = {**near, "near_goal_guidance_scale": None}
+    assert make_results._ogbench_method({"method": "DF", "settings": near_off}) == plain
