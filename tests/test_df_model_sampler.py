@@ -317,7 +317,8 @@ def test_relative_position_tokens_round_trip_and_hold_positions_from_the_origin(
     np.testing.assert_allclose(shifted["next_observations"][..., 2:], next_obs[..., 2:], atol=1e-4)
     position_slot = layout.action_dim + int(use_reward)
     first = tokens[:, 0, position_slot : position_slot + 2]
-    np.testing.assert_allclose(first, (next_obs[:, 0, :2] - origin[:, :2]) / tokenizer.step_std[position_slot : position_slot + 2], atol=1e-5)
+    position_std = tokenizer.step_std[position_slot : position_slot + 2]
+    np.testing.assert_allclose(first, (next_obs[:, 0, :2] - origin[:, :2]) / position_std, atol=1e-5)
     with pytest.raises(ValueError, match="pass origin"):
         tokenizer.decode(tokens)
     with pytest.raises(ValueError, match="origin must have shape"):
