@@ -232,6 +232,12 @@ class Trainer:
         checkpoints stay those of the unwrapped ``model``, so checkpoints load without the wrapper."""
         self.forward_module = wrapper(self.forward_module)
 
+    def unwrap(self) -> None:
+        """Undo ``wrap``: back to the plain ``TrainingForward(model)``. A DistributedDataParallel wrapper holds its
+        process group; dropping it before ``torch.distributed.destroy_process_group`` frees the group while Python is
+        still running, rather than at interpreter exit, where gloo's teardown can abort the process."""
+        self.forward_module = TrainingForward(self.model)
+
     def reseed(self, seed: int) -> None:
         """Restart the streams that draw windows (``rng``) and noise (``generator``) from ``seed``."""
         self.rng = np.random.default_rng(seed)

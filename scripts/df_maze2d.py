@@ -484,6 +484,11 @@ def train(
     if main_process:
         trainer.save(checkpoint_path)
         writer.add_scalar("charts/train_minutes", trainer.train_seconds / 60, trainer.step)  # resumes included
+    if world_size > 1:
+        # Release DDP (and its hold on the process group) and wait for rank 0's checkpoint, so that every rank tears
+        # the group down together: a rank that left early aborted in gloo's teardown now and then (CI, 2026-12-06).
+        trainer.unwrap()
+        dist.barrier()
     return trainer
 
 

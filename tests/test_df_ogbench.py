@@ -141,9 +141,20 @@ def recorded_actions(monkeypatch):
     return runs
 
 
-def test_the_command_line_takes_the_plan_length_of_the_env_s_maze(load_script):
+def test_the_command_line_takes_the_defaults_of_the_env_s_maze_and_dataset(load_script):
     script = load_script("df_ogbench")
-    assert script.cli([]).planner.horizon_tokens == script.HORIZON_TOKENS["medium"] == 30  # the default env
+    navigate = script.cli([])  # the default env, medium-navigate: plain DF
+    assert navigate.planner.horizon_tokens == script.HORIZON_TOKENS["medium"] == 30
+    assert not navigate.goal_conditioned and navigate.subgoal_distance is None
+    assert navigate.planner.near_goal_guidance_scale is None
+    # stitch: the goal-conditioned recipe, with the maze's subgoal distance
+    stitch = script.cli(["--env", "pointmaze-medium-stitch-v0"])
+    assert stitch.goal_conditioned and stitch.hindsight_goal_steps == 200
+    assert stitch.subgoal_distance == script.STITCH_SUBGOAL_DISTANCE["medium"] == 4.0
+    planner = stitch.planner
+    assert (planner.guidance_scale, planner.near_goal_guidance_scale, planner.near_goal_radius) == (0.25, 8.0, 3.0)
+    plain = script.cli(["--env", "pointmaze-large-stitch-v0", "--no-goal-conditioned", "--subgoal-distance", "None"])
+    assert not plain.goal_conditioned and plain.subgoal_distance is None and plain.planner.horizon_tokens == 60
     large = script.cli(["--env", "pointmaze-large-stitch-v0", "--planner.guidance-scale", "2"])
     assert large.planner.horizon_tokens == script.HORIZON_TOKENS["large"] == 60
     assert large.planner.guidance_scale == 2.0 and large.planner.mcg_samples == script.default_planner().mcg_samples
