@@ -18,13 +18,14 @@ held-out episodes (see docs/ogbench.md):
   tokens on medium and 60 on large and giant (HORIZON_TOKENS) replanned every token, cold starts, no PD hold;
   episode length 1000 (the evaluation's time limit).
 * training: 55 minutes (--train-minutes; at most 200,000 steps), the budget of every measured run.
-* stitch datasets (STITCH_RECIPE): a goal-conditioned model (--goal-conditioned --hindsight-goal-steps 200), guided
-  with scale 0.25 toward a subgoal D ahead on the shortest way to the goal through the training data's own
-  transitions (--subgoal-distance D: 4 on medium, 8 on large and giant; ``df_agent.subgoals``), and with scale 8
-  within 3 units of the point it is guided to (--planner.near-goal-guidance-scale 8 --planner.near-goal-radius 3).
-  Test success rose from 16.8% to 42.4% on large-stitch and from 31.6% to 52.4% on medium-stitch (docs/ogbench.md).
-  The actions stay the plan's own. Plain DF on stitch: --no-goal-conditioned --subgoal-distance None
-  --planner.guidance-scale 1 --planner.near-goal-guidance-scale None.
+* stitch datasets (STITCH_TRAINING, STITCH_PLANNER): a goal-conditioned model (--goal-conditioned
+  --hindsight-goal-steps 200), guided with scale 0.25 toward a subgoal D ahead on the shortest way to the goal
+  through the training data's own transitions (--subgoal-distance D: 4 on medium, 8 on large and giant;
+  ``df_agent.subgoals``), and with scale 8 within 3 units of the point it is guided to
+  (--planner.near-goal-guidance-scale 8 --planner.near-goal-radius 3). Test success rose from 16.8% to 42.4% on
+  large-stitch and from 31.6% to 52.4% on medium-stitch (docs/ogbench.md). The actions stay the plan's own. Plain
+  DF on stitch: --no-goal-conditioned --subgoal-distance None --planner.guidance-scale 1
+  --planner.near-goal-guidance-scale None.
 * --relative-positions (off by default): tokens hold positions relative to the plan's start; fixes where plans
   start, did not change success on large-stitch (docs/ogbench.md).
 """
@@ -71,11 +72,8 @@ HORIZON_TOKENS = {"medium": 30, "large": 60, "giant": 60}
 # and strongly within 3 units of the point it is guided to. Test success: medium-stitch 31.6% -> 52.4%, large-stitch
 # 16.8% -> 42.4%. The subgoal distance is the maze's: 4 on medium (4 / 8 / none: 40 / 38 / 20% held out), 8 on large
 # (held out: 8 ahead 34%, 4 ahead 32%); giant takes large's, not chosen on giant.
-STITCH_RECIPE = {
-    "goal_conditioned": True,
-    "hindsight_goal_steps": 200,
-    "planner": {"guidance_scale": 0.25, "near_goal_guidance_scale": 8.0, "near_goal_radius": 3.0},
-}
+STITCH_TRAINING = {"goal_conditioned": True, "hindsight_goal_steps": 200}
+STITCH_PLANNER = {"guidance_scale": 0.25, "near_goal_guidance_scale": 8.0, "near_goal_radius": 3.0}
 STITCH_SUBGOAL_DISTANCE = {"medium": 4.0, "large": 8.0, "giant": 8.0}
 
 
@@ -386,14 +384,13 @@ def main(args: Args) -> dict:
 
 def default_args(env: str) -> Args:
     """The defaults for ``env``: the maze's planner (``default_planner``) and, on stitch datasets, the stitch recipe
-    (``STITCH_RECIPE``, with the maze's ``STITCH_SUBGOAL_DISTANCE``)."""
+    (``STITCH_TRAINING``, ``STITCH_PLANNER`` and the maze's ``STITCH_SUBGOAL_DISTANCE``)."""
     task = get_ogbench_task(env)
     args = Args(env=env, planner=default_planner(task.maze))
     if task.dataset_kind != "stitch":
         return args
-    planner = replace(args.planner, **STITCH_RECIPE["planner"])
-    recipe = {key: value for key, value in STITCH_RECIPE.items() if key != "planner"}
-    return replace(args, planner=planner, subgoal_distance=STITCH_SUBGOAL_DISTANCE[task.maze], **recipe)
+    planner = replace(args.planner, **STITCH_PLANNER)
+    return replace(args, planner=planner, subgoal_distance=STITCH_SUBGOAL_DISTANCE[task.maze], **STITCH_TRAINING)
 
 
 def cli(argv: list[str] | None = None) -> Args:
