@@ -60,6 +60,11 @@ class PlannerConfig:
     """weight of the pull of each plan's first predicted observation toward the observation it starts at
     (``df_agent.guidance.start_cost``; 0: off). The goal pull alone can move a plan's first steps toward the goal,
     so the plan starts where the point is not, and its actions overshoot the goal"""
+    route_weight: float = 0.0
+    """weight of the pull of every planned step toward a route to the goal, passed to ``act`` / ``plan`` as
+    ``route`` (``df_agent.guidance.route_distance_cost``; 0: off). With ``df_agent.subgoals.SubgoalPolicy(...,
+    route=True)`` the route is the training data's own way toward the subgoal, which keeps a plan in the corridor
+    where a straight pull toward the subgoal would cut through a wall"""
     near_goal_guidance_scale: float | None = None
     """guidance scale for plans that start within ``near_goal_radius`` of the goal (None: ``guidance_scale``).
     Strong guidance far from the goal can pull a plan through walls, near it there is no wall to cross: a
@@ -323,6 +328,7 @@ class Agent:
         return_history: bool = False,
         warm_tokens: np.ndarray | None = None,
         warm_start_level: float | None = None,
+        route: np.ndarray | None = None,
     ) -> Plan:
         """Plan ``horizon`` steps (rounded up to whole tokens) from observations toward goals.
 
@@ -336,8 +342,12 @@ class Agent:
         ``warm_tokens`` (B, W, token_dim), normalized clean tokens (e.g. a previous plan's, shifted), warm-start the
         plan's first min(W, tokens) tokens at ``warm_start_level`` (a fraction of the noise scale K; 0: no warm
         start), see ``PlannerConfig.warm_start_level``.
+
+        ``route`` (B, K, 2) or (K, 2): points every planned step is pulled toward (the nearest of them) with
+        ``route_weight``, see ``PlannerConfig.route_weight``; needed when that weight is above 0, unused otherwise.
         """
         obs, goal, _ = self._parse(obs, goal)
+        route_tensor = self._route(route, len(obs)) if self.planner.route_weight > 0 else None
         for name, value in (("horizon", horizon), ("ddim_steps", ddim_steps), ("mcg_samples", mcg_samples)):
             if value is not None and not value >= 1:
                 raise ValueError(f"{name} must be at least 1 (None: the planner's), got {value}")
@@ -402,6 +412,8 @@ class Agent:
                 start=torch.as_tensor(obs, dtype=torch.float32, device=device) if p.start_weight > 0 else None,
                 start_weight=p.start_weight,
                 origin=torch.as_tensor(obs, dtype=torch.float32, device=device),
+                route=route_tensor,
+                route_weight=p.route_weight,
             )
         action_mask = torch.as_tensor(self.tokenizer.action_mask(), device=device) if p.guide_actions_only else None
         with torch.no_grad():
@@ -437,9 +449,23 @@ class Agent:
             row_positions=row_positions,
         )
 
+    def _route(self, route, batch: int) -> torch.Tensor:
+        """``route`` checked and batched: (B, K, 2) float32 on the agent's device."""
+        if route is None:
+            raise ValueError("the planner's route_weight is above 0: pass route=(K, 2) or (B, K, 2) points")
+        route = np.asarray(route, dtype=np.float32)
+        if route.ndim == 2:
+            route = np.broadcast_to(route, (batch, *route.shape))
+        if route.ndim != 3 or route.shape[0] != batch or route.shape[2] != 2 or route.shape[1] == 0:
+            raise ValueError(f"route must have shape (K, 2) or ({batch}, K, 2) with K >= 1, got {route.shape}")
+        if not np.all(np.isfinite(route)):
+            raise ValueError("route contains NaN or infinity")
+        return torch.as_tensor(np.ascontiguousarray(route), device=self.device)
+
     # --- acting ---
-    def act(self, obs, goal=None) -> np.ndarray:
-        """The next action for one observation (returns (2,)) or a batch (returns (B, 2))."""
+    def act(self, obs, goal=None, route=None) -> np.ndarray:
+        """The next action for one observation (returns (2,)) or a batch (returns (B, 2)). ``route``: see
+        ``plan``; the route of the envs that replan at this step is used."""
         obs_arr, goal_arr, single = self._parse(obs, goal)
         batch = len(obs_arr)
         if len(self._queues) != batch:
@@ -454,7 +480,10 @@ class Agent:
                 self._last_tokens[env] = None  # the point moves off the plan: no warm start from it
         need = np.array([len(q) == 0 for q in self._queues]) & ~holding
         if need.any():
-            self._replan(np.flatnonzero(need), obs_arr, goal_arr, distance)
+            routes = None
+            if self.planner.route_weight > 0:
+                routes = self._route(route, batch).cpu().numpy()
+            self._replan(np.flatnonzero(need), obs_arr, goal_arr, distance, routes)
         hold = np.zeros_like(goal_arr)
         if holding.any():  # D4RL's PD law toward the goal (the expert's) for the points that hold it
             from envs.expert import pd_action
@@ -481,7 +510,9 @@ class Agent:
         self._stalled |= due & (moved < p.stall_distance) & far
         self._anchor_xy[due], self._anchor_elapsed[due] = xy[due], self._elapsed[due]
 
-    def _replan(self, envs: np.ndarray, obs: np.ndarray, goal: np.ndarray, distance: np.ndarray) -> None:
+    def _replan(
+        self, envs: np.ndarray, obs: np.ndarray, goal: np.ndarray, distance: np.ndarray, routes: np.ndarray | None
+    ) -> None:
         """Plan for the envs whose queue ran out, together, to the furthest of their episode ends (envs near the
         goal with ``near_goal_horizon_tokens``, if set, and envs that warm-start alike in their own batches)."""
         p = self.planner
@@ -527,6 +558,8 @@ class Agent:
             kwargs = {"warm_tokens": np.stack([warm[env] for env in members])} if num_warm else {}
             if is_near:
                 kwargs.update(near_overrides)
+            if routes is not None:
+                kwargs["route"] = routes[members]
             self._store(members, self.plan(obs[members], goal[members], horizon=length, **kwargs), execute)
 
     def _store(self, envs: np.ndarray, plan: Plan, execute: np.ndarray) -> None:

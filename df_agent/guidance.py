@@ -53,6 +53,17 @@ def goal_state_cost(
     return per_step.sum(dim=-1)
 
 
+def route_distance_cost(positions: torch.Tensor, route: torch.Tensor, step_mask: torch.Tensor | None = None):
+    """Sum over every planned step of its distance to the nearest point of a route (B, K, 2): a corridor around
+    the way the data took toward the goal (``df_agent.subgoals.TransitionGraph.routes``). The goal cost pulls every
+    step toward the goal in a straight line, through a wall where the way bends; this cost asks each step to stay
+    on the way instead, wherever along it. positions (B, L, 2), step_mask (B, L)."""
+    distance = torch.cdist(positions, route).amin(dim=-1)
+    if step_mask is not None:
+        distance = distance * step_mask
+    return distance.sum(dim=-1)
+
+
 def start_cost(first_observations: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
     """Distance of each plan's first predicted observation from the observation it starts at (B,).
 
@@ -76,7 +87,8 @@ class GoalCost:
     """Token-space cost for the sampler: decode the clean-token prediction, then ``goal_state_cost`` (which is
     ``goal_distance_cost`` while ``velocity_weight`` and ``action_weight`` are 0), plus ``start_weight`` times
     ``start_cost`` from ``start`` (B, obs_dim), the observations the plans start at, when both are given.
-    ``origin`` (B, obs_dim): the observations the plans start from, which a relative token layout decodes with."""
+    ``origin`` (B, obs_dim): the observations the plans start from, which a relative token layout decodes with.
+    ``route`` (B, K, 2) with ``route_weight`` > 0 adds ``route_weight`` times ``route_distance_cost``."""
 
     def __init__(
         self,
@@ -89,7 +101,11 @@ class GoalCost:
         start: torch.Tensor | None = None,
         start_weight: float = 0.0,
         origin: torch.Tensor | None = None,
+        route: torch.Tensor | None = None,
+        route_weight: float = 0.0,
     ):
+        if route_weight < 0 or (route_weight > 0 and route is None):
+            raise ValueError(f"route_weight must be >= 0 and needs the route, got {route_weight}")
         if np.any(np.asarray(velocity_weight) < 0) or np.any(np.asarray(action_weight) < 0) or stay_radius <= 0:
             raise ValueError(
                 f"velocity_weight and action_weight must be >= 0 and stay_radius > 0, got {velocity_weight}, "
@@ -106,9 +122,11 @@ class GoalCost:
         self.start = start
         self.start_weight = start_weight
         self.origin = origin
+        self.route = route
+        self.route_weight = route_weight
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        goal, mask, start, origin = self.goal, self.step_mask, self.start, self.origin
+        goal, mask, start, origin, route = self.goal, self.step_mask, self.start, self.origin, self.route
         velocity_weight, action_weight = self.velocity_weight, self.action_weight
         if len(tokens) != len(goal):  # Monte Carlo Guidance stacks several futures per plan
             repeats = len(tokens) // len(goal)
@@ -116,6 +134,7 @@ class GoalCost:
             mask = mask.repeat(repeats, 1) if mask is not None else None
             start = start.repeat(repeats, 1) if start is not None else None
             origin = origin.repeat(repeats, 1) if origin is not None else None
+            route = route.repeat(repeats, 1, 1) if route is not None else None
             velocity_weight, action_weight = _repeat(velocity_weight, repeats), _repeat(action_weight, repeats)
         steps = self.tokenizer.decode(tokens, origin)
         observations = steps["next_observations"]
@@ -131,6 +150,9 @@ class GoalCost:
         )
         if self.start_weight > 0:
             cost = cost + self.start_weight * start_cost(observations[:, 0], start)
+        if self.route_weight > 0:
+            route_mask = None if mask is None else mask[:, : observations.shape[1]]
+            cost = cost + self.route_weight * route_distance_cost(observations[..., :2], route, route_mask)
         return cost
 
 

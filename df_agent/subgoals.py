@@ -137,17 +137,54 @@ class TransitionGraph:
         return out
 
 
+    def routes(self, xy: np.ndarray, goals: np.ndarray, distance: float, spacing: float = 0.25) -> np.ndarray:
+        """The data's way from each position toward its goal, as far as its subgoal ``distance`` ahead: K =
+        floor(distance / spacing) + 1 points evenly spaced along the polyline from the position through the way's
+        nodes to the subgoal (to the goal itself where it is within reach), (B, K, 2). A position the data never
+        connects to its goal gets the goal K times.
+        xy, goals (B, 2). For ``df_agent.guidance.route_distance_cost``: the points a plan should stay near on its
+        way to the subgoal, so that it follows the corridor the data took instead of a straight line through a wall.
+        """
+        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        goals = np.asarray(goals, dtype=np.float64).reshape(-1, 2)
+        if len(xy) != len(goals):
+            raise ValueError(f"one goal per position: got {len(xy)} positions and {len(goals)} goals")
+        if not (distance > 0 and spacing > 0):
+            raise ValueError(f"distance and spacing must be > 0, got {distance} and {spacing}")
+        num_points = int(np.floor(distance / spacing)) + 1
+        out = np.repeat(goals[:, None, :], num_points, axis=1)
+        here, goal_nodes = self.nearest(xy), self.nearest(goals)
+        for b in range(len(xy)):
+            to_goal, parent = self._shortest_paths(int(goal_nodes[b]))
+            node = int(here[b])
+            if not np.isfinite(to_goal[node]):
+                continue
+            nodes = [node]
+            while nodes[-1] != goal_nodes[b] and to_goal[node] - to_goal[nodes[-1]] < distance:
+                nodes.append(int(parent[nodes[-1]]))
+            points = np.concatenate([xy[b : b + 1], self.node_positions[nodes]])
+            if nodes[-1] == goal_nodes[b]:
+                points = np.concatenate([points, goals[b : b + 1]])
+            arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
+            at = np.linspace(0.0, arc[-1], num_points)
+            out[b] = np.stack([np.interp(at, arc, points[:, k]) for k in range(2)], axis=1)
+        return out
+
+
 class SubgoalPolicy:
     """A goal-guided policy ``act(obs, goal)`` (e.g. ``df_agent.Agent``) steered by ``TransitionGraph`` subgoals:
-    each call passes the subgoal ``distance`` ahead on the data's way to the goal instead of the goal itself. The
-    policy's own actions are returned unchanged. ``obs`` and ``goal`` are batches (B, obs_dim), (B, 2)."""
+    each call passes the subgoal ``distance`` ahead on the data's way to the goal instead of the goal itself, and with
+    ``route=True`` also the way there (``TransitionGraph.routes``) as ``route=`` (``Agent.act`` guides its plans to
+    stay near it when its planner's ``route_weight`` is above 0). The policy's own actions are returned unchanged.
+    ``obs`` and ``goal`` are batches (B, obs_dim), (B, 2)."""
 
-    def __init__(self, policy, graph: TransitionGraph, distance: float):
+    def __init__(self, policy, graph: TransitionGraph, distance: float, route: bool = False):
         if not distance > 0:
             raise ValueError(f"distance must be > 0, got {distance}")
         self.policy = policy
         self.graph = graph
         self.distance = float(distance)
+        self.route = route
 
     def reset(self, num_envs: int | None = None) -> None:
         self.policy.reset(num_envs)
@@ -158,4 +195,8 @@ class SubgoalPolicy:
         return self.graph.subgoals(obs.reshape(len(obs), -1)[:, :2], goal, self.distance).astype(np.float32)
 
     def act(self, obs: np.ndarray, goal: np.ndarray) -> np.ndarray:
-        return self.policy.act(obs, self.subgoals(obs, goal))
+        if not self.route:
+            return self.policy.act(obs, self.subgoals(obs, goal))
+        xy = np.asarray(obs).reshape(len(obs), -1)[:, :2]
+        route = self.graph.routes(xy, goal, self.distance).astype(np.float32)
+        return self.policy.act(obs, self.subgoals(obs, goal), route=route)

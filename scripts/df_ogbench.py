@@ -222,11 +222,13 @@ class AgentPolicy:
 def subgoal_policy(args: Args, task: OGBenchTask, agent: Agent) -> SubgoalPolicy | None:
     """``args.subgoal_distance``'s ``SubgoalPolicy`` over the graph of the task's training transitions, or None."""
     if args.subgoal_distance is None:
+        if args.planner.route_weight > 0:
+            raise SystemExit("--planner.route-weight follows the data's way to a subgoal: set --subgoal-distance too")
         return None
     data = load_ogbench_transitions(task.env_id, args.dataset_dir)
     graph = TransitionGraph(data.observations[:, :2], data.next_observations[:, :2], cell=args.subgoal_cell)
     print(f"subgoal graph: {graph.num_nodes:,} nodes, {graph.num_edges:,} edges from {len(data):,} transitions")
-    return SubgoalPolicy(agent, graph, args.subgoal_distance)
+    return SubgoalPolicy(agent, graph, args.subgoal_distance, route=args.planner.route_weight > 0)
 
 
 def planner_config(args: Args, task: OGBenchTask) -> PlannerConfig:

@@ -231,7 +231,8 @@ def _episodes(record: dict) -> str:
 
 def _ogbench_method(record: dict) -> str:
     """The method, with a DF planner's matrix, MCG futures, plan length and guidance (scale, actions only, near the
-    goal, start pull, goal-conditioned model, relative positions, subgoals: the settings its held-out rows compare)."""
+    goal, start pull, goal-conditioned model, relative positions, subgoals, route pull: the settings its held-out rows
+    compare)."""
     s = record.get("settings", {})
     if "schedule" not in s:
         return record["method"]
@@ -252,6 +253,7 @@ def _ogbench_method(record: dict) -> str:
             (", goal-conditioned", s.get("goal_conditioned")),
             (", relative positions", s.get("relative_positions")),
             (f", subgoals {s.get('subgoal_distance') or 0:g} ahead on the data's graph", s.get("subgoal_distance")),
+            (f", route pull {s.get('route_weight', 0):g}", s.get("route_weight")),
         )
         if on
     )

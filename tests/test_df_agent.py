@@ -134,6 +134,29 @@ def test_guided_plans_end_nearer_the_goal(trained):
     assert mean_final_distance(30.0, 4) < unguided - 0.1
 
 
+def test_a_route_keeps_guided_plans_near_it(trained):
+    """PlannerConfig.route_weight: every planned step is pulled toward the nearest point of the route given to
+    plan / act (here a line 0.8 beside the start), so the plans lie nearer it than plans guided toward the goal
+    alone; without a route the agent says what is missing."""
+    obs = np.array([[1.0, 1.0, 0.0, 0.0]] * 4, np.float32)
+    goal = np.array([[1.0, 3.0]] * 4, np.float32)
+    route = np.stack([np.full(9, 1.8), np.linspace(1.0, 3.0, 9)], axis=1).astype(np.float32)  # beside the start
+
+    def mean_route_distance(weight):
+        agent = Agent.from_trainer(trained, planner(horizon_tokens=4, guidance_scale=30.0, route_weight=weight))
+        positions = agent.plan(obs, goal, route=route).positions
+        return np.linalg.norm(positions[:, :, None] - route[None, None], axis=-1).min(axis=-1).mean()
+
+    unrouted, routed = mean_route_distance(0.0), mean_route_distance(10.0)
+    assert routed < unrouted - 0.1, (routed, unrouted)
+    agent = Agent.from_trainer(trained, planner(route_weight=1.0))
+    with pytest.raises(ValueError, match="route"):
+        agent.plan(obs, goal)
+    with pytest.raises(ValueError, match="route must have shape"):
+        agent.act(obs, goal, route=route[None, :, :1])
+    assert agent.act(obs, goal, route=np.stack([route] * 4)).shape == (4, 2)
+
+
 def test_act_in_a_plain_gymnasium_loop(trained):
     """In a Gymnasium loop, act() executes the plan made from the observation it was given when its queue ran out:
     a twin agent (same weights, same seed) asked for a plan of 2 tokens from that observation every token (5 steps)

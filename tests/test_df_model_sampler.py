@@ -3,7 +3,14 @@ import pytest
 import torch
 
 from df_agent.diffusion import NoiseSchedule
-from df_agent.guidance import GoalCost, goal_distance_cost, goal_state_cost, predicted_reward_cost, start_cost
+from df_agent.guidance import (
+    GoalCost,
+    goal_distance_cost,
+    goal_state_cost,
+    predicted_reward_cost,
+    route_distance_cost,
+    start_cost,
+)
 from df_agent.model import DiffusionForcingModel, ModelConfig
 from df_agent.sampler import monte_carlo_guidance_cost, sample
 from df_agent.schedules import make_schedule, to_noise_levels
@@ -131,6 +138,35 @@ def test_the_start_cost_pulls_a_plan_s_first_observation_to_the_current_one():
     assert pulled(torch.cat([tokens, tokens])).detach().numpy() == pytest.approx([pulled(tokens).item()] * 2)
     with pytest.raises(ValueError, match="start"):
         GoalCost(tokenizer, goal, start_weight=1.0)
+
+
+def test_the_route_cost_pulls_each_step_to_the_nearest_point_of_the_route():
+    layout = TokenLayout(frame_stack=2)
+    tokenizer = Tokenizer(layout, np.zeros(layout.step_dim), np.ones(layout.step_dim))
+    steps = torch.zeros(1, 4, layout.step_dim)  # [ax, ay, x, y, vx, vy] per step
+    # the plan cuts straight across (y = 0) where the route goes up, over and down (an upside-down U)
+    steps[0, :, 2:4] = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])
+    tokens = steps.reshape(1, 2, layout.token_dim).requires_grad_(True)
+    route = torch.tensor([[[0.0, 0.0], [0.0, 2.0], [1.0, 2.0], [2.0, 2.0], [3.0, 2.0], [3.0, 0.0]]])
+    positions = tokenizer.decode(tokens)["next_observations"][..., :2]
+    # nearest route points: (0, 0) at 0, (0, 2) or (1, 2) at 2 (and (0, 0) at 1), (2, 2) at 2 / (3, 0) at 1, (3, 0) at 0
+    assert route_distance_cost(positions, route).item() == pytest.approx(0 + 1 + 1 + 0)
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    assert route_distance_cost(positions, route, mask).item() == pytest.approx(1.0)
+    goal = torch.tensor([[3.0, 0.0]])
+    plain = GoalCost(tokenizer, goal)(tokens)
+    routed = GoalCost(tokenizer, goal, route=route, route_weight=3.0)
+    assert routed(tokens).item() == pytest.approx(plain.item() + 3.0 * 2.0, rel=1e-6)
+    # the gradient moves the two middle steps toward the route's nearest points and leaves the ends on it alone
+    (routed(tokens) - plain).sum().backward()
+    grad = tokens.grad.reshape(1, 4, layout.step_dim)[0, :, 2:4].numpy()
+    np.testing.assert_allclose(grad[1], [3.0, 0.0], atol=1e-6)  # (1, 0) is nearest (0, 0): pulled left
+    np.testing.assert_allclose(grad[2], [-3.0, 0.0], atol=1e-6)  # (2, 0) is nearest (3, 0): pulled right
+    np.testing.assert_allclose(grad[[0, 3]], 0.0, atol=1e-6)
+    # Monte Carlo Guidance futures of one plan share its route
+    assert routed(torch.cat([tokens, tokens])).detach().numpy() == pytest.approx([routed(tokens).item()] * 2)
+    with pytest.raises(ValueError, match="route"):
+        GoalCost(tokenizer, goal, route_weight=1.0)
 
 
 @pytest.mark.parametrize("schedule_name", ["pyramid", "full_sequence", "autoregressive"])

@@ -274,14 +274,15 @@ def test_script_trains_an_agent_of_relative_positions(dataset_dir, tmp_path, loa
 
 def test_subgoal_distance_guides_the_agent_along_the_data_s_graph(dataset_dir, tmp_path, load_script, monkeypatch):
     """--subgoal-distance: the agent is guided toward points of the training data on the way, not the far test goal,
-    and the record names the distance."""
+    and the record names the distance. With --planner.route-weight it also gets the data's way to each subgoal."""
     script = load_script("df_ogbench")
-    desired, guided = [], []
+    desired, guided, routes = [], [], []
     act = Agent.act
 
-    def recording(self, obs, goal=None):
+    def recording(self, obs, goal=None, route=None):
         guided.append(np.array(goal))
-        return act(self, obs, goal)
+        routes.append(route)
+        return act(self, obs, goal, route=route)
 
     subgoal_act = script.SubgoalPolicy.act
 
@@ -296,15 +297,26 @@ def test_subgoal_distance_guides_the_agent_along_the_data_s_graph(dataset_dir, t
         script, dataset_dir, tmp_path, total_steps=10, eval_max_steps=5, subgoal_distance=2.0, record=str(record_path)
     )
     script.main(args)
-    desired, guided = np.concatenate(desired), np.concatenate(guided)
-    assert len(desired) == len(guided) == 25  # five goals, one episode each, five steps
-    moved = np.linalg.norm(guided - desired, axis=-1) > 1e-4
+    desired_at, guided_at = np.concatenate(desired), np.concatenate(guided)
+    assert len(desired_at) == len(guided_at) == 25  # five goals, one episode each, five steps
+    moved = np.linalg.norm(guided_at - desired_at, axis=-1) > 1e-4
     assert moved.sum() >= 5  # a whole episode guided toward subgoals on the way (the tiny data reaches few goals)
     data = od.load_ogbench_transitions(ENV, dataset_dir)
-    nearest_data = np.min(np.linalg.norm(guided[moved][:, None] - data.observations[None, :, :2], axis=-1), axis=1)
+    nearest_data = np.min(np.linalg.norm(guided_at[moved][:, None] - data.observations[None, :, :2], axis=-1), axis=1)
     assert nearest_data.max() < args.subgoal_cell * np.sqrt(2)  # each subgoal is a node: where the data has been
     (record,) = read_records(record_path)
     assert record["settings"]["subgoal_distance"] == 2.0 and record["settings"]["subgoal_cell"] == 0.5
+    assert all(route is None for route in routes)
+
+    guided.clear()
+    routes.clear()
+    routed = replace(args, planner=replace(args.planner, route_weight=2.0), eval_max_steps=2, record=None)
+    script.main(routed)
+    routes = np.concatenate(routes)
+    assert routes.shape == (10, 9, 2)  # five goals x two steps; 2 / 0.25 + 1 points each
+    np.testing.assert_allclose(routes[:, -1], np.concatenate(guided), atol=1e-5)  # to the subgoal
+    with pytest.raises(SystemExit, match="subgoal-distance"):
+        script.main(replace(routed, subgoal_distance=None))
 
 
 def test_plot_plan_draws_an_ogbench_episode_over_its_maze_and_the_data_s_pieces(dataset_dir, tmp_path, load_script):

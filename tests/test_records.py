@@ -184,6 +184,10 @@ def test_ogbench_rows_name_the_guidance_they_used():
     subgoals = make_results._ogbench_method({"method": "DF", "settings": {**settings, "subgoal_distance": 8.0}})
     assert subgoals == "DF (pyramid, MCG 4, 60-token plans, guidance 1, subgoals 8 ahead on the data's graph)"
     assert make_results._ogbench_method({"method": "DF", "settings": {**settings, "subgoal_distance": None}}) == plain
+    routed = make_results._ogbench_method(
+        {"method": "DF", "settings": {**settings, "subgoal_distance": 8.0, "route_weight": 2.0}}
+    )
+    assert routed == subgoals[:-1] + ", route pull 2)"
     relative = {**settings, "goal_conditioned": True, "relative_positions": True}
     assert make_results._ogbench_method({"method": "DF", "settings": relative}).endswith(
         "guidance 1, goal-conditioned, relative positions)"

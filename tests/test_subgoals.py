@@ -43,6 +43,49 @@ def test_the_way_runs_along_the_data_from_the_point_to_the_goal(u_graph):
     assert np.isclose(way[:, 1].max(), 10.0, atol=0.5)  # over the top of the U
 
 
+def test_routes_follow_the_way_to_the_subgoal_at_even_spacing(u_graph):
+    xy = np.array([[0.1, 0.1], [10.0, 3.0], [0.0, 2.0]])
+    goals = np.array([[10.0, 0.0], [10.0, 0.0], [0.0, 6.0]])
+    routes = u_graph.routes(xy, goals, distance=15.0, spacing=0.5)
+    assert routes.shape == (3, 31, 2)
+    far = routes[0]
+    np.testing.assert_allclose(far[0], xy[0])  # from the point itself
+    gaps = np.linalg.norm(np.diff(far, axis=0), axis=1)
+    assert 0.45 < gaps.min() and gaps.max() < 0.6  # about ``spacing`` apart, evenly (cut corners a little shorter)
+    # up the left arm and over the top, never across the U's open middle, ending at the subgoal 15 ahead
+    assert ((np.abs(far[:, 0]) < 0.5) | (np.abs(far[:, 1] - 10) < 0.5)).all()
+    np.testing.assert_allclose(far[-1], u_graph.subgoals(xy[:1], goals[:1], distance=15.0)[0], atol=1e-9)
+    # a goal within reach: from the point down the right arm to the goal itself, more densely
+    np.testing.assert_allclose(routes[1, [0, -1]], [xy[1], goals[1]])
+    assert (np.abs(routes[1, :, 0] - 10) < 0.5).all() and routes[1, :, 1].max() < 3.5  # via its cell's node
+    assert (np.diff(routes[1, 2:, 1]) <= 1e-9).all()
+    np.testing.assert_allclose(routes[2, -1], goals[2])
+    # a goal the data never connects: the goal itself, K times
+    a, b = walk([(0, 0), (0, 5)])
+    c, d = walk([(20, 0), (20, 5)])
+    split = TransitionGraph(np.concatenate([a, c]), np.concatenate([b, d]))
+    np.testing.assert_array_equal(split.routes(np.zeros((1, 2)), np.array([[20.0, 5.0]]), 2.0)[0], [[20.0, 5.0]] * 9)
+    with pytest.raises(ValueError, match="spacing"):
+        u_graph.routes(xy, goals, distance=5.0, spacing=0.0)
+    with pytest.raises(ValueError, match="one goal per position"):
+        u_graph.routes(xy, goals[:2], distance=5.0)
+
+
+def test_a_route_policy_passes_the_route_with_the_subgoal(u_graph):
+    class Recorder:
+        def act(self, obs, goal, route=None):
+            self.goal, self.route = goal, route
+            return np.zeros((len(obs), 2), np.float32)
+
+    obs, goal = np.array([[0.1, 0.1, 0.0, 0.0]]), np.array([[10.0, 0.0]])
+    recorder = Recorder()
+    SubgoalPolicy(recorder, u_graph, distance=5.0).act(obs, goal)
+    assert recorder.route is None
+    SubgoalPolicy(recorder, u_graph, distance=5.0, route=True).act(obs, goal)
+    np.testing.assert_allclose(recorder.route, u_graph.routes(obs[:, :2], goal, 5.0), atol=1e-6)
+    np.testing.assert_allclose(recorder.route[0, -1], recorder.goal[0], atol=1e-6)  # the route leads to the subgoal
+
+
 def test_a_near_goal_is_its_own_subgoal_and_batches_mix_goals(u_graph):
     xy = np.array([[0.0, 2.0], [10.0, 3.0], [0.0, 2.0]])
     goals = np.array([[10.0, 0.0], [10.0, 0.0], [0.0, 6.0]])
