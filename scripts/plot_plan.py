@@ -43,6 +43,9 @@ class Args:
     subgoal_distance: float | None = None
     """OGBench only: plan toward subgoals this far ahead on the data's graph (``df_ogbench.py --subgoal-distance``),
     and draw the graph's way to the goal"""
+    route_weight: float = 0.0
+    """OGBench only, with ``subgoal_distance``: pull every planned step toward the data's way to the subgoal with this
+    weight (``df_ogbench.py --planner.route-weight``; 0: the checkpoint's planner setting)"""
     dataset_dir: str | None = None
     """OGBench only: where the dataset's .npz files are (default: OGBench's ~/.ogbench/data)"""
     rows: int = 6
@@ -123,6 +126,10 @@ def ogbench_scene(args: Args) -> Scene:
     if not 1 <= args.task_id <= task.num_eval_tasks:
         raise SystemExit(f"--task-id must be 1..{task.num_eval_tasks}, got {args.task_id}")
     agent = Agent.load(args.checkpoint)
+    if args.route_weight > 0:
+        if args.subgoal_distance is None:
+            raise SystemExit("--route-weight follows the data's way to a subgoal: set --subgoal-distance too")
+        agent = agent.with_planner(route_weight=args.route_weight)
     env = make_eval_env(task.env_id, args.max_steps)
     position, info = reset_episode(env, args.task_id, args.seed)
     goal = np.asarray(info["goal"], dtype=np.float64)
@@ -133,13 +140,18 @@ def ogbench_scene(args: Args) -> Scene:
         data = load_ogbench_transitions(task.env_id, args.dataset_dir)
     if args.subgoal_distance is not None:
         graph = TransitionGraph(data.observations[:, :2], data.next_observations[:, :2])
-        policy, way = SubgoalPolicy(agent, graph, args.subgoal_distance), graph.way(position, goal)
+        routed = agent.planner.route_weight > 0
+        policy, way = SubgoalPolicy(agent, graph, args.subgoal_distance, route=routed), graph.way(position, goal)
 
     def observation(xy):
         return position_observation(np.asarray(xy, dtype=np.float32)[None], obs_dim)
 
-    first_goal = goal[None] if policy is agent else policy.subgoals(observation(position), goal[None])
-    plan = agent.plan(observation(position), first_goal, return_history=True)
+    first_goal, route = goal[None], None
+    if policy is not agent:
+        first_goal = policy.subgoals(observation(position), goal[None])
+        if policy.route:
+            route = graph.routes(np.asarray(position)[None], goal[None], args.subgoal_distance)
+    plan = agent.plan(observation(position), first_goal, return_history=True, route=route)
     policy.reset(1)
     trajectory, reached = [np.asarray(position, dtype=np.float64)], None
     for t in range(args.max_steps or task.max_episode_steps):

@@ -346,5 +346,13 @@ def test_plot_plan_draws_an_ogbench_episode_over_its_maze_and_the_data_s_pieces(
     guided = script.ogbench_scene(script.Args(**{**vars(args), "subgoal_distance": 2.0, "task_id": 5}))
     assert len(guided.way) > 10 and np.linalg.norm(guided.way[0] - guided.trajectory[0]) < 1.5
     assert np.linalg.norm(np.diff(guided.way, axis=0), axis=1).max() < 1.0
+    # with a route pull the same episode plans along the way (same start, way and goal; the plan is guided otherwise)
+    routed_args = {**vars(args), "subgoal_distance": 2.0, "task_id": 5, "route_weight": 4.0}
+    routed = script.ogbench_scene(script.Args(**routed_args))
+    np.testing.assert_allclose(routed.way, guided.way)
+    np.testing.assert_allclose(routed.trajectory[0], guided.trajectory[0])
+    assert not np.allclose(routed.plan.positions, guided.plan.positions)
+    with pytest.raises(SystemExit, match="subgoal-distance"):
+        script.ogbench_scene(script.Args(**{**vars(args), "route_weight": 4.0}))
     with pytest.raises(SystemExit, match="--checkpoint"):  # no packaged OGBench agent
         script.main(script.Args(env=ENV))
