@@ -22,10 +22,11 @@ held-out episodes (see docs/ogbench.md):
   --hindsight-goal-steps 200), guided with scale 0.25 toward a subgoal D ahead on the shortest way to the goal
   through the training data's own transitions (--subgoal-distance D: 4 on medium, 8 on large and giant;
   ``df_agent.subgoals``), and with scale 8 within 3 units of the point it is guided to
-  (--planner.near-goal-guidance-scale 8 --planner.near-goal-radius 3). Test success rose from 16.8% to 42.4% on
-  large-stitch and from 31.6% to 52.4% on medium-stitch (docs/ogbench.md). The actions stay the plan's own. Plain
-  DF on stitch: --no-goal-conditioned --subgoal-distance None --planner.guidance-scale 1
-  --planner.near-goal-guidance-scale None.
+  (--planner.near-goal-guidance-scale 8 --planner.near-goal-radius 3); on medium also pulled toward the data's
+  way to the subgoal (--planner.route-weight 4; STITCH_ROUTE_WEIGHT). Test success rose from 16.8% to 42.4% on
+  large-stitch, from 31.6% to 52.4% on medium-stitch (route pull: RESULTS.md) and from 6.8% to the giant-stitch row
+  of docs/ogbench.md. The actions stay the plan's own. Plain DF on stitch: --no-goal-conditioned --subgoal-distance
+  None --planner.route-weight 0 --planner.guidance-scale 1 --planner.near-goal-guidance-scale None.
 * --relative-positions (off by default): tokens hold positions relative to the plan's start; fixes where plans
   start, did not change success on large-stitch (docs/ogbench.md).
 """
@@ -75,6 +76,10 @@ HORIZON_TOKENS = {"medium": 30, "large": 60, "giant": 60}
 STITCH_TRAINING = {"goal_conditioned": True, "hindsight_goal_steps": 200}
 STITCH_PLANNER = {"guidance_scale": 0.25, "near_goal_guidance_scale": 8.0, "near_goal_radius": 3.0}
 STITCH_SUBGOAL_DISTANCE = {"medium": 4.0, "large": 8.0, "giant": 8.0}
+# Route pull (--planner.route-weight: every planned step pulled toward the data's way to the subgoal), per maze, chosen
+# on held-out episodes (seeds 1000-1049, the retrained models of 2026-12-06): medium 4 (route 0 / 1 / 4 / 16: 48 / 56 /
+# 60 / 30%); giant 0 (route 0 / 1: 78 / 52%); large not measured, so off.
+STITCH_ROUTE_WEIGHT = {"medium": 4.0, "large": 0.0, "giant": 0.0}
 
 
 def default_planner(maze: str = "medium") -> PlannerConfig:
@@ -223,7 +228,10 @@ def subgoal_policy(args: Args, task: OGBenchTask, agent: Agent) -> SubgoalPolicy
     """``args.subgoal_distance``'s ``SubgoalPolicy`` over the graph of the task's training transitions, or None."""
     if args.subgoal_distance is None:
         if args.planner.route_weight > 0:
-            raise SystemExit("--planner.route-weight follows the data's way to a subgoal: set --subgoal-distance too")
+            raise SystemExit(
+                "--planner.route-weight follows the data's way to a subgoal: set --subgoal-distance too, or turn the "
+                "route pull off with --planner.route-weight 0 (medium-stitch's default is 4)"
+            )
         return None
     data = load_ogbench_transitions(task.env_id, args.dataset_dir)
     graph = TransitionGraph(data.observations[:, :2], data.next_observations[:, :2], cell=args.subgoal_cell)
@@ -386,12 +394,12 @@ def main(args: Args) -> dict:
 
 def default_args(env: str) -> Args:
     """The defaults for ``env``: the maze's planner (``default_planner``) and, on stitch datasets, the stitch recipe
-    (``STITCH_TRAINING``, ``STITCH_PLANNER`` and the maze's ``STITCH_SUBGOAL_DISTANCE``)."""
+    (``STITCH_TRAINING``, ``STITCH_PLANNER`` and the maze's ``STITCH_SUBGOAL_DISTANCE`` and ``STITCH_ROUTE_WEIGHT``)."""
     task = get_ogbench_task(env)
     args = Args(env=env, planner=default_planner(task.maze))
     if task.dataset_kind != "stitch":
         return args
-    planner = replace(args.planner, **STITCH_PLANNER)
+    planner = replace(args.planner, **STITCH_PLANNER, route_weight=STITCH_ROUTE_WEIGHT[task.maze])
     return replace(args, planner=planner, subgoal_distance=STITCH_SUBGOAL_DISTANCE[task.maze], **STITCH_TRAINING)
 
 

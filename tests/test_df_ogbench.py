@@ -153,8 +153,12 @@ def test_the_command_line_takes_the_defaults_of_the_env_s_maze_and_dataset(load_
     assert stitch.subgoal_distance == script.STITCH_SUBGOAL_DISTANCE["medium"] == 4.0
     planner = stitch.planner
     assert (planner.guidance_scale, planner.near_goal_guidance_scale, planner.near_goal_radius) == (0.25, 8.0, 3.0)
+    assert planner.route_weight == script.STITCH_ROUTE_WEIGHT["medium"] == 4.0  # the route pull: medium's only
+    assert script.cli(["--env", "pointmaze-giant-stitch-v0"]).planner.route_weight == 0.0
     plain = script.cli(["--env", "pointmaze-large-stitch-v0", "--no-goal-conditioned", "--subgoal-distance", "None"])
     assert not plain.goal_conditioned and plain.subgoal_distance is None and plain.planner.horizon_tokens == 60
+    unrouted = script.cli(["--env", "pointmaze-medium-stitch-v0", "--planner.route-weight", "0"])
+    assert unrouted.planner.route_weight == 0.0 and unrouted.subgoal_distance == 4.0
     large = script.cli(["--env", "pointmaze-large-stitch-v0", "--planner.guidance-scale", "2"])
     assert large.planner.horizon_tokens == script.HORIZON_TOKENS["large"] == 60
     assert large.planner.guidance_scale == 2.0 and large.planner.mcg_samples == script.default_planner().mcg_samples
