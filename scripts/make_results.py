@@ -590,6 +590,17 @@ def main(args: Args) -> str:
                 f"![subgoals]({Path(args.figures) / figure.name})",
                 "",
             ]
+        for figure in sorted(figures.glob("ogbench_recipe_*.png")):
+            lines += [
+                "Made by `python scripts/plot_plan.py --env pointmaze-giant-stitch-v0 --checkpoint runs/<run>/agent.pt "
+                "--task-id 2 --seed 1000 --subgoal-distance 8 --dataset-pieces 20` with the stitch recipe's model:",
+                "the planner's own actions cross the giant maze along the data graph's way, composed from 4-cell "
+                "pieces,",
+                "and end just short of the goal at the 1000-step limit (docs/ogbench.md).",
+                "",
+                f"![recipe]({Path(args.figures) / figure.name})",
+                "",
+            ]
     if continuity:
         lines += ["## Plan continuity (diagnostic)", "", continuity_table(continuity)]
     plans = sorted(figures.glob("plan_*.png"))
