@@ -484,6 +484,33 @@ def _table_rank(name: str) -> int:
     return next((rank for rank, prefix in enumerate(TABLE_ORDER) if name.startswith(prefix)), len(TABLE_ORDER))
 
 
+# OGBench figures drawn by scripts/plot_plan.py (file pattern in the figures folder, alt text, caption), in the
+# order RESULTS.md shows them.
+OGBENCH_FIGURES = (
+    (
+        "ogbench_plan_*.png",
+        "plan",
+        "Made by `python scripts/plot_plan.py --env <dataset> --checkpoint runs/<run>/agent.pt --dataset-pieces 20`: "
+        "a plan's rows over the maze, with training episodes in grey, and the episode.",
+    ),
+    (
+        "ogbench_subgoals_*.png",
+        "subgoals",
+        "Made by `python scripts/plot_plan.py --env <dataset> --checkpoint runs/<run>/agent.pt --task-id 1 --seed 1000 "
+        "--subgoal-distance 8`: guided toward subgoals on the data graph's way (dashed), the planner's own actions "
+        "follow it back and forth and stall at the last bend (docs/ogbench.md).",
+    ),
+    (
+        "ogbench_recipe_*.png",
+        "recipe",
+        "Made by `python scripts/plot_plan.py --env pointmaze-giant-stitch-v0 --checkpoint runs/<run>/agent.pt "
+        "--task-id 2 --seed 1000 --subgoal-distance 8 --dataset-pieces 20` with the stitch recipe's model: the "
+        "planner's own actions cross the giant maze along the data graph's way, composed from 4-cell pieces, and end "
+        "just short of the goal at the 1000-step limit (docs/ogbench.md).",
+    ),
+)
+
+
 def main(args: Args) -> str:
     # OGBench records (envs.ogbench_eval: success per test goal, no D4RL scores) get their own section
     everything = load_all(args.records)
@@ -573,34 +600,9 @@ def main(args: Args) -> str:
         lines += ["## Speed", "", speed_table(speed)]
     if ogbench:
         lines += ["## OGBench pointmaze", "", ogbench_table(ogbench)]
-        for figure in sorted(figures.glob("ogbench_plan_*.png")):
-            lines += [
-                "Made by `python scripts/plot_plan.py --env <dataset> --checkpoint runs/<run>/agent.pt "
-                "--dataset-pieces 20`: a plan's rows over the maze, with training episodes in grey, and the episode.",
-                "",
-                f"![plan]({Path(args.figures) / figure.name})",
-                "",
-            ]
-        for figure in sorted(figures.glob("ogbench_subgoals_*.png")):
-            lines += [
-                "Made by `python scripts/plot_plan.py --env <dataset> --checkpoint runs/<run>/agent.pt --task-id 1 "
-                "--seed 1000 --subgoal-distance 8`: guided toward subgoals on the data graph's way (dashed), the",
-                "planner's own actions follow it back and forth and stall at the last bend (docs/ogbench.md).",
-                "",
-                f"![subgoals]({Path(args.figures) / figure.name})",
-                "",
-            ]
-        for figure in sorted(figures.glob("ogbench_recipe_*.png")):
-            lines += [
-                "Made by `python scripts/plot_plan.py --env pointmaze-giant-stitch-v0 --checkpoint runs/<run>/agent.pt "
-                "--task-id 2 --seed 1000 --subgoal-distance 8 --dataset-pieces 20` with the stitch recipe's model:",
-                "the planner's own actions cross the giant maze along the data graph's way, composed from 4-cell "
-                "pieces,",
-                "and end just short of the goal at the 1000-step limit (docs/ogbench.md).",
-                "",
-                f"![recipe]({Path(args.figures) / figure.name})",
-                "",
-            ]
+        for pattern, alt, caption in OGBENCH_FIGURES:
+            for figure in sorted(figures.glob(pattern)):
+                lines += [caption, "", f"![{alt}]({Path(args.figures) / figure.name})", ""]
     if continuity:
         lines += ["## Plan continuity (diagnostic)", "", continuity_table(continuity)]
     plans = sorted(figures.glob("plan_*.png"))
