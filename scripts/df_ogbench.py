@@ -231,7 +231,7 @@ def subgoal_policy(args: Args, task: OGBenchTask, agent: Agent) -> SubgoalPolicy
         if args.planner.route_weight > 0:
             raise SystemExit(
                 "--planner.route-weight follows the data's way to a subgoal: set --subgoal-distance too, or turn the "
-                "route pull off with --planner.route-weight 0 (medium-stitch's default is 4)"
+                f"route pull off with --planner.route-weight 0 (the stitch defaults per maze: {STITCH_ROUTE_WEIGHT})"
             )
         return None
     data = load_ogbench_transitions(task.env_id, args.dataset_dir)
