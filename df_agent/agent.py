@@ -463,13 +463,21 @@ class Agent:
         return torch.as_tensor(np.ascontiguousarray(route), device=self.device)
 
     # --- acting ---
-    def act(self, obs, goal=None, route=None) -> np.ndarray:
+    def act(self, obs, goal=None, route=None, active=None) -> np.ndarray:
         """The next action for one observation (returns (2,)) or a batch (returns (B, 2)). ``route``: see
-        ``plan``; the route of the envs that replan at this step is used."""
+        ``plan``; the route of the envs that replan at this step is used. ``active`` (B,) bool: the envs whose
+        episode goes on (default: all); the others (episodes that ended while a batch runs on in lockstep) neither
+        plan nor advance their clock, and get zero actions."""
         obs_arr, goal_arr, single = self._parse(obs, goal)
         batch = len(obs_arr)
         if len(self._queues) != batch:
             self.reset(batch)
+        if active is None:
+            active = np.ones(batch, dtype=bool)
+        else:
+            active = np.asarray(active)
+            if active.shape != (batch,) or active.dtype != bool:
+                raise ValueError(f"active must be a bool array of shape ({batch},), got {active.dtype} {active.shape}")
         distance = np.linalg.norm(obs_arr[:, :2] - goal_arr, axis=-1)  # per env, to its goal
         self._check_stall(obs_arr[:, :2], distance)
         holding = np.zeros(batch, dtype=bool)
@@ -478,7 +486,7 @@ class Agent:
             for env in np.flatnonzero(holding):  # drop the plan: once the point leaves the radius, plan afresh
                 self._queues[env] = self._queues[env][:0]
                 self._last_tokens[env] = None  # the point moves off the plan: no warm start from it
-        need = np.array([len(q) == 0 for q in self._queues]) & ~holding
+        need = np.array([len(q) == 0 for q in self._queues]) & ~holding & active
         if need.any():
             routes = None
             if self.planner.route_weight > 0:
@@ -490,10 +498,12 @@ class Agent:
 
             velocity = obs_arr[:, 2:4] if obs_arr.shape[1] >= 4 else np.zeros_like(obs_arr[:, :2])  # (x, y): at rest
             hold = pd_action(goal_arr, obs_arr[:, :2], velocity).astype(np.float32)
-        actions = np.stack([hold[i] if holding[i] else q[0] for i, q in enumerate(self._queues)])
-        self._queues = [q[1:] for q in self._queues]
-        self._elapsed += 1
-        self._since_plan += 1
+        actions = np.zeros_like(goal_arr, dtype=np.float32)
+        for i in np.flatnonzero(active):
+            actions[i] = hold[i] if holding[i] else self._queues[i][0]
+            self._queues[i] = self._queues[i][1:]
+        self._elapsed += active
+        self._since_plan += active
         return actions[0] if single else actions
 
     def _check_stall(self, xy: np.ndarray, distance: np.ndarray) -> None:

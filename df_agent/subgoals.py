@@ -194,9 +194,10 @@ class SubgoalPolicy:
         obs = np.asarray(obs)
         return self.graph.subgoals(obs.reshape(len(obs), -1)[:, :2], goal, self.distance).astype(np.float32)
 
-    def act(self, obs: np.ndarray, goal: np.ndarray) -> np.ndarray:
-        if not self.route:
-            return self.policy.act(obs, self.subgoals(obs, goal))
-        xy = np.asarray(obs).reshape(len(obs), -1)[:, :2]
-        route = self.graph.routes(xy, goal, self.distance).astype(np.float32)
-        return self.policy.act(obs, self.subgoals(obs, goal), route=route)
+    def act(self, obs: np.ndarray, goal: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+        """``active``: the envs whose episode goes on, passed on to the policy (see ``Agent.act``) when given."""
+        kwargs = {} if active is None else {"active": active}
+        if self.route:
+            xy = np.asarray(obs).reshape(len(obs), -1)[:, :2]
+            kwargs["route"] = self.graph.routes(xy, goal, self.distance).astype(np.float32)
+        return self.policy.act(obs, self.subgoals(obs, goal), **kwargs)

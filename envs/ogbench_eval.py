@@ -32,6 +32,7 @@ Each batch is the episodes of one goal (all of them by default), stepped togethe
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import time
 from dataclasses import dataclass, field
@@ -203,7 +204,7 @@ def evaluate_ogbench(
     if horizon < 1:
         raise ValueError(f"max_episode_steps must be at least 1, got {horizon}")
     num_envs = min(num_envs or episodes_per_goal, episodes_per_goal)
-    act = as_batch_policy(policy)
+    act = _masked_batch_policy(policy)
     all_tasks, all_seeds, success, time_to_goal = [], [], [], []
     start = time.perf_counter()
     vec_env = gym.vector.SyncVectorEnv([lambda: make_eval_env(task.env_id, horizon) for _ in range(num_envs)])
@@ -259,7 +260,7 @@ def _run_batch(
             "desired_goal": goals.copy(),
             "qvel": velocities.copy(),
         }
-        actions = np.asarray(act(obs), dtype=np.float64)
+        actions = np.asarray(act(obs, ~done), dtype=np.float64)
         if actions.shape != (num_envs, 2):
             raise ValueError(f"policy returned actions of shape {actions.shape}, expected ({num_envs}, 2)")
         if not np.all(np.isfinite(actions[~done])):
@@ -276,6 +277,17 @@ def _run_batch(
         if done.all():
             break
     return success, first_hit
+
+
+def _masked_batch_policy(policy):
+    """A callable ``(obs, live) -> actions``. A policy whose ``act`` takes ``active`` (``df_agent.Agent``) is told
+    which episodes of the batch go on, so it does not plan for the ended ones; any other policy sees every env's
+    observation (an ended env's stays at its last) and its actions for the ended envs are ignored."""
+    act = getattr(policy, "act", None)
+    if callable(act) and "active" in inspect.signature(act).parameters:
+        return lambda obs, live: act(obs, active=live)
+    batch_policy = as_batch_policy(policy)
+    return lambda obs, live: batch_policy(obs)
 
 
 def _velocities(vec_env) -> np.ndarray:

@@ -220,9 +220,14 @@ class AgentPolicy:
     def reset(self, num_envs: int) -> None:
         self.policy.reset(num_envs)
 
-    def __call__(self, obs: dict) -> np.ndarray:
+    def act(self, obs: dict, active: np.ndarray | None = None) -> np.ndarray:
+        """Actions for OGBench's observation dict; ``active``: the episodes of the batch that go on (``Agent.act``:
+        the ended ones do not plan)."""
         observation = position_observation(obs["observation"], self.agent.tokenizer.layout.obs_dim)
-        return self.policy.act(observation, obs["desired_goal"])
+        return self.policy.act(observation, obs["desired_goal"], active=active)
+
+    def __call__(self, obs: dict) -> np.ndarray:
+        return self.act(obs)
 
 
 def subgoal_policy(args: Args, task: OGBenchTask, agent: Agent) -> SubgoalPolicy | None:

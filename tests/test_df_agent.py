@@ -352,6 +352,33 @@ def test_the_agent_executes_its_plan_in_order_and_replans_on_time(trained, monke
     assert calls == [(1, 20)] and list(agent._elapsed) == [4, 1]
 
 
+def test_ended_episodes_neither_plan_nor_advance(trained, monkeypatch):
+    """act(active=...): an env whose episode ended (a batch running on in lockstep) gets zero actions, is left out
+    of every plan and keeps its clock and queue; the envs still going act exactly as they would alone."""
+    agent = Agent.from_trainer(trained, planner(horizon_tokens=4, ddim_steps=2, episode_length=22, replan_every=1))
+    sizes = []
+    real_plan = agent.plan
+
+    def spy(obs, goal=None, horizon=None, **kwargs):
+        sizes.append(len(obs))
+        return real_plan(obs, goal, horizon=horizon, **kwargs)
+
+    monkeypatch.setattr(agent, "plan", spy)
+    obs = {"observation": np.zeros((3, 4), np.float32), "desired_goal": np.ones((3, 2), np.float32)}
+    first = agent.act(obs)
+    assert sizes == [3] and np.abs(first).max() > 0
+    live = np.array([True, False, True])
+    for _ in range(LAYOUT.frame_stack + 2):  # past the end of the first token: the live envs replan
+        actions = agent.act(obs, active=live)
+        np.testing.assert_array_equal(actions[1], 0.0)
+    assert sizes == [3, 2] and list(agent._elapsed) == [8, 1, 8]
+    assert len(agent._queues[1]) == LAYOUT.frame_stack - 1  # env 1's queue is where it stopped
+    with pytest.raises(ValueError, match="active must be a bool array of shape"):
+        agent.act(obs, active=np.ones(2, dtype=bool))
+    with pytest.raises(ValueError, match="active must be a bool array"):
+        agent.act(obs, active=np.ones(3))
+
+
 def test_the_pretrained_agent_acts_in_a_gymnasium_loop_right_after_install():
     agent = Agent.from_pretrained("maze2d-umaze-multi", ddim_steps=4, mcg_samples=1)  # the umaze agent
     assert agent.planner.episode_length == 300 and agent.planner.ddim_steps == 4

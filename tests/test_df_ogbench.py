@@ -132,8 +132,8 @@ def recorded_actions(monkeypatch):
     runs = []
     act = Agent.act
 
-    def recording(self, obs, goal=None):
-        actions = act(self, obs, goal)
+    def recording(self, obs, goal=None, **kwargs):
+        actions = act(self, obs, goal, **kwargs)
         runs[-1].append(np.array(actions))
         return actions
 
@@ -283,16 +283,16 @@ def test_subgoal_distance_guides_the_agent_along_the_data_s_graph(dataset_dir, t
     desired, guided, routes = [], [], []
     act = Agent.act
 
-    def recording(self, obs, goal=None, route=None):
+    def recording(self, obs, goal=None, route=None, **kwargs):
         guided.append(np.array(goal))
         routes.append(route)
-        return act(self, obs, goal, route=route)
+        return act(self, obs, goal, route=route, **kwargs)
 
     subgoal_act = script.SubgoalPolicy.act
 
-    def recording_desired(self, obs, goal):
+    def recording_desired(self, obs, goal, **kwargs):
         desired.append(np.array(goal))
-        return subgoal_act(self, obs, goal)
+        return subgoal_act(self, obs, goal, **kwargs)
 
     monkeypatch.setattr(Agent, "act", recording)
     monkeypatch.setattr(script.SubgoalPolicy, "act", recording_desired)

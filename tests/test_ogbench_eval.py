@@ -120,6 +120,28 @@ def test_an_ended_episode_keeps_showing_its_last_observation(oracle):
         assert np.linalg.norm(final - policy.shown[0]["desired_goal"][i]) <= 1.0
 
 
+def test_a_policy_that_takes_active_is_told_which_episodes_go_on(oracle):
+    """A policy whose ``act`` takes ``active`` (the Agent) learns which envs of the batch still run, so it can skip
+    planning for the ended ones; its actions for them are not executed. Results match a policy without it."""
+
+    class Masked(OnlyGoal):
+        def act(self, obs, active):
+            self.masks.append(active.copy())
+            actions = self(obs)
+            return np.where(active[:, None], actions, np.nan)  # NaN for ended envs must not reach the env
+
+    policy = Masked(oracle, task_id=1)
+    policy.masks = []
+    result = evaluate_ogbench(policy, MEDIUM, episodes_per_goal=3, seed=0, task_ids=(1,), progress=False)
+    masks = np.stack(policy.masks)  # (steps, 3)
+    assert masks[0].all() and len(masks) == result.time_to_goal.max()
+    for i, steps in enumerate(result.time_to_goal.astype(int)):
+        assert masks[:steps, i].all() and not masks[steps:, i].any()  # live until its success step, then not
+    plain = evaluate_ogbench(OnlyGoal(oracle, task_id=1), MEDIUM, 3, seed=0, task_ids=(1,), progress=False)
+    np.testing.assert_array_equal(result.time_to_goal, plain.time_to_goal)
+    np.testing.assert_array_equal(result.success, plain.success)
+
+
 def test_batches_of_fewer_envs_and_a_subset_of_goals(oracle):
     policy = OnlyGoal(oracle, task_id=3)
     result = evaluate_ogbench(policy, MEDIUM, 3, seed=0, num_envs=2, task_ids=(3,), progress=False)

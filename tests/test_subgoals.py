@@ -73,14 +73,16 @@ def test_routes_follow_the_way_to_the_subgoal_at_even_spacing(u_graph):
 
 def test_a_route_policy_passes_the_route_with_the_subgoal(u_graph):
     class Recorder:
-        def act(self, obs, goal, route=None):
-            self.goal, self.route = goal, route
+        def act(self, obs, goal, route=None, active="not passed"):
+            self.goal, self.route, self.active = goal, route, active
             return np.zeros((len(obs), 2), np.float32)
 
     obs, goal = np.array([[0.1, 0.1, 0.0, 0.0]]), np.array([[10.0, 0.0]])
     recorder = Recorder()
     SubgoalPolicy(recorder, u_graph, distance=5.0).act(obs, goal)
-    assert recorder.route is None
+    assert recorder.route is None and recorder.active == "not passed"  # a policy without ``active`` still works
+    SubgoalPolicy(recorder, u_graph, distance=5.0).act(obs, goal, active=np.array([False]))
+    np.testing.assert_array_equal(recorder.active, [False])  # which episodes go on reaches the policy
     SubgoalPolicy(recorder, u_graph, distance=5.0, route=True).act(obs, goal)
     np.testing.assert_allclose(recorder.route, u_graph.routes(obs[:, :2], goal, 5.0), atol=1e-6)
     np.testing.assert_allclose(recorder.route[0, -1], recorder.goal[0], atol=1e-6)  # the route leads to the subgoal
