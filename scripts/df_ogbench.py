@@ -190,6 +190,9 @@ class Args:
     """episodes stepped (and planned) together (default: all episodes of a goal)"""
     eval_max_steps: int | None = None
     """time limit of an evaluation episode (default: the task's, 1000; shorter only for quick checks)"""
+    eval_plan_ended: bool = False
+    """keep planning for the episodes that ended while their batch runs on in lockstep, as the evaluation did before
+    2026-12-06 (slower; reproduces the records of then exactly)"""
     subgoal_distance: float | None = None
     """guide each plan toward a subgoal this far ahead (maze units; a cell is 4) on the shortest way to the goal
     through the training data's own transitions (``df_agent.subgoals``, search on the replay buffer) instead of the
@@ -213,18 +216,19 @@ class AgentPolicy:
     on (``position_observation``), guided toward ``desired_goal``, or toward the subgoals of ``subgoals`` (a
     ``SubgoalPolicy`` around the agent) when given."""
 
-    def __init__(self, agent: Agent, subgoals: SubgoalPolicy | None = None):
+    def __init__(self, agent: Agent, subgoals: SubgoalPolicy | None = None, plan_ended: bool = False):
         self.agent = agent
         self.policy = subgoals or agent
+        self.plan_ended = plan_ended
 
     def reset(self, num_envs: int) -> None:
         self.policy.reset(num_envs)
 
     def act(self, obs: dict, active: np.ndarray | None = None) -> np.ndarray:
         """Actions for OGBench's observation dict; ``active``: the episodes of the batch that go on (``Agent.act``:
-        the ended ones do not plan)."""
+        the ended ones do not plan, unless ``plan_ended``)."""
         observation = position_observation(obs["observation"], self.agent.tokenizer.layout.obs_dim)
-        return self.policy.act(observation, obs["desired_goal"], active=active)
+        return self.policy.act(observation, obs["desired_goal"], active=None if self.plan_ended else active)
 
     def __call__(self, obs: dict) -> np.ndarray:
         return self.act(obs)
@@ -368,7 +372,7 @@ def main(args: Args) -> dict:
     summary = {"run": run_name, "train_steps": step}
     if args.eval_episodes_per_goal > 0:
         result: OGBenchEvalResult = evaluate_ogbench(
-            AgentPolicy(agent, subgoal_policy(args, task, agent)),
+            AgentPolicy(agent, subgoal_policy(args, task, agent), plan_ended=args.eval_plan_ended),
             task.env_id,
             episodes_per_goal=args.eval_episodes_per_goal,
             seed=args.eval_seed,
@@ -390,6 +394,7 @@ def main(args: Args) -> dict:
                 "subgoal_distance": args.subgoal_distance,
                 "subgoal_cell": args.subgoal_cell if args.subgoal_distance is not None else None,
                 "max_episode_steps": result.episode_length,
+                "plan_ended": args.eval_plan_ended,
             }
             record = make_record("Diffusion Forcing", result, settings, train_steps=step, model=agent.training)
             append_record(args.record, record)

@@ -4,6 +4,7 @@ tiny end-to-end run of scripts/df_ogbench.py on a tiny regenerated dataset."""
 import json
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -360,3 +361,25 @@ def test_plot_plan_draws_an_ogbench_episode_over_its_maze_and_the_data_s_pieces(
         script.ogbench_scene(script.Args(**{**vars(args), "route_weight": 4.0}))
     with pytest.raises(SystemExit, match="--checkpoint"):  # no packaged OGBench agent
         script.main(script.Args(env=ENV))
+
+
+def test_the_agent_policy_passes_on_which_episodes_go_on_unless_told_to_plan_them_all(load_script):
+    """The evaluation tells AgentPolicy which episodes of the batch still run; the agent then plans only for those.
+    --eval-plan-ended plans for every env, as the evaluation did before the mask (its records reproduce exactly)."""
+    script = load_script("df_ogbench")
+
+    class Recorder:
+        def act(self, obs, goal, active=None):
+            self.obs, self.active = obs, active
+            return np.zeros((len(obs), 2), np.float32)
+
+    agent = SimpleNamespace(tokenizer=SimpleNamespace(layout=SimpleNamespace(obs_dim=4)))
+    obs = {"observation": np.ones((2, 2)), "desired_goal": np.zeros((2, 2))}
+    live = np.array([True, False])
+    inner = Recorder()
+    script.AgentPolicy(agent, inner).act(obs, active=live)
+    np.testing.assert_array_equal(inner.active, live)
+    assert inner.obs.shape == (2, 4)  # (x, y, 0, 0)
+    script.AgentPolicy(agent, inner, plan_ended=True).act(obs, active=live)
+    assert inner.active is None
+    assert script.cli(["--eval-plan-ended"]).eval_plan_ended and not script.cli([]).eval_plan_ended
