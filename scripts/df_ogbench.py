@@ -190,6 +190,9 @@ class Args:
     """episodes stepped (and planned) together (default: all episodes of a goal)"""
     eval_max_steps: int | None = None
     """time limit of an evaluation episode (default: the task's, 1000; shorter only for quick checks)"""
+    eval_task_ids: tuple[int, ...] | None = None
+    """evaluate only these test goals, 1..5 (default: all five; their episodes keep the full evaluation's seeds), to
+    look into one goal; a record of fewer goals shows '-' for the others"""
     eval_plan_ended: bool = False
     """keep planning for the episodes that ended while their batch runs on in lockstep, as the evaluation did before
     2026-12-06 (slower; reproduces the records of then exactly)"""
@@ -378,6 +381,7 @@ def main(args: Args) -> dict:
             seed=args.eval_seed,
             num_envs=args.eval_num_envs,
             max_episode_steps=args.eval_max_steps,
+            task_ids=args.eval_task_ids,
         )
         log_evaluation(writer, result, step, prefix="eval")
         print(result)
@@ -395,6 +399,7 @@ def main(args: Args) -> dict:
                 "subgoal_cell": args.subgoal_cell if args.subgoal_distance is not None else None,
                 "max_episode_steps": result.episode_length,
                 "plan_ended": args.eval_plan_ended,
+                "task_ids": list(args.eval_task_ids) if args.eval_task_ids else None,
             }
             record = make_record("Diffusion Forcing", result, settings, train_steps=step, model=agent.training)
             append_record(args.record, record)

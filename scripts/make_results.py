@@ -260,6 +260,11 @@ def _ogbench_method(record: dict) -> str:
     return f"{record['method']} ({s['schedule']}, MCG {s.get('mcg_samples', 1)}, {plans}, {guidance}{extras})"
 
 
+def _percent(rate: float | None) -> str:
+    """A success rate as a whole percent; '-' for a goal the record did not evaluate (NaN or missing)."""
+    return "-" if rate is None or not np.isfinite(rate) else f"{100 * rate:.0f}"
+
+
 def ogbench_table(records: list[dict]) -> str:
     """OGBench records (``"benchmark": "ogbench"``): success overall and per test goal, time to goal, training, with
     the published numbers quoted beside."""
@@ -274,7 +279,7 @@ def ogbench_table(records: list[dict]) -> str:
     ]
     for r in records:
         m = r["metrics"]
-        goals = " / ".join(f"{100 * m[f'success_rate_task{k}']:.0f}" for k in range(1, 6))
+        goals = " / ".join(_percent(m.get(f"success_rate_task{k}")) for k in range(1, 6))
         minutes = training_minutes(r)
         steps = r.get("train_steps") or (r.get("model") or {}).get("steps")
         training = ", ".join(

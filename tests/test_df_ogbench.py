@@ -383,3 +383,18 @@ def test_the_agent_policy_passes_on_which_episodes_go_on_unless_told_to_plan_the
     script.AgentPolicy(agent, inner, plan_ended=True).act(obs, active=live)
     assert inner.active is None
     assert script.cli(["--eval-plan-ended"]).eval_plan_ended and not script.cli([]).eval_plan_ended
+
+
+def test_one_goal_can_be_evaluated_alone_and_its_record_shows_only_that_goal(dataset_dir, tmp_path, load_script):
+    """--eval-task-ids 2 runs goal 2's episodes with the full evaluation's seeds; RESULTS shows '-' for the others."""
+    script = load_script("df_ogbench")
+    make_results = load_script("make_results")
+    record_path = tmp_path / "records.jsonl"
+    args = tiny_args(script, dataset_dir, tmp_path / "runs", record=str(record_path), eval_task_ids=(2,))
+    args = replace(args, eval_episodes_per_goal=2, total_steps=10, save_model=False)
+    script.main(args)
+    (record,) = read_records(record_path)
+    assert record["episodes"]["task_ids"] == [2, 2] and record["episodes"]["seeds"] == [2, 3]
+    assert record["settings"]["task_ids"] == [2]
+    row = next(line for line in make_results.ogbench_table([record]).splitlines() if line.startswith("| Diffusion"))
+    assert "| - / " in row and row.count(" - ") == 4  # goals 1, 3, 4, 5: not evaluated
