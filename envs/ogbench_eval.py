@@ -123,7 +123,8 @@ class OGBenchEvalResult:
         }
 
     def __str__(self) -> str:
-        per_task = ", ".join(f"task{k} {100 * self.task_success_rate(k):.0f}%" for k in range(1, NUM_EVAL_TASKS + 1))
+        evaluated = sorted(set(self.task_ids.tolist()))  # all five, or the goals asked for
+        per_task = ", ".join(f"task{k} {100 * self.task_success_rate(k):.0f}%" for k in evaluated)
         return (
             f"{self.env_id}: success {100 * self.success_rate:.1f} ± {100 * self.success_rate_stderr:.1f}% "
             f"({per_task}), time to goal {self.mean_time_to_goal:.0f} steps ({self.num_episodes} episodes, "

@@ -146,6 +146,7 @@ def test_batches_of_fewer_envs_and_a_subset_of_goals(oracle):
     policy = OnlyGoal(oracle, task_id=3)
     result = evaluate_ogbench(policy, MEDIUM, 3, seed=0, num_envs=2, task_ids=(3,), progress=False)
     assert policy.resets == [2, 2] and result.seeds == [6, 7, 8]  # goal 3's seeds of the full evaluation
+    assert "(task3 100%)" in str(result)  # only the goal evaluated is listed
     assert result.success.all() and (result.task_ids == 3).all()
 
 
