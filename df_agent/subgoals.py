@@ -136,31 +136,6 @@ class TransitionGraph:
             out[members[far]] = self.node_positions[ahead[nodes[far]]]
         return out
 
-    def chord_subgoals(
-        self, xy: np.ndarray, goals: np.ndarray, distance: float, tolerance: float, spacing: float = 0.25
-    ) -> np.ndarray:
-        """Like ``subgoals``, but no further along the way than the straight line from the position stays within
-        ``tolerance`` of the way (B, 2): the farthest point of ``routes`` whose chord from the position passes no
-        route point by more than ``tolerance``. Where the way bends, the subgoal waits at the bend, so the guidance
-        never pulls straight across the inside of a corner (the subgoal past a bend, or a goal just around it, lies
-        behind a wall from the point). Uses the data only: the way, not the maze's walls. xy, goals (B, 2)."""
-        if not tolerance > 0:
-            raise ValueError(f"tolerance must be > 0, got {tolerance}")
-        routes = self.routes(xy, goals, distance, spacing)  # (B, K, 2), routes[:, 0] = the position
-        start = routes[:, :1, :]
-        chord = routes - start  # (B, K, 2): from the position to each candidate k
-        length = np.linalg.norm(chord, axis=-1)  # (B, K)
-        offset = routes - start  # (B, J, 2): each route point j from the position
-        # distance of point j from the segment position -> candidate k, for every (k, j): (B, K, J)
-        along = np.einsum("bkd,bjd->bkj", chord, offset) / np.maximum(length, 1e-9)[:, :, None] ** 2
-        along = np.clip(along, 0.0, 1.0)
-        nearest = along[..., None] * chord[:, :, None, :]  # (B, K, J, 2)
-        gap = np.linalg.norm(offset[:, None, :, :] - nearest, axis=-1)
-        before = np.tri(routes.shape[1], dtype=bool)[None]  # j <= k: the points the chord to k has to pass
-        in_sight = np.where(before, gap, 0.0).max(axis=-1) <= tolerance  # (B, K); k = 0 always
-        # the farthest k such that every candidate up to k is in sight (the first break ends the stretch)
-        last = np.cumprod(in_sight, axis=1).sum(axis=1) - 1
-        return routes[np.arange(len(routes)), last]
 
     def routes(self, xy: np.ndarray, goals: np.ndarray, distance: float, spacing: float = 0.25) -> np.ndarray:
         """The data's way from each position toward its goal, as far as its subgoal ``distance`` ahead: K =
@@ -200,32 +175,24 @@ class SubgoalPolicy:
     """A goal-guided policy ``act(obs, goal)`` (e.g. ``df_agent.Agent``) steered by ``TransitionGraph`` subgoals:
     each call passes the subgoal ``distance`` ahead on the data's way to the goal instead of the goal itself, and with
     ``route=True`` also the way there (``TransitionGraph.routes``) as ``route=`` (``Agent.act`` guides its plans to
-    stay near it when its planner's ``route_weight`` is above 0). With ``chord_tolerance`` the subgoal stops at the
-    way's next bend (``TransitionGraph.chord_subgoals``). The policy's own actions are returned unchanged.
+    stay near it when its planner's ``route_weight`` is above 0). The policy's own actions are returned unchanged.
     ``obs`` and ``goal`` are batches (B, obs_dim), (B, 2)."""
 
-    def __init__(
-        self, policy, graph: TransitionGraph, distance: float, route: bool = False, chord_tolerance: float | None = None
-    ):
+    def __init__(self, policy, graph: TransitionGraph, distance: float, route: bool = False):
         if not distance > 0:
             raise ValueError(f"distance must be > 0, got {distance}")
-        if chord_tolerance is not None and not chord_tolerance > 0:
-            raise ValueError(f"chord_tolerance must be > 0 or None, got {chord_tolerance}")
         self.policy = policy
         self.graph = graph
         self.distance = float(distance)
         self.route = route
-        self.chord_tolerance = chord_tolerance
 
     def reset(self, num_envs: int | None = None) -> None:
         self.policy.reset(num_envs)
 
     def subgoals(self, obs: np.ndarray, goal: np.ndarray) -> np.ndarray:
         """The points the policy is guided toward from observations (B, obs_dim) with goals (B, 2): (B, 2) float32."""
-        xy = np.asarray(obs).reshape(len(obs), -1)[:, :2]
-        if self.chord_tolerance is not None:
-            return self.graph.chord_subgoals(xy, goal, self.distance, self.chord_tolerance).astype(np.float32)
-        return self.graph.subgoals(xy, goal, self.distance).astype(np.float32)
+        obs = np.asarray(obs)
+        return self.graph.subgoals(obs.reshape(len(obs), -1)[:, :2], goal, self.distance).astype(np.float32)
 
     def act(self, obs: np.ndarray, goal: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
         """``active``: the envs whose episode goes on, passed on to the policy (see ``Agent.act``) when given."""

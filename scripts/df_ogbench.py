@@ -202,9 +202,6 @@ class Args:
     goal itself; None: toward the goal (plain Diffusion Forcing). The actions stay the plan's own"""
     subgoal_cell: float = 0.5
     """grid cell of the subgoal graph's nodes (maze units)"""
-    subgoal_chord_tolerance: float | None = None
-    """with --subgoal-distance: stop each subgoal at the way's next bend, the farthest point whose straight line from
-    the point passes the way within this many units (``TransitionGraph.chord_subgoals``); None: off"""
     eval_only: bool = False
     """skip training: evaluate --checkpoint"""
     checkpoint: str | None = None
@@ -252,13 +249,7 @@ def subgoal_policy(args: Args, task: OGBenchTask, agent: Agent) -> SubgoalPolicy
     data = load_ogbench_transitions(task.env_id, args.dataset_dir)
     graph = TransitionGraph(data.observations[:, :2], data.next_observations[:, :2], cell=args.subgoal_cell)
     print(f"subgoal graph: {graph.num_nodes:,} nodes, {graph.num_edges:,} edges from {len(data):,} transitions")
-    return SubgoalPolicy(
-        agent,
-        graph,
-        args.subgoal_distance,
-        route=args.planner.route_weight > 0,
-        chord_tolerance=args.subgoal_chord_tolerance,
-    )
+    return SubgoalPolicy(agent, graph, args.subgoal_distance, route=args.planner.route_weight > 0)
 
 
 def planner_config(args: Args, task: OGBenchTask) -> PlannerConfig:
@@ -406,7 +397,6 @@ def main(args: Args) -> dict:
                 "eval_seed": args.eval_seed,
                 "subgoal_distance": args.subgoal_distance,
                 "subgoal_cell": args.subgoal_cell if args.subgoal_distance is not None else None,
-                "subgoal_chord_tolerance": args.subgoal_chord_tolerance,
                 "max_episode_steps": result.episode_length,
                 "plan_ended": args.eval_plan_ended,
                 "task_ids": list(args.eval_task_ids) if args.eval_task_ids else None,

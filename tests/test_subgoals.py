@@ -71,27 +71,6 @@ def test_routes_follow_the_way_to_the_subgoal_at_even_spacing(u_graph):
         u_graph.routes(xy, goals[:2], distance=5.0)
 
 
-def test_a_chord_subgoal_waits_at_the_bend_instead_of_across_the_corner(u_graph):
-    """Two units below the U's top-left bend, 5 ahead along the way lies round the corner, about (3, 10): the
-    straight line there cuts the corner's inside. With a tolerance the subgoal stops at the bend, where the line
-    still follows the way."""
-    xy, goal = np.array([[0.0, 8.0], [0.0, 1.0]]), np.array([[10.0, 0.0], [10.0, 0.0]])
-    plain = u_graph.subgoals(xy, goal, distance=5.0)
-    assert plain[0, 0] > 2.5 and plain[0, 1] == pytest.approx(10.0, abs=0.6)  # round the corner, along the top
-    chord = u_graph.chord_subgoals(xy, goal, distance=5.0, tolerance=0.5)
-    assert chord[0, 1] == pytest.approx(10.0, abs=0.6) and chord[0, 0] < 1.2  # at the bend, not 3 along the top
-    np.testing.assert_allclose(chord[1], plain[1], atol=0.3)  # a straight stretch: the same subgoal as before
-    loose = u_graph.chord_subgoals(xy, goal, distance=5.0, tolerance=5.0)
-    np.testing.assert_allclose(loose[0], plain[0], atol=0.3)  # a loose tolerance allows the corner cut
-    recorder = type("Recorder", (), {"act": lambda self, obs, goal: goal})()
-    policy = SubgoalPolicy(recorder, u_graph, distance=5.0, chord_tolerance=0.5)
-    np.testing.assert_allclose(policy.act(np.c_[xy, np.zeros((2, 2))], goal), chord, atol=1e-5)
-    with pytest.raises(ValueError, match="tolerance"):
-        u_graph.chord_subgoals(xy, goal, distance=5.0, tolerance=0.0)
-    with pytest.raises(ValueError, match="chord_tolerance"):
-        SubgoalPolicy(recorder, u_graph, distance=5.0, chord_tolerance=-1.0)
-
-
 def test_a_route_policy_passes_the_route_with_the_subgoal(u_graph):
     class Recorder:
         def act(self, obs, goal, route=None, active="not passed"):
