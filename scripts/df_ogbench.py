@@ -24,9 +24,10 @@ held-out episodes (see docs/ogbench.md):
   ``df_agent.subgoals``), and with scale 8 within 3 units of the point it is guided to
   (--planner.near-goal-guidance-scale 8 --planner.near-goal-radius 3); on medium also pulled toward the data's
   way to the subgoal (--planner.route-weight 4; STITCH_ROUTE_WEIGHT). Test success rose from 16.8% to 42.4% on
-  large-stitch, from 31.6% to 59.2% on medium-stitch (52.4% without the route pull) and from 6.8% to 76.4% on
-  giant-stitch (docs/ogbench.md). The actions stay the plan's own. Plain DF on stitch: --no-goal-conditioned
-  --subgoal-distance None --planner.route-weight 0 --planner.guidance-scale 1 --planner.near-goal-guidance-scale None.
+  large-stitch (39.2% on a retrain), from 31.6% to 59.2% on medium-stitch (52.4% without the route pull) and from
+  6.8% to 76.4% on giant-stitch (docs/ogbench.md). The actions stay the plan's own. Plain DF on stitch:
+  --no-goal-conditioned --subgoal-distance None --planner.route-weight 0 --planner.guidance-scale 1
+  --planner.near-goal-guidance-scale None.
 * --relative-positions (off by default): tokens hold positions relative to the plan's start; fixes where plans
   start, did not change success on large-stitch (docs/ogbench.md).
 """

@@ -231,8 +231,8 @@ def _episodes(record: dict) -> str:
 
 def _ogbench_method(record: dict) -> str:
     """The method, with a DF planner's matrix, MCG futures, plan length and guidance (scale, actions only, near the
-    goal, start pull, goal-conditioned model, relative positions, subgoals, route pull: the settings its held-out rows
-    compare)."""
+    goal, start pull, goal-conditioned model, relative positions, subgoals, route pull, warm start: the settings its
+    held-out rows compare)."""
     s = record.get("settings", {})
     if "schedule" not in s:
         return record["method"]
@@ -254,6 +254,12 @@ def _ogbench_method(record: dict) -> str:
             (", relative positions", s.get("relative_positions")),
             (f", subgoals {s.get('subgoal_distance') or 0:g} ahead on the data's graph", s.get("subgoal_distance")),
             (f", route pull {s.get('route_weight', 0):g}", s.get("route_weight")),
+            (f", warm start {s.get('warm_start_level', 0):g}", s.get("warm_start_level")),
+            (
+                f", subgoals stop at bends (tolerance {s.get('subgoal_chord_tolerance') or 0:g}; removed since)",
+                s.get("subgoal_chord_tolerance"),
+            ),
+            (", planning ended episodes too", s.get("plan_ended")),
         )
         if on
     )
