@@ -482,7 +482,7 @@ class Agent:
         self._check_stall(obs_arr[:, :2], distance)
         holding = np.zeros(batch, dtype=bool)
         if self.planner.goal_hold_radius > 0:
-            holding = distance <= self.planner.goal_hold_radius
+            holding = active & (distance <= self.planner.goal_hold_radius)  # an ended env keeps its queue
             for env in np.flatnonzero(holding):  # drop the plan: once the point leaves the radius, plan afresh
                 self._queues[env] = self._queues[env][:0]
                 self._last_tokens[env] = None  # the point moves off the plan: no warm start from it

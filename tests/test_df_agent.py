@@ -373,6 +373,14 @@ def test_ended_episodes_neither_plan_nor_advance(trained, monkeypatch):
         np.testing.assert_array_equal(actions[1], 0.0)
     assert sizes == [3, 2] and list(agent._elapsed) == [8, 1, 8]
     assert len(agent._queues[1]) == LAYOUT.frame_stack - 1  # env 1's queue is where it stopped
+    # with the PD goal hold on, an ended env at its goal keeps its queue too (the hold drops only live envs' plans)
+    held = Agent.from_trainer(trained, planner(horizon_tokens=4, ddim_steps=2, episode_length=22, goal_hold_radius=5.0))
+    far = {"observation": np.zeros((2, 4), np.float32), "desired_goal": np.full((2, 2), 50.0, np.float32)}
+    held.act(far)
+    near = {"observation": np.zeros((2, 4), np.float32), "desired_goal": np.zeros((2, 2), np.float32)}
+    actions = held.act(near, active=np.array([True, False]))
+    assert len(held._queues[0]) == 0 and len(held._queues[1]) == LAYOUT.frame_stack - 1
+    np.testing.assert_array_equal(actions[1], 0.0)
     with pytest.raises(ValueError, match="active must be a bool array of shape"):
         agent.act(obs, active=np.ones(2, dtype=bool))
     with pytest.raises(ValueError, match="active must be a bool array"):
