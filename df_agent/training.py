@@ -52,6 +52,29 @@ def window_starts(segment_ids, num_steps: int) -> np.ndarray:
     return starts
 
 
+def coverage_weights(
+    positions: np.ndarray, starts: np.ndarray, num_steps: int, cell: float, power: float
+) -> np.ndarray:
+    """Sampling probabilities of windows (one per start) that favour the places the data visits rarely: each window
+    weighs the mean over its ``num_steps`` rows of c^-power, c the number of rows of the dataset in the row's
+    ``cell``-sized grid cell. Power 0 is uniform; with power 1 every grid cell gets about the same share of the rows
+    trained on. A goal at the end of a dead end is reached only by the few trajectories that start or end there, and a
+    model trained on uniform windows has seen too little of the way in to plan it (docs/ogbench.md).
+    positions (N, 2) of the rows; returns (len(starts),) probabilities summing to 1."""
+    positions = np.asarray(positions, dtype=np.float64)
+    if positions.ndim != 2 or positions.shape[1] != 2:
+        raise ValueError(f"positions must have shape (N, 2), got {positions.shape}")
+    if not cell > 0 or not power >= 0:
+        raise ValueError(f"cell must be > 0 and power >= 0, got {cell} and {power}")
+    _, cell_of, counts = np.unique(
+        np.floor(positions / cell).astype(np.int64), axis=0, return_inverse=True, return_counts=True
+    )
+    row_weights = counts[cell_of.reshape(-1)].astype(np.float64) ** -float(power)
+    window_sums = np.convolve(row_weights, np.ones(num_steps), mode="valid")  # per possible start: rows i .. i + n - 1
+    weights = window_sums[np.asarray(starts)]
+    return weights / weights.sum()
+
+
 class WindowSampler:
     """Random windows of ``num_steps`` consecutive steps from a dataset's continuous segments.
 
@@ -62,7 +85,9 @@ class WindowSampler:
     a hindsight goal: a state the window's trajectory does reach. With ``hindsight_steps`` instead, each window's goal
     is the position (the first two entries of the observation) its trajectory reaches d steps after its start, d drawn
     uniformly from 1..hindsight_steps and cut at the end of the window's continuous segment: hindsight relabelling, for
-    data whose goals are not kept or not reached (OGBench's). With ``device`` the arrays are held there as tensors
+    data whose goals are not kept or not reached (OGBench's). With ``balance_power`` > 0 windows are drawn with
+    ``coverage_weights`` (the rarely visited places more often, grid cell ``balance_cell``) instead of uniformly. With
+    ``device`` the arrays are held there as tensors
     and windows are gathered there (on a GPU, gathering a batch on the CPU and copying it over costs more than the
     training step); the windows drawn are the same either way, since ``rng`` picks them.
     """
@@ -78,9 +103,16 @@ class WindowSampler:
         device: torch.device | str | None = None,
         goals=None,
         hindsight_steps: int | None = None,
+        balance_power: float = 0.0,
+        balance_cell: float = 4.0,
     ):
         self.num_steps = num_steps
         self.starts = window_starts(segment_ids, num_steps)
+        self._cumulative = None  # uniform windows
+        if balance_power > 0:
+            positions = np.asarray(observations)[:, :2]
+            probabilities = coverage_weights(positions, self.starts, num_steps, balance_cell, balance_power)
+            self._cumulative = np.cumsum(probabilities)
         if hindsight_steps is not None:
             if hindsight_steps < 1:
                 raise ValueError(
@@ -109,6 +141,8 @@ class WindowSampler:
         device: torch.device | str | None = None,
         with_goals: bool = False,
         hindsight_steps: int | None = None,
+        balance_power: float = 0.0,
+        balance_cell: float = 4.0,
     ) -> WindowSampler:
         """Windows of an ``envs.datasets.Transitions``; with ``with_goals`` each window also carries the goal of its
         episode, with ``hindsight_steps`` a hindsight goal (only goal-conditioned models read goals: an unconditioned
@@ -123,12 +157,18 @@ class WindowSampler:
             device,
             goals=data.goals if with_goals else None,
             hindsight_steps=hindsight_steps,
+            balance_power=balance_power,
+            balance_cell=balance_cell,
         )
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict:
         """A batch of windows: numpy arrays, or tensors on ``device`` when the sampler has one; ``goals`` (B, 2)
         when the sampler has goals."""
-        chosen = rng.integers(len(self.starts), size=batch_size)
+        if self._cumulative is None:
+            chosen = rng.integers(len(self.starts), size=batch_size)
+        else:  # coverage-balanced windows (``coverage_weights``)
+            drawn = rng.random(batch_size) * self._cumulative[-1]
+            chosen = np.minimum(np.searchsorted(self._cumulative, drawn, side="right"), len(self.starts) - 1)
         starts = self.starts[chosen]
         goal_rows = starts
         if self.hindsight_steps is not None:  # drawn after the windows, which stay those drawn without it

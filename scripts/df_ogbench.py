@@ -158,6 +158,12 @@ class Args:
     """windows per batch"""
     window_tokens: int | None = None
     """tokens per training window (default: 30 on navigate, 18 on stitch)"""
+    window_balance: float = 0.0
+    """draw training windows with weight c^-this, c the data in the rarest grid cell a window visits
+    (``df_agent.training.coverage_weights``; 0: uniform, 1: about equal shares per cell), so that the model sees the
+    rarely visited dead ends where test goals lie more often"""
+    window_balance_cell: float = 4.0
+    """grid cell of --window-balance's counts (maze units; OGBench's maze cell is 4)"""
     learning_rate: float = 3e-4
     """AdamW learning rate"""
     weight_decay: float = 1e-4
@@ -310,6 +316,8 @@ def train(args: Args, task: OGBenchTask, writer: SummaryWriter, run_dir: Path, d
         device=trainer.device,
         with_goals=trainer.tokenizer.layout.goal_dim > 0,
         hindsight_steps=args.hindsight_goal_steps,
+        balance_power=args.window_balance,
+        balance_cell=args.window_balance_cell,
     )
     setup = (
         f"{len(data):,} transitions in {len(data.episode_lengths):,} episodes, {len(sampler.starts):,} windows of "
@@ -381,6 +389,8 @@ def main(args: Args) -> dict:
         trainer = train(args, task, writer, run_dir, device)
         step = trainer.step
         agent = Agent.from_trainer(trainer, planner)
+        if args.window_balance > 0:  # provenance of the weights, copied into every record of the agent
+            agent.training["window_balance"] = {"power": args.window_balance, "cell": args.window_balance_cell}
     if agent.support is None:  # agents saved before the support existed, and newly trained ones
         agent.support = data_support(args, task)
     if args.save_model:
