@@ -8,7 +8,7 @@ import envs
 from df_agent.agent import Agent, PlannerConfig
 from df_agent.support import DataSupport
 from df_agent.tokens import TokenLayout
-from df_agent.training import TrainConfig, Trainer, WindowSampler, make_trainer
+from df_agent.training import TrainConfig, Trainer, WindowSampler, coverage_weights, make_trainer
 from envs.datasets import generate_dataset, load_transitions
 from envs.records import read_records
 
@@ -62,6 +62,44 @@ def test_windows_never_cross_a_gap_between_runs(data):
     np.testing.assert_array_equal(batch["obs"], data.observations[starts])
     with pytest.raises(ValueError, match="shorter windows"):
         WindowSampler.from_transitions(data, 5000)
+
+
+def test_coverage_weights_give_every_cell_an_equal_share_at_power_one():
+    """Rows in a common cell (900) and a rare one (100): windows of one row are drawn with equal total mass per cell
+    at power 1, uniformly at power 0; a window of several rows weighs the sum over its rows."""
+    positions = np.concatenate([np.full((900, 2), 0.5), np.full((100, 2), 5.5)])
+    starts = np.arange(1000)
+    probabilities = coverage_weights(positions, starts, 1, cell=4.0, power=1.0)
+    assert probabilities[:900].sum() == pytest.approx(0.5) and probabilities[900:].sum() == pytest.approx(0.5)
+    np.testing.assert_allclose(coverage_weights(positions, starts, 1, cell=4.0, power=0.0), 1e-3)
+    # windows of 2 rows: the one across the boundary (rows 899, 900) weighs 1/900 + 1/100
+    pairs = coverage_weights(positions, np.array([0, 899, 900]), 2, cell=4.0, power=1.0)
+    np.testing.assert_allclose(pairs / pairs[0], [1.0, (1 / 900 + 1 / 100) / (2 / 900), 9.0])
+    with pytest.raises(ValueError, match="power"):
+        coverage_weights(positions, starts, 1, cell=4.0, power=-1.0)
+
+
+def test_balanced_windows_visit_the_rare_cells_more_and_stay_continuous(data):
+    uniform = window_sampler(data)
+    balanced = WindowSampler.from_transitions(data, 40, balance_power=1.0, balance_cell=1.0)
+    np.testing.assert_array_equal(balanced.starts, uniform.starts)
+    cells = np.floor(data.observations[:, :2]).astype(int)
+    _, cell_of, counts = np.unique(cells, axis=0, return_inverse=True, return_counts=True)
+    rare = counts[cell_of.reshape(-1)] < np.median(counts[cell_of.reshape(-1)])  # rows in the rarer half of the cells
+
+    rare_cells = {tuple(c) for c in cells[rare]}
+
+    def share_of_rare_rows(sampler):
+        visited = np.floor(sampler.sample(2000, np.random.default_rng(0))["next_observations"][..., :2]).astype(int)
+        return np.mean([tuple(c) in rare_cells for c in visited.reshape(-1, 2)])
+
+    assert share_of_rare_rows(balanced) > share_of_rare_rows(uniform) + 0.02
+    batch = balanced.sample(100, np.random.default_rng(1))  # each window is the 40 rows after its first observation
+    for window, first in zip(batch["next_observations"], batch["obs"], strict=True):
+        start = int(np.flatnonzero((data.observations == first).all(axis=1))[0])
+        np.testing.assert_array_equal(window, data.next_observations[start : start + 40])
+    twice = [balanced.sample(10, np.random.default_rng(2))["obs"] for _ in range(2)]
+    np.testing.assert_array_equal(twice[0], twice[1])
 
 
 def test_a_sampler_on_a_device_draws_the_same_windows_as_tensors(data):
