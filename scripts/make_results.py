@@ -333,6 +333,29 @@ def continuity_table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n\nCommands:\n\n```bash\n" + "\n".join(commands) + "\n```\n"
 
 
+def coverage_table(records: list[dict]) -> str:
+    """``scripts/ogbench_coverage.py`` records: the dataset's rows in each test goal's maze cell and that count's rank
+    among the free cells (0%: the rarest cell), the latest record per dataset."""
+    latest = {r["env_id"]: r for r in records}
+    lines = [
+        "Rows of each dataset in the maze cell of each test goal, and the rank of that count among the maze's free",
+        "cells (0%: the rarest). A stitch episode crosses at most 4 cells, so a dead end is crossed only by the",
+        "episodes that start or end in it.",
+        "",
+        "| dataset | rows per free cell: median (min) | goal 1 | goal 2 | goal 3 | goal 4 | goal 5 | date, commit |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for env_id, r in latest.items():
+        m = r["metrics"]
+        goals = " | ".join(f"{g['rows']:,} ({100 * g['rank']:.0f}%)" for g in m["goals"])
+        lines.append(
+            f"| {env_id} | {m['rows_per_cell_median']:,.0f} ({m['rows_per_cell_min']:,}) | {goals} "
+            f"| {r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
+        )
+    commands = list(dict.fromkeys(r["command"] for r in records))
+    return "\n".join(lines) + "\n\nCommands:\n\n```bash\n" + "\n".join(commands) + "\n```\n"
+
+
 MAZES = ("umaze", "medium", "large")
 
 
@@ -528,6 +551,7 @@ def main(args: Args) -> str:
     speed = [r for r in everything if r.get("kind") == "speed"]
     ogbench = [r for r in everything if r.get("benchmark") == "ogbench"]
     continuity = [r for r in everything if r.get("kind") == "plan_continuity"]
+    coverage = [r for r in everything if r.get("kind") == "data_coverage"]
     records = [r for r in everything if r.get("benchmark", "maze2d") == "maze2d" and r.get("kind") != "speed"]
     if not records and not speed and not ogbench:
         raise SystemExit(f"no records match {args.records}; run scripts/df_maze2d.py or scripts/benchmark_df.py first")
@@ -616,6 +640,8 @@ def main(args: Args) -> str:
                 lines += [caption, "", f"![{alt}]({Path(args.figures) / figure.name})", ""]
     if continuity:
         lines += ["## Plan continuity (diagnostic)", "", continuity_table(continuity)]
+    if coverage:
+        lines += ["## OGBench data at the test goals (diagnostic)", "", coverage_table(coverage)]
     plans = sorted(figures.glob("plan_*.png"))
     if plans:
         lines += [

@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from df_agent.agent import Agent
 from df_agent.training import WindowSampler
 from envs import ogbench_datasets as od
+from envs.ogbench_eval import make_eval_env
 from envs.ogbench_tasks import OGBenchDatasetMissing
 from envs.records import read_records
 
@@ -402,3 +403,18 @@ def test_one_goal_can_be_evaluated_alone_and_its_record_shows_only_that_goal(dat
     assert record["settings"]["task_ids"] == [2]
     row = next(line for line in make_results.ogbench_table([record]).splitlines() if line.startswith("| Diffusion"))
     assert "| - / " in row and row.count(" - ") == 4  # goals 1, 3, 4, 5: not evaluated
+
+
+def test_the_coverage_diagnostic_counts_every_row_in_a_free_cell(dataset_dir, load_script):
+    """scripts/ogbench_coverage.py: each test goal's count is the number of the dataset's rows in its cell, and its
+    rank a share of the free cells."""
+    script = load_script("ogbench_coverage")
+    coverage = script.goal_coverage(ENV, str(dataset_dir))
+    data = od.load_ogbench_transitions(ENV, dataset_dir)
+    assert coverage["rows"] == len(data)
+    assert len(coverage["goals"]) == 5 and [g["task_id"] for g in coverage["goals"]] == [1, 2, 3, 4, 5]
+    assert coverage["rows_per_cell_min"] <= coverage["rows_per_cell_median"] <= coverage["rows_per_cell_max"]
+    cells = od.MazeGrid(make_eval_env(ENV)).xy_to_cell(data.observations[:, :2])
+    for goal in coverage["goals"]:
+        assert 0.0 <= goal["rank"] < 1.0
+        assert goal["rows"] == int((cells == goal["cell"]).all(axis=1).sum())
