@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, replace
+import warnings
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,6 @@ from df_agent.guidance import GoalCost
 from df_agent.model import CausalModel, ModelConfig, build_model
 from df_agent.sampler import sample
 from df_agent.schedules import make_schedule, to_noise_levels, validate_schedule, warm_start
-from df_agent.support import DataSupport
 from df_agent.tokens import Tokenizer
 from df_agent.training import TrainConfig, Trainer, default_device, load_checkpoint
 
@@ -66,11 +66,6 @@ class PlannerConfig:
     ``route`` (``df_agent.guidance.route_distance_cost``; 0: off). With ``df_agent.subgoals.SubgoalPolicy(...,
     route=True)`` the route is the training data's own way toward the subgoal, which keeps a plan in the corridor
     where a straight pull toward the subgoal would cut through a wall"""
-    support_weight: float = 0.0
-    """weight of the pull of planned steps that leave the cells the offline data visits back onto them
-    (``df_agent.guidance.support_distance_cost``; 0: off). Needs the agent's ``support`` (a
-    ``df_agent.support.DataSupport`` of the training data's positions). Where the data is thin the model's predicted
-    positions blur through walls, and a plan that cuts a corner pushes the point into the wall"""
     near_goal_guidance_scale: float | None = None
     """guidance scale for plans that start within ``near_goal_radius`` of the goal (None: ``guidance_scale``).
     Strong guidance far from the goal can pull a plan through walls, near it there is no wall to cross: a
@@ -126,6 +121,19 @@ class PlannerConfig:
     seed: int = 0
 
 
+def _planner_from_saved(saved: dict, path) -> PlannerConfig:
+    """A saved agent's planner settings as a ``PlannerConfig``: a field that no longer exists is dropped (with a
+    warning when it was on, since the agent now plans without it)."""
+    known = {f.name for f in fields(PlannerConfig)}
+    gone = {name: value for name, value in saved.items() if name not in known}
+    if any(gone.values()):
+        warnings.warn(
+            f"{path} was saved with planner settings this version no longer has: {gone}; it plans without them",
+            stacklevel=3,
+        )
+    return PlannerConfig(**{name: value for name, value in saved.items() if name in known})
+
+
 @dataclass
 class Plan:
     actions: np.ndarray  # (B, H, action_dim), clipped to [-1, 1]
@@ -148,7 +156,6 @@ class Agent:
         planner: PlannerConfig | None = None,
         prediction: str = "x0",
         device: torch.device | str | None = None,
-        support: DataSupport | None = None,
     ):
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
@@ -157,8 +164,6 @@ class Agent:
         """the model's noise levels (``PlannerConfig.schedule`` names the scheduling matrix instead)"""
         self.planner = planner or PlannerConfig()
         self.prediction = prediction
-        self.support = support
-        """the cells the training data visits, for ``PlannerConfig.support_weight`` (None: not known)"""
         self.training: dict = {}
         """where the weights came from (steps, batch size, device), saved with the agent and copied into records"""
         self.generator = torch.Generator(device=self.device).manual_seed(self.planner.seed)
@@ -175,9 +180,7 @@ class Agent:
         as a newly built agent's is; with ``keep_random_state`` it starts where this agent's generator stands
         instead, so that it draws what this agent would have drawn next (one agent evaluated task after task)."""
         config = replace(self.planner if planner is None else planner, **overrides)
-        agent = type(self)(
-            self.model, self.tokenizer, self.noise_schedule, config, self.prediction, self.device, self.support
-        )
+        agent = type(self)(self.model, self.tokenizer, self.noise_schedule, config, self.prediction, self.device)
         agent.training = dict(self.training)
         if keep_random_state:
             agent.generator.set_state(self.generator.get_state())
@@ -211,7 +214,6 @@ class Agent:
             "prediction": self.prediction,
             "planner": asdict(self.planner),
             "training": self.training,
-            "support": None if self.support is None else self.support.state_dict(),
         }
         return save_atomically(state, path)
 
@@ -224,7 +226,7 @@ class Agent:
         if state.get("kind") == "agent":
             model.load_state_dict(state["model"])
             noise_schedule = NoiseSchedule(state["noise"]["num_levels"], state["noise"]["kind"])
-            planner = PlannerConfig(**state["planner"])  # fields saved before a field existed take its default
+            planner = _planner_from_saved(state["planner"], path)  # fields saved before a field existed: its default
             prediction = state["prediction"]
             training = state.get("training", {})  # agents saved before provenance was kept have none
         else:  # a Trainer checkpoint
@@ -238,8 +240,7 @@ class Agent:
                 state["step"], train.batch_size, None, None if seconds is None else seconds / 60
             )
         planner = replace(planner, **planner_overrides)
-        support = DataSupport.from_state_dict(state["support"]) if state.get("support") else None
-        agent = cls(model, tokenizer, noise_schedule, planner, prediction, device, support)
+        agent = cls(model, tokenizer, noise_schedule, planner, prediction, device)
         agent.training = training
         return agent
 
@@ -361,11 +362,6 @@ class Agent:
         """
         obs, goal, _ = self._parse(obs, goal)
         route_tensor = self._route(route, len(obs)) if self.planner.route_weight > 0 else None
-        if self.planner.support_weight > 0 and self.support is None:
-            raise ValueError(
-                "the planner's support_weight is above 0 but the agent has no support: set agent.support = "
-                "df_agent.support.DataSupport(<the training data's (x, y) positions>), or support_weight=0"
-            )
         for name, value in (("horizon", horizon), ("ddim_steps", ddim_steps), ("mcg_samples", mcg_samples)):
             if value is not None and not value >= 1:
                 raise ValueError(f"{name} must be at least 1 (None: the planner's), got {value}")
@@ -432,8 +428,6 @@ class Agent:
                 origin=torch.as_tensor(obs, dtype=torch.float32, device=device),
                 route=route_tensor,
                 route_weight=p.route_weight,
-                support=self.support,
-                support_weight=p.support_weight,
             )
         action_mask = torch.as_tensor(self.tokenizer.action_mask(), device=device) if p.guide_actions_only else None
         with torch.no_grad():

@@ -64,18 +64,6 @@ def route_distance_cost(positions: torch.Tensor, route: torch.Tensor, step_mask:
     return distance.sum(dim=-1)
 
 
-def support_distance_cost(positions: torch.Tensor, support, step_mask: torch.Tensor | None = None):
-    """Sum over every planned step of its distance from the cells the offline data visits
-    (``df_agent.support.DataSupport``): 0 where the data has been, growing inside walls and outside the maze. A
-    corner the data turns rarely is where the model's predicted positions blur through the wall; this cost moves those
-    steps back to where the point can be, and leaves every step on visited cells alone. positions (B, L, 2),
-    step_mask (B, L)."""
-    distance = support.distance(positions)
-    if step_mask is not None:
-        distance = distance * step_mask
-    return distance.sum(dim=-1)
-
-
 def start_cost(first_observations: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
     """Distance of each plan's first predicted observation from the observation it starts at (B,).
 
@@ -100,9 +88,7 @@ class GoalCost:
     ``goal_distance_cost`` while ``velocity_weight`` and ``action_weight`` are 0), plus ``start_weight`` times
     ``start_cost`` from ``start`` (B, obs_dim), the observations the plans start at, when both are given.
     ``origin`` (B, obs_dim): the observations the plans start from, which a relative token layout decodes with.
-    ``route`` (B, K, 2) with ``route_weight`` > 0 adds ``route_weight`` times ``route_distance_cost``, and ``support``
-    (a ``df_agent.support.DataSupport``) with ``support_weight`` > 0 adds ``support_weight`` times
-    ``support_distance_cost``."""
+    ``route`` (B, K, 2) with ``route_weight`` > 0 adds ``route_weight`` times ``route_distance_cost``."""
 
     def __init__(
         self,
@@ -117,11 +103,7 @@ class GoalCost:
         origin: torch.Tensor | None = None,
         route: torch.Tensor | None = None,
         route_weight: float = 0.0,
-        support=None,
-        support_weight: float = 0.0,
     ):
-        if support_weight < 0 or (support_weight > 0 and support is None):
-            raise ValueError(f"support_weight must be >= 0 and needs the data's support, got {support_weight}")
         if route_weight < 0 or (route_weight > 0 and route is None):
             raise ValueError(f"route_weight must be >= 0 and needs the route, got {route_weight}")
         if np.any(np.asarray(velocity_weight) < 0) or np.any(np.asarray(action_weight) < 0) or stay_radius <= 0:
@@ -142,8 +124,6 @@ class GoalCost:
         self.origin = origin
         self.route = route
         self.route_weight = route_weight
-        self.support = support
-        self.support_weight = support_weight
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         goal, mask, start, origin, route = self.goal, self.step_mask, self.start, self.origin, self.route
@@ -173,9 +153,6 @@ class GoalCost:
         if self.route_weight > 0:
             route_mask = None if mask is None else mask[:, : observations.shape[1]]
             cost = cost + self.route_weight * route_distance_cost(observations[..., :2], route, route_mask)
-        if self.support_weight > 0:
-            support_mask = None if mask is None else mask[:, : observations.shape[1]]
-            cost = cost + self.support_weight * support_distance_cost(observations[..., :2], self.support, support_mask)
         return cost
 
 

@@ -50,7 +50,6 @@ from tqdm.auto import tqdm
 
 from df_agent.agent import Agent, PlannerConfig
 from df_agent.subgoals import SubgoalPolicy, TransitionGraph
-from df_agent.support import DataSupport
 from df_agent.tokens import TokenLayout
 from df_agent.training import TrainConfig, Trainer, WindowSampler, make_trainer
 from envs.evaluation import log_evaluation
@@ -210,9 +209,6 @@ class Args:
     goal itself; None: toward the goal (plain Diffusion Forcing). The actions stay the plan's own"""
     subgoal_cell: float = 0.5
     """grid cell of the subgoal graph's nodes (maze units)"""
-    support_cell: float = 0.5
-    """grid cell of the data's support (``df_agent.support.DataSupport``, for --planner.support-weight): the cells the
-    training data visits, attached to the agent and saved with it"""
     eval_only: bool = False
     """skip training: evaluate --checkpoint"""
     checkpoint: str | None = None
@@ -261,13 +257,6 @@ def subgoal_policy(args: Args, task: OGBenchTask, agent: Agent) -> SubgoalPolicy
     graph = TransitionGraph(data.observations[:, :2], data.next_observations[:, :2], cell=args.subgoal_cell)
     print(f"subgoal graph: {graph.num_nodes:,} nodes, {graph.num_edges:,} edges from {len(data):,} transitions")
     return SubgoalPolicy(agent, graph, args.subgoal_distance, route=args.planner.route_weight > 0)
-
-
-def data_support(args: Args, task: OGBenchTask) -> DataSupport:
-    """The cells the task's training data visits (observations and next observations), for the support guidance."""
-    data = load_ogbench_transitions(task.env_id, args.dataset_dir)
-    positions = np.concatenate([data.observations[:, :2], data.next_observations[:, :2]])
-    return DataSupport(positions, cell=args.support_cell)
 
 
 def planner_config(args: Args, task: OGBenchTask) -> PlannerConfig:
@@ -391,8 +380,6 @@ def main(args: Args) -> dict:
         agent = Agent.from_trainer(trainer, planner)
         if args.window_balance > 0:  # provenance of the weights, copied into every record of the agent
             agent.training["window_balance"] = {"power": args.window_balance, "cell": args.window_balance_cell}
-    if agent.support is None:  # agents saved before the support existed, and newly trained ones
-        agent.support = data_support(args, task)
     if args.save_model:
         print(f"saved agent to {agent.save(run_dir / 'agent.pt')}")
 
@@ -421,7 +408,6 @@ def main(args: Args) -> dict:
                 "eval_seed": args.eval_seed,
                 "subgoal_distance": args.subgoal_distance,
                 "subgoal_cell": args.subgoal_cell if args.subgoal_distance is not None else None,
-                "support_cell": agent.support.cell if agent.planner.support_weight > 0 else None,
                 "max_episode_steps": result.episode_length,
                 "plan_ended": args.eval_plan_ended,
                 "task_ids": list(args.eval_task_ids) if args.eval_task_ids else None,

@@ -231,8 +231,8 @@ def _episodes(record: dict) -> str:
 
 def _ogbench_method(record: dict) -> str:
     """The method, with a DF planner's matrix, MCG futures, plan length and guidance (scale, actions only, near the
-    goal, start pull, goal-conditioned model, relative positions, subgoals, route pull, warm start: the settings its
-    held-out rows compare)."""
+    goal, start pull, goal-conditioned model, relative positions, subgoals, route pull, warm start, replanning, balanced
+    training windows: the settings its held-out rows compare)."""
     s = record.get("settings", {})
     if "schedule" not in s:
         return record["method"]
@@ -259,10 +259,15 @@ def _ogbench_method(record: dict) -> str:
                 f", subgoals stop at bends (tolerance {s.get('subgoal_chord_tolerance') or 0:g}; removed since)",
                 s.get("subgoal_chord_tolerance"),
             ),
+            (f", support pull {s.get('support_weight', 0):g} (removed since)", s.get("support_weight")),
+            (f", replans every {s.get('replan_every', 1)} tokens", s.get("replan_every", 1) != 1),
             (", planning ended episodes too", s.get("plan_ended")),
         )
         if on
     )
+    balance = record.get("model", {}).get("window_balance")
+    if balance:  # how the model's training windows were drawn (df_ogbench --window-balance)
+        extras += f", windows balanced (power {balance['power']:g}, cell {balance['cell']:g})"
     return f"{record['method']} ({s['schedule']}, MCG {s.get('mcg_samples', 1)}, {plans}, {guidance}{extras})"
 
 

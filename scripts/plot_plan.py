@@ -46,6 +46,13 @@ class Args:
     route_weight: float = 0.0
     """OGBench only, with ``subgoal_distance``: pull every planned step toward the data's way to the subgoal with this
     weight (``df_ogbench.py --planner.route-weight``; 0: the checkpoint's planner setting)"""
+    start: tuple[float, float] | None = None
+    """OGBench only: put the point at this (x, y) after the episode's reset, e.g. where an evaluation episode stalls"""
+    zoom: float | None = None
+    """draw only this far around the start (maze units; default: the whole maze)"""
+    plans: int = 1
+    """OGBench only: plans drawn from the start (the first with its rows, the others' final plans thinly): how much
+    they agree"""
     dataset_dir: str | None = None
     """OGBench only: where the dataset's .npz files are (default: OGBench's ~/.ogbench/data)"""
     rows: int = 6
@@ -69,6 +76,7 @@ class Scene:
     outcome: str  # the right panel's title
     pieces: list[np.ndarray]  # dataset trajectories drawn under the plan
     way: np.ndarray | None = None  # (K, 2) the data graph's way to the goal, when planning toward its subgoals
+    zoom: float | None = None  # half-width of the drawn window around the start (None: the whole maze)
 
 
 def draw_maze(ax, scene: Scene) -> None:
@@ -76,6 +84,8 @@ def draw_maze(ax, scene: Scene) -> None:
     for x, y in scene.wall_centres:
         ax.add_patch(plt.Rectangle((x - size / 2, y - size / 2), size, size, color="0.25"))
     low, high = scene.wall_centres.min(0) - size / 2, scene.wall_centres.max(0) + size / 2
+    if scene.zoom is not None:
+        low, high = scene.trajectory[0] - scene.zoom, scene.trajectory[0] + scene.zoom
     ax.set_xlim(low[0], high[0])
     ax.set_ylim(low[1], high[1])
     ax.set_aspect("equal")
@@ -132,6 +142,9 @@ def ogbench_scene(args: Args) -> Scene:
         agent = agent.with_planner(route_weight=args.route_weight)
     env = make_eval_env(task.env_id, args.max_steps)
     position, info = reset_episode(env, args.task_id, args.seed)
+    if args.start is not None:
+        env.unwrapped.set_xy(np.asarray(args.start, dtype=np.float64))
+        position = np.asarray(env.unwrapped.get_xy(), dtype=np.float64)
     goal = np.asarray(info["goal"], dtype=np.float64)
     obs_dim = agent.tokenizer.layout.obs_dim
 
@@ -151,7 +164,13 @@ def ogbench_scene(args: Args) -> Scene:
         first_goal = policy.subgoals(observation(position), goal[None])
         if policy.route:
             route = graph.routes(np.asarray(position)[None], goal[None], args.subgoal_distance)
-    plan = agent.plan(observation(position), first_goal, return_history=True, route=route)
+    repeat = max(1, args.plans)
+    plan = agent.plan(
+        np.repeat(observation(position), repeat, axis=0),
+        np.repeat(first_goal, repeat, axis=0),
+        return_history=True,
+        route=None if route is None else np.repeat(route, repeat, axis=0),
+    )
     policy.reset(1)
     trajectory, reached = [np.asarray(position, dtype=np.float64)], None
     for t in range(args.max_steps or task.max_episode_steps):
@@ -187,11 +206,14 @@ def ogbench_scene(args: Args) -> Scene:
         outcome=outcome,
         pieces=pieces,
         way=way,
+        zoom=args.zoom,
     )
 
 
 def draw(scene: Scene, rows: int, output: Path) -> Path:
     height, width = np.ptp(scene.wall_centres, axis=0)[::-1] + scene.cell_size
+    if scene.zoom is not None:
+        height = width = 2 * scene.zoom
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.5 * height / width + 0.8))
     ax = axes[0]
     draw_maze(ax, scene)
@@ -202,6 +224,8 @@ def draw(scene: Scene, rows: int, output: Path) -> Path:
     colors = plt.cm.viridis(np.linspace(0.1, 0.95, len(picks)))
     for color, row in zip(colors, picks, strict=True):
         ax.plot(*plan.row_positions[row, 0].T, ".", ms=2.5, color=color, label=f"row {row}")
+    for i in range(1, len(plan.positions)):  # further plans from the same start, to show how much they agree
+        ax.plot(*plan.positions[i].T, "-", lw=0.7, color="salmon", label="other plans" if i == 1 else None)
     ax.plot(*plan.positions[0].T, "-", lw=1.5, color="crimson", label="final plan")
     ax.plot(*scene.goal, "*", ms=16, color="gold", mec="k", label="goal")
     ax.plot(*scene.trajectory[0], "o", ms=7, color="white", mec="k", label="start")

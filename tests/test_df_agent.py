@@ -1,3 +1,5 @@
+import warnings
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -6,7 +8,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import envs
 from df_agent.agent import Agent, PlannerConfig
-from df_agent.support import DataSupport
 from df_agent.tokens import TokenLayout
 from df_agent.training import TrainConfig, Trainer, WindowSampler, coverage_weights, make_trainer
 from envs.datasets import generate_dataset, load_transitions
@@ -155,6 +156,22 @@ def test_save_load_round_trip_gives_identical_plans(trained, tmp_path):
     np.testing.assert_allclose(c.actions, a.actions, atol=1e-6)
 
 
+def test_an_agent_saved_with_a_planner_setting_since_removed_still_loads(trained, tmp_path):
+    """Planner fields a later version removed are dropped on load; one that was on says so, since the agent now plans
+    without it."""
+    path = Agent.from_trainer(trained, planner()).save(tmp_path / "agent.pt")
+    state = torch.load(path, weights_only=False)
+    state["planner"]["support_weight"] = 0.0  # a field of 2026-12-07, removed the same day
+    torch.save(state, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Agent.load(path, device="cpu").planner == planner()
+    state["planner"]["support_weight"] = 1.0
+    torch.save(state, path)
+    with pytest.warns(UserWarning, match="support_weight"):
+        assert Agent.load(path, device="cpu").planner == planner()
+
+
 def test_guided_plans_end_nearer_the_goal(trained):
     rng = np.random.default_rng(0)
     starts = envs.Maze.from_name("umaze").cell_to_xy(np.array([[3, 1], [3, 2], [3, 3], [2, 3]]))
@@ -194,34 +211,6 @@ def test_a_route_keeps_guided_plans_near_it(trained):
     with pytest.raises(ValueError, match="route must have shape"):
         agent.act(obs, goal, route=route[None, :, :1])
     assert agent.act(obs, goal, route=np.stack([route] * 4)).shape == (4, 2)
-
-
-def test_the_data_support_keeps_guided_plans_on_it_and_is_saved_with_the_agent(trained, tmp_path):
-    """PlannerConfig.support_weight: planned steps off the cells the data visited are pulled back onto them (here
-    the 'data' is a strip beside the start, so the plans end up nearer it than plans guided toward the goal alone);
-    the support is saved with the agent; without one the agent says what is missing."""
-    obs = np.array([[1.0, 1.0, 0.0, 0.0]] * 4, np.float32)
-    goal = np.array([[1.0, 3.0]] * 4, np.float32)
-    rng = np.random.default_rng(0)
-    strip = np.stack([rng.uniform(1.6, 2.0, 2000), rng.uniform(0.5, 3.5, 2000)], axis=1)
-    support = DataSupport(strip, cell=0.1)
-
-    def mean_support_distance(weight):
-        agent = Agent.from_trainer(trained, planner(horizon_tokens=4, guidance_scale=30.0, support_weight=weight))
-        agent.support = support
-        positions = agent.plan(obs, goal).positions
-        return support.distance(torch.as_tensor(positions)).mean().item(), agent
-
-    unsupported, _ = mean_support_distance(0.0)
-    supported, agent = mean_support_distance(10.0)
-    assert supported < unsupported - 0.1, (supported, unsupported)
-    loaded = Agent.load(agent.save(tmp_path / "agent.pt"), device="cpu")
-    np.testing.assert_array_equal(loaded.support.visited, support.visited)
-    assert loaded.with_planner(seed=1).support is loaded.support
-    bare = Agent.from_trainer(trained, planner(support_weight=1.0))
-    with pytest.raises(ValueError, match="no support"):
-        bare.plan(obs, goal)
-    assert Agent.load(bare.save(tmp_path / "bare.pt"), device="cpu").support is None
 
 
 def test_act_in_a_plain_gymnasium_loop(trained):
