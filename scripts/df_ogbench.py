@@ -23,11 +23,13 @@ held-out episodes (see docs/ogbench.md):
   through the training data's own transitions (--subgoal-distance D: 4 on medium, 8 on large and giant;
   ``df_agent.subgoals``), and with scale 8 within 3 units of the point it is guided to
   (--planner.near-goal-guidance-scale 8 --planner.near-goal-radius 3); on medium also pulled toward the data's
-  way to the subgoal (--planner.route-weight 4; STITCH_ROUTE_WEIGHT). Test success rose from 16.8% to 42.4% on
-  large-stitch (39.2% on a retrain), from 31.6% to 59.2% on medium-stitch (52.4% without the route pull) and from
-  6.8% to 76.4% on giant-stitch (docs/ogbench.md). The actions stay the plan's own. Plain DF on stitch:
-  --no-goal-conditioned --subgoal-distance None --planner.route-weight 0 --planner.guidance-scale 1
-  --planner.near-goal-guidance-scale None.
+  way to the subgoal (--planner.route-weight 4; STITCH_ROUTE_WEIGHT); on large trained on coverage-balanced
+  windows (--window-balance 1; STITCH_WINDOW_BALANCE: every maze cell about an equal share of the rows trained on).
+  Test success rose from 16.8% to 42.4% on large-stitch (39.2% on a retrain; 56.8% with balanced windows), from
+  31.6% to 59.2% on medium-stitch (52.4% without the route pull) and from 6.8% to 76.4% on giant-stitch
+  (docs/ogbench.md). The actions stay the plan's own. Plain DF on stitch: --no-goal-conditioned --subgoal-distance
+  None --planner.route-weight 0 --planner.guidance-scale 1 --planner.near-goal-guidance-scale None
+  --window-balance 0.
 * --relative-positions (off by default): tokens hold positions relative to the plan's start; fixes where plans
   start, did not change success on large-stitch (docs/ogbench.md).
 """
@@ -82,6 +84,11 @@ STITCH_SUBGOAL_DISTANCE = {"medium": 4.0, "large": 8.0, "giant": 8.0}
 # on held-out episodes (seeds 1000-1049, the retrained models of 2026-12-06): medium 4 (route 0 / 1 / 4 / 16: 48 / 56 /
 # 60 / 30%); large 0 (route 0 / 0.25 / 1: 46 / 42 / 38%); giant 0 (route 0 / 0.25 / 1: 78 / 76 / 52%).
 STITCH_ROUTE_WEIGHT = {"medium": 4.0, "large": 0.0, "giant": 0.0}
+# Coverage-balanced training windows (--window-balance: every maze cell about an equal share of the rows trained on),
+# per maze, chosen on held-out episodes (seeds 1000-1049; one 55-minute model each, docs/ogbench.md): large 1 (60%
+# against 46% held out; test 56.8% against 42.4 and 39.2% for two unbalanced models); giant 0 (64% against 78%);
+# medium 0, not measured yet.
+STITCH_WINDOW_BALANCE = {"medium": 0.0, "large": 1.0, "giant": 0.0}
 
 
 def default_planner(maze: str = "medium") -> PlannerConfig:
@@ -421,13 +428,18 @@ def main(args: Args) -> dict:
 
 def default_args(env: str) -> Args:
     """The defaults for ``env``: the maze's planner (``default_planner``) and, on stitch datasets, the stitch recipe
-    (``STITCH_TRAINING``, ``STITCH_PLANNER`` and the maze's ``STITCH_SUBGOAL_DISTANCE`` and ``STITCH_ROUTE_WEIGHT``)."""
+    (``STITCH_TRAINING``, ``STITCH_PLANNER`` and the maze's ``STITCH_SUBGOAL_DISTANCE``, ``STITCH_ROUTE_WEIGHT`` and
+    ``STITCH_WINDOW_BALANCE``)."""
     task = get_ogbench_task(env)
     args = Args(env=env, planner=default_planner(task.maze))
     if task.dataset_kind != "stitch":
         return args
     planner = replace(args.planner, **STITCH_PLANNER, route_weight=STITCH_ROUTE_WEIGHT[task.maze])
-    return replace(args, planner=planner, subgoal_distance=STITCH_SUBGOAL_DISTANCE[task.maze], **STITCH_TRAINING)
+    maze_defaults = {
+        "subgoal_distance": STITCH_SUBGOAL_DISTANCE[task.maze],
+        "window_balance": STITCH_WINDOW_BALANCE[task.maze],
+    }
+    return replace(args, planner=planner, **maze_defaults, **STITCH_TRAINING)
 
 
 def cli(argv: list[str] | None = None) -> Args:
