@@ -165,9 +165,9 @@ class Args:
     window_tokens: int | None = None
     """tokens per training window (default: 30 on navigate, 18 on stitch)"""
     window_balance: float = 0.0
-    """draw training windows with weight c^-this, c the data in the rarest grid cell a window visits
-    (``df_agent.training.coverage_weights``; 0: uniform, 1: about equal shares per cell), so that the model sees the
-    rarely visited dead ends where test goals lie more often"""
+    """draw training windows with weight the mean over their rows of c^-this, c the dataset's rows in the row's grid
+    cell (``df_agent.training.coverage_weights``; 0: uniform, 1: about equal shares per cell), so that the model sees
+    the rarely visited dead ends where test goals lie more often"""
     window_balance_cell: float = 4.0
     """grid cell of --window-balance's counts (maze units; OGBench's maze cell is 4)"""
     learning_rate: float = 3e-4

@@ -19,8 +19,7 @@ import numpy as np
 import tyro
 
 from envs.ogbench_datasets import MazeGrid, load_ogbench_transitions
-from envs.ogbench_eval import make_eval_env, reset_episode
-from envs.ogbench_tasks import NUM_EVAL_TASKS, get_ogbench_task
+from envs.ogbench_tasks import evaluation_tasks, get_ogbench_task, make_ogbench_env
 from envs.records import append_record, provenance
 
 
@@ -38,19 +37,19 @@ def goal_coverage(env_id: str, dataset_dir: str | None = None) -> dict:
     """Rows per free cell of the dataset's maze, and per test goal its cell, the rows there and their rank."""
     task = get_ogbench_task(env_id)
     data = load_ogbench_transitions(task.env_id, dataset_dir)
-    env = make_eval_env(task.env_id)
+    env = make_ogbench_env(task.env_id)
     grid = MazeGrid(env)
+    env.close()
     cells = grid.xy_to_cell(data.observations[:, :2])
     counts = np.zeros(grid.maze_map.shape, dtype=np.int64)
     np.add.at(counts, (cells[:, 0], cells[:, 1]), 1)
     free = counts[grid.maze_map == 0]
     goals = []
-    for task_id in range(1, NUM_EVAL_TASKS + 1):
-        _, info = reset_episode(env, task_id, 0)
-        cell = grid.xy_to_cell(np.asarray(info["goal"], dtype=np.float64))
+    for test_task in evaluation_tasks(task.env_id):
+        cell = [int(k) for k in test_task["goal_ij"]]
         rows = int(counts[cell[0], cell[1]])
-        goals.append({"task_id": task_id, "cell": cell.tolist(), "rows": rows, "rank": float((free < rows).mean())})
-    env.close()
+        rank = float((free < rows).mean())
+        goals.append({"task_id": test_task["task_id"], "cell": cell, "rows": rows, "rank": rank})
     return {
         "rows": len(data),
         "free_cells": int(len(free)),
