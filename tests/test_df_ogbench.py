@@ -157,9 +157,10 @@ def test_the_command_line_takes_the_defaults_of_the_env_s_maze_and_dataset(load_
     assert (planner.guidance_scale, planner.near_goal_guidance_scale, planner.near_goal_radius) == (0.25, 8.0, 3.0)
     assert planner.route_weight == script.STITCH_ROUTE_WEIGHT["medium"] == 4.0  # the route pull: medium's only
     assert script.cli(["--env", "pointmaze-giant-stitch-v0"]).planner.route_weight == 0.0
-    # balanced training windows: large's only; navigate never
+    # balanced training windows: medium and large, not giant; navigate never
     assert script.cli(["--env", "pointmaze-large-stitch-v0"]).window_balance == script.STITCH_WINDOW_BALANCE["large"]
-    assert script.STITCH_WINDOW_BALANCE["large"] == 1.0 and stitch.window_balance == 0.0
+    assert script.STITCH_WINDOW_BALANCE["large"] == 1.0 and stitch.window_balance == 1.0
+    assert script.cli(["--env", "pointmaze-giant-stitch-v0"]).window_balance == 0.0
     assert navigate.window_balance == 0.0
     plain = script.cli(["--env", "pointmaze-large-stitch-v0", "--no-goal-conditioned", "--subgoal-distance", "None"])
     assert not plain.goal_conditioned and plain.subgoal_distance is None and plain.planner.horizon_tokens == 60
