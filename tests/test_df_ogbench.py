@@ -145,10 +145,14 @@ def recorded_actions(monkeypatch):
 
 def test_the_command_line_takes_the_defaults_of_the_env_s_maze_and_dataset(load_script):
     script = load_script("df_ogbench")
-    navigate = script.cli([])  # the default env, medium-navigate: plain DF
-    assert navigate.planner.horizon_tokens == script.HORIZON_TOKENS["medium"] == 30
-    assert not navigate.goal_conditioned and navigate.subgoal_distance is None
-    assert navigate.planner.near_goal_guidance_scale is None
+    navigate = script.cli([])  # the default env, medium-navigate: the plain model, subgoals and short plans
+    assert navigate.planner.horizon_tokens == script.NAVIGATE_PLANNER["horizon_tokens"] == 10
+    assert navigate.planner.guidance_scale == 4.0 and navigate.planner.near_goal_guidance_scale is None
+    assert not navigate.goal_conditioned and navigate.subgoal_distance == script.NAVIGATE_SUBGOAL_DISTANCE == 8.0
+    giant_navigate = script.cli(["--env", "pointmaze-giant-navigate-v0", "--subgoal-distance", "None"])
+    assert giant_navigate.subgoal_distance is None and giant_navigate.planner.horizon_tokens == 10
+    long_plans = script.cli(["--env", "pointmaze-large-navigate-v0", "--planner.horizon-tokens", "60"])
+    assert long_plans.planner.horizon_tokens == 60
     # stitch: the goal-conditioned recipe, with the maze's subgoal distance
     stitch = script.cli(["--env", "pointmaze-medium-stitch-v0"])
     assert stitch.goal_conditioned and stitch.hindsight_goal_steps == 200
