@@ -165,13 +165,19 @@ def test_the_command_line_takes_the_defaults_of_the_env_s_maze_and_dataset(load_
     assert script.cli(["--env", "pointmaze-large-stitch-v0"]).window_balance == script.STITCH_WINDOW_BALANCE["large"]
     assert script.STITCH_WINDOW_BALANCE["large"] == 1.0 and stitch.window_balance == 1.0
     assert script.cli(["--env", "pointmaze-giant-stitch-v0"]).window_balance == 0.0
+    # short plans on large and giant stitch; medium keeps the recipe's planner
+    giant = script.cli(["--env", "pointmaze-giant-stitch-v0"]).planner
+    assert (giant.horizon_tokens, giant.guidance_scale, giant.near_goal_guidance_scale) == (10, 2.0, None)
+    assert script.cli(["--env", "pointmaze-large-stitch-v0"]).planner.guidance_scale == 8.0
+    assert planner.horizon_tokens == script.HORIZON_TOKENS["medium"] == 30
     assert navigate.window_balance == 0.0
     plain = script.cli(["--env", "pointmaze-large-stitch-v0", "--no-goal-conditioned", "--subgoal-distance", "None"])
-    assert not plain.goal_conditioned and plain.subgoal_distance is None and plain.planner.horizon_tokens == 60
+    assert not plain.goal_conditioned and plain.subgoal_distance is None and plain.planner.horizon_tokens == 10
     unrouted = script.cli(["--env", "pointmaze-medium-stitch-v0", "--planner.route-weight", "0"])
     assert unrouted.planner.route_weight == 0.0 and unrouted.subgoal_distance == 4.0
-    large = script.cli(["--env", "pointmaze-large-stitch-v0", "--planner.guidance-scale", "2"])
-    assert large.planner.horizon_tokens == script.HORIZON_TOKENS["large"] == 60
+    large = script.cli(["--env", "pointmaze-large-stitch-v0", "--planner.guidance-scale", "2"])  # an explicit flag wins
+    assert large.planner.horizon_tokens == script.STITCH_SHORT_PLANS["large"]["horizon_tokens"] == 10
+    assert script.HORIZON_TOKENS["large"] == 60
     assert large.planner.guidance_scale == 2.0 and large.planner.mcg_samples == script.default_planner().mcg_samples
     explicit = script.cli(["--env=pointmaze-giant-navigate-v0", "--planner.horizon-tokens", "45"])
     assert explicit.planner.horizon_tokens == 45 and explicit.env == "pointmaze-giant-navigate-v0"
