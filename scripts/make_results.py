@@ -540,6 +540,15 @@ OGBENCH_FIGURES = (
         "follow it back and forth and stall at the last bend (docs/ogbench.md).",
     ),
     (
+        "ogbench_short_plans_*.png",
+        "short plans",
+        "Made by `python scripts/plot_plan.py --env pointmaze-giant-navigate-v0 --checkpoint runs/<run>/agent.pt "
+        "--task-id 2 --seed 1010 --subgoal-distance 8`, a held-out episode: with the navigate defaults (10-token plans "
+        "toward the data graph's subgoals, guidance 4) the planner's own actions follow the way across the giant maze "
+        "and arrive after 632 steps; with 60-token plans (`_60tokens`, the plain planner) the same episode wanders and "
+        "never arrives (docs/ogbench.md).",
+    ),
+    (
         "ogbench_recipe_*.png",
         "recipe",
         "Made by `python scripts/plot_plan.py --env pointmaze-giant-stitch-v0 --checkpoint runs/<run>/agent.pt "
