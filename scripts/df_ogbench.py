@@ -24,18 +24,16 @@ chosen on held-out episodes (see docs/ogbench.md):
   98.0% on medium-navigate and from 15.2% to 90.4% on giant-navigate (docs/ogbench.md). Plain DF on navigate:
   --subgoal-distance None --planner.horizon-tokens <30 | 60> --planner.guidance-scale 1.
 * stitch datasets (STITCH_TRAINING, STITCH_PLANNER): a goal-conditioned model (--goal-conditioned
-  --hindsight-goal-steps 200), guided with scale 0.25 toward a subgoal D ahead on the shortest way to the goal
-  through the training data's own transitions (--subgoal-distance D: 4 on medium, 8 on large and giant;
-  ``df_agent.subgoals``), and with scale 8 within 3 units of the point it is guided to
-  (--planner.near-goal-guidance-scale 8 --planner.near-goal-radius 3); on medium also pulled toward the data's
-  way to the subgoal (--planner.route-weight 4; STITCH_ROUTE_WEIGHT); on medium and large trained on
-  coverage-balanced windows (--window-balance 1; STITCH_WINDOW_BALANCE: every maze cell about an equal share of the
-  rows trained on); on large and giant planned 10 tokens ahead with guidance 8 (large) or 2 (giant) and no
-  near-goal boost (STITCH_SHORT_PLANS).
-  Test success rose from 16.8% to 42.4% on large-stitch (39.2% on a retrain; 56.8% with balanced windows), from
-  31.6% to 59.2% on medium-stitch (52.4% without the route pull; 61.2% with balanced windows) and from 6.8% to
-  76.4% on giant-stitch, 97.6% with the short plans (docs/ogbench.md). The actions stay the plan's own. Plain DF
-  on stitch: --no-goal-conditioned --subgoal-distance None --planner.route-weight 0 --planner.guidance-scale 1
+  --hindsight-goal-steps 200), guided toward a subgoal D ahead on the shortest way to the goal through the training
+  data's own transitions (--subgoal-distance D: 4 on medium, 8 on large and giant; ``df_agent.subgoals``), with
+  10-token plans (STITCH_SHORT_PLANS) and guidance 0.5 on medium, 8 on large, 2 on giant; on medium also with
+  scale 8 within 3 units of the subgoal (--planner.near-goal-guidance-scale 8 --planner.near-goal-radius 3) and
+  pulled toward the data's way to it (--planner.route-weight 2; STITCH_ROUTE_WEIGHT); on medium and large trained
+  on coverage-balanced windows (--window-balance 1; STITCH_WINDOW_BALANCE: every maze cell about an equal share of
+  the rows trained on). Test success: medium-stitch 31.6% (plain DF) -> 59.2% (the recipe with 30-token plans) ->
+  61.2% (balanced windows) -> 69.6% (short plans); large-stitch 16.8% -> 42.4% / 39.2% -> 56.8% -> 67.2%;
+  giant-stitch 6.8% -> 76.4% -> 97.6% (docs/ogbench.md). The actions stay the plan's own. Plain DF on stitch:
+  --no-goal-conditioned --subgoal-distance None --planner.route-weight 0 --planner.guidance-scale 1
   --planner.near-goal-guidance-scale None --planner.horizon-tokens <30 | 60> --window-balance 0.
 * --relative-positions (off by default): tokens hold positions relative to the plan's start; fixes where plans
   start, did not change success on large-stitch (docs/ogbench.md).
@@ -100,8 +98,10 @@ STITCH_PLANNER = {"guidance_scale": 0.25, "near_goal_guidance_scale": 8.0, "near
 STITCH_SUBGOAL_DISTANCE = {"medium": 4.0, "large": 8.0, "giant": 8.0}
 # Route pull (--planner.route-weight: every planned step pulled toward the data's way to the subgoal), per maze, chosen
 # on held-out episodes (seeds 1000-1049, the retrained models of 2026-12-06): medium 4 (route 0 / 1 / 4 / 16: 48 / 56 /
-# 60 / 30%); large 0 (route 0 / 0.25 / 1: 46 / 42 / 38%); giant 0 (route 0 / 0.25 / 1: 78 / 76 / 52%).
-STITCH_ROUTE_WEIGHT = {"medium": 4.0, "large": 0.0, "giant": 0.0}
+# 60 / 30%); large 0 (route 0 / 0.25 / 1: 46 / 42 / 38%); giant 0 (route 0 / 0.25 / 1: 78 / 76 / 52%). The pull is
+# weighted under the guidance scale, so medium's 2 at its short plans' guidance 0.5 (STITCH_SHORT_PLANS) is the same
+# pull as 4 at the recipe's 0.25.
+STITCH_ROUTE_WEIGHT = {"medium": 2.0, "large": 0.0, "giant": 0.0}
 # Coverage-balanced training windows (--window-balance: every maze cell about an equal share of the rows trained on),
 # per maze, chosen on held-out episodes (seeds 1000-1049; one 55-minute model each, docs/ogbench.md): large 1 (60%
 # against 46% held out; test 56.8% against 42.4 and 39.2% for two unbalanced models); medium 1 (64% against 60 / 56%
@@ -111,9 +111,11 @@ STITCH_WINDOW_BALANCE = {"medium": 1.0, "large": 1.0, "giant": 0.0}
 # Short plans on stitch, per maze (2026-12-07, as on navigate: NAVIGATE_PLANNER), chosen on held-out episodes (seeds
 # 1000-1049, the models of the tests above): 10-token plans with a stronger guidance and no near-goal boost. Giant
 # (guidance 2): 78% -> 98%, goal 3 reached for the first time (test 76.4% -> 97.6%); large (guidance 2 / 4 / 8 / 16:
-# 60 / 66 / 70 / 70%, against 60% with 60-token plans). Medium keeps its 30-token plans: 10 tokens with the recipe's
-# guidance scored 68% against 64% (within noise), and guidance 2 broke its route pull (16%; 46% at route weight 0.5).
+# 60 / 66 / 70 / 70%, against 60% with 60-token plans; test 56.8% -> 67.2%); medium keeps the near-goal boost and its
+# route pull (guidance 0.25 / 0.5 with route pull 1: 68 / 72%, against 64% with 30-token plans; guidance 1-2 without
+# the boost 16-46%; test 61.2% -> 69.6%).
 STITCH_SHORT_PLANS = {
+    "medium": {"horizon_tokens": 10, "guidance_scale": 0.5},
     "large": {"horizon_tokens": 10, "guidance_scale": 8.0, "near_goal_guidance_scale": None},
     "giant": {"horizon_tokens": 10, "guidance_scale": 2.0, "near_goal_guidance_scale": None},
 }

@@ -158,18 +158,18 @@ def test_the_command_line_takes_the_defaults_of_the_env_s_maze_and_dataset(load_
     assert stitch.goal_conditioned and stitch.hindsight_goal_steps == 200
     assert stitch.subgoal_distance == script.STITCH_SUBGOAL_DISTANCE["medium"] == 4.0
     planner = stitch.planner
-    assert (planner.guidance_scale, planner.near_goal_guidance_scale, planner.near_goal_radius) == (0.25, 8.0, 3.0)
-    assert planner.route_weight == script.STITCH_ROUTE_WEIGHT["medium"] == 4.0  # the route pull: medium's only
+    assert (planner.guidance_scale, planner.near_goal_guidance_scale, planner.near_goal_radius) == (0.5, 8.0, 3.0)
+    assert planner.route_weight == script.STITCH_ROUTE_WEIGHT["medium"] == 2.0  # the route pull: medium's only
     assert script.cli(["--env", "pointmaze-giant-stitch-v0"]).planner.route_weight == 0.0
     # balanced training windows: medium and large, not giant; navigate never
     assert script.cli(["--env", "pointmaze-large-stitch-v0"]).window_balance == script.STITCH_WINDOW_BALANCE["large"]
     assert script.STITCH_WINDOW_BALANCE["large"] == 1.0 and stitch.window_balance == 1.0
     assert script.cli(["--env", "pointmaze-giant-stitch-v0"]).window_balance == 0.0
-    # short plans on large and giant stitch; medium keeps the recipe's planner
+    # short plans on every stitch maze, each with its own guidance
     giant = script.cli(["--env", "pointmaze-giant-stitch-v0"]).planner
     assert (giant.horizon_tokens, giant.guidance_scale, giant.near_goal_guidance_scale) == (10, 2.0, None)
     assert script.cli(["--env", "pointmaze-large-stitch-v0"]).planner.guidance_scale == 8.0
-    assert planner.horizon_tokens == script.HORIZON_TOKENS["medium"] == 30
+    assert planner.horizon_tokens == 10 and script.HORIZON_TOKENS["medium"] == 30
     assert navigate.window_balance == 0.0
     plain = script.cli(["--env", "pointmaze-large-stitch-v0", "--no-goal-conditioned", "--subgoal-distance", "None"])
     assert not plain.goal_conditioned and plain.subgoal_distance is None and plain.planner.horizon_tokens == 10
