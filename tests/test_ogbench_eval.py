@@ -248,3 +248,20 @@ def test_cli_runs_and_writes_a_record(tmp_path, capsys):
     assert "success 100.0" in capsys.readouterr().out
     (saved,) = read_records(record)
     assert saved["method"] == "oracle (reference)" and saved["settings"]["episodes_per_goal"] == 1
+
+
+def test_make_results_summarises_the_latest_full_test_of_df_per_dataset():
+    def record(method, success, date, seeds):
+        metrics = {"success_rate": success, "success_rate_stderr": 0.01, "time_to_goal": 300.0}
+        metrics.update({f"success_rate_task{k}": success for k in range(1, 6)})
+        return {"method": method, "env_id": MEDIUM, "metrics": metrics, "episodes": {"seeds": list(seeds)},
+                "date": date, "commit": "abcdef0123"}  # fmt: skip
+
+    older = record("Diffusion Forcing (a)", 0.5, "2026-12-01T00:00:00", range(250))
+    newer = record("Diffusion Forcing (b)", 0.75, "2026-12-02T00:00:00", range(250))
+    held_out = record("Diffusion Forcing (c)", 0.25, "2026-12-03T00:00:00", range(1000, 1050))
+    oracle = record("oracle (reference)", 1.0, "2026-12-04T00:00:00", range(250))
+    text = make_results.ogbench_latest_tests([older, newer, held_out, oracle])
+    rows = [line for line in text.splitlines() if line.startswith(f"| {MEDIUM}")]
+    assert rows == [f"| {MEDIUM} | 75.0 ± 1.0% | 75 / 75 / 75 / 75 / 75 | 300 | QRL 82% | 2026-12-02, abcdef0 |"]
+    assert make_results.ogbench_latest_tests([held_out, oracle]) == ""
