@@ -276,6 +276,17 @@ def _percent(rate: float | None) -> str:
     return "-" if rate is None or not np.isfinite(rate) else f"{100 * rate:.0f}"
 
 
+def _per_goal(metrics: dict) -> str:
+    """An OGBench record's success per test goal, '88 / 84 / 74 / 100 / 100'."""
+    return " / ".join(_percent(metrics.get(f"success_rate_task{k}")) for k in range(1, 6))
+
+
+def _best_quoted(env_id: str) -> tuple[str, int] | None:
+    """The best published method on an OGBench dataset and its success (%), or None when none is quoted."""
+    quoted = OGBENCH_QUOTED.get(env_id)
+    return max(quoted.items(), key=lambda item: item[1]) if quoted else None
+
+
 def ogbench_latest_tests(records: list[dict]) -> str:
     """The latest test of Diffusion Forcing per OGBench dataset: OGBench's full protocol (250 episodes, seeds 0-249),
     the most recent record, with the best published number beside; '' if there is none."""
@@ -299,11 +310,9 @@ def ogbench_latest_tests(records: list[dict]) -> str:
     for env_id in (e for e in order if e in latest):
         r = latest[env_id]
         m = r["metrics"]
-        goals = " / ".join(_percent(m.get(f"success_rate_task{k}")) for k in range(1, 6))
-        quoted = OGBENCH_QUOTED.get(env_id, {})
-        best = max(quoted.items(), key=lambda item: item[1]) if quoted else None
+        best = _best_quoted(env_id)
         lines.append(
-            f"| {env_id} | {100 * m['success_rate']:.1f} ± {100 * m['success_rate_stderr']:.1f}% | {goals} "
+            f"| {env_id} | {100 * m['success_rate']:.1f} ± {100 * m['success_rate_stderr']:.1f}% | {_per_goal(m)} "
             f"| {m['time_to_goal']:.0f} | {f'{best[0]} {best[1]}%' if best else '-'} "
             f"| {r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
         )
@@ -324,7 +333,6 @@ def ogbench_table(records: list[dict]) -> str:
     ]
     for r in records:
         m = r["metrics"]
-        goals = " / ".join(_percent(m.get(f"success_rate_task{k}")) for k in range(1, 6))
         minutes = training_minutes(r)
         steps = r.get("train_steps") or (r.get("model") or {}).get("steps")
         training = ", ".join(
@@ -332,13 +340,12 @@ def ogbench_table(records: list[dict]) -> str:
             for part in (f"{minutes:.0f} min" if minutes is not None else "", f"{steps:,} steps" if steps else "")
             if part
         )
-        quoted = OGBENCH_QUOTED.get(r["env_id"], {})
-        best = max(quoted.items(), key=lambda item: item[1]) if quoted else None
-        quoted_cell = f"{best[0]} {best[1]}% / {quoted['GCIQL']}%" if best else "-"
+        best = _best_quoted(r["env_id"])
+        quoted_cell = f"{best[0]} {best[1]}% / {OGBENCH_QUOTED[r['env_id']]['GCIQL']}%" if best else "-"
         lines.append(
             f"| {_ogbench_method(r)} | {r['env_id']} "
             f"| {100 * m['success_rate']:.1f} ± {100 * m['success_rate_stderr']:.1f}% "
-            f"| {goals} | {m['time_to_goal']:.0f} | {training or '-'} | {_episodes(r)} | {quoted_cell} "
+            f"| {_per_goal(m)} | {m['time_to_goal']:.0f} | {training or '-'} | {_episodes(r)} | {quoted_cell} "
             f"| {r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
         )
     commands = list(dict.fromkeys(r["command"] for r in records))
