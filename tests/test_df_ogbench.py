@@ -171,8 +171,15 @@ def test_the_command_line_takes_the_defaults_of_the_env_s_maze_and_dataset(load_
     assert script.cli(["--env", "pointmaze-large-stitch-v0"]).planner.guidance_scale == 8.0
     assert planner.horizon_tokens == 10 and script.HORIZON_TOKENS["medium"] == 30
     assert navigate.window_balance == 0.0
-    plain = script.cli(["--env", "pointmaze-large-stitch-v0", "--no-goal-conditioned", "--subgoal-distance", "None"])
-    assert not plain.goal_conditioned and plain.subgoal_distance is None and plain.planner.horizon_tokens == 10
+    # plain DF on stitch: the flags the docs give switch the recipe and its short plans off
+    plain = script.cli(["--env", "pointmaze-large-stitch-v0", "--no-goal-conditioned", "--subgoal-distance", "None",
+                        "--planner.guidance-scale", "1", "--planner.near-goal-guidance-scale", "None",
+                        "--planner.horizon-tokens", "60", "--window-balance", "0"])  # fmt: skip
+    assert not plain.goal_conditioned and plain.subgoal_distance is None and plain.window_balance == 0.0
+    base = script.default_planner("large")  # the recipe's near-goal radius stays, inert without a near-goal scale
+    assert replace(plain.planner, near_goal_radius=base.near_goal_radius) == base
+    partial = script.cli(["--env", "pointmaze-large-stitch-v0", "--no-goal-conditioned", "--subgoal-distance", "None"])
+    assert partial.planner.horizon_tokens == 10  # without the planner flags, the recipe's short plans stay
     unrouted = script.cli(["--env", "pointmaze-medium-stitch-v0", "--planner.route-weight", "0"])
     assert unrouted.planner.route_weight == 0.0 and unrouted.subgoal_distance == 4.0
     large = script.cli(["--env", "pointmaze-large-stitch-v0", "--planner.guidance-scale", "2"])  # an explicit flag wins
