@@ -136,7 +136,6 @@ class TransitionGraph:
             out[members[far]] = self.node_positions[ahead[nodes[far]]]
         return out
 
-
     def routes(self, xy: np.ndarray, goals: np.ndarray, distance: float, spacing: float = 0.25) -> np.ndarray:
         """The data's way from each position toward its goal, as far as its subgoal ``distance`` ahead: K =
         floor(distance / spacing) + 1 points evenly spaced along the polyline from the position through the way's
@@ -194,10 +193,23 @@ class SubgoalPolicy:
         obs = np.asarray(obs)
         return self.graph.subgoals(obs.reshape(len(obs), -1)[:, :2], goal, self.distance).astype(np.float32)
 
-    def act(self, obs: np.ndarray, goal: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
-        """``active``: the envs whose episode goes on, passed on to the policy (see ``Agent.act``) when given."""
+    def act(self, obs, goal: np.ndarray | None = None, active: np.ndarray | None = None) -> np.ndarray:
+        """``obs``: observations (B, obs_dim) with ``goal`` (B, 2), or a Gymnasium-Robotics dict observation whose
+        ``desired_goal`` is the goal unless ``goal`` is given (``envs.evaluate`` calls ``policy(obs)`` that way).
+        ``active``: the envs whose episode goes on, passed on to the policy (see ``Agent.act``) when given."""
+        if isinstance(obs, dict):
+            goal = obs["desired_goal"] if goal is None else goal
+            obs = obs["observation"]
+        if goal is None:
+            raise ValueError("no goal: pass a dict observation with 'desired_goal' or goal=(B, 2)")
+        single = np.ndim(obs) == 1
+        obs, goal = np.atleast_2d(obs), np.atleast_2d(goal)
         kwargs = {} if active is None else {"active": active}
         if self.route:
             xy = np.asarray(obs).reshape(len(obs), -1)[:, :2]
             kwargs["route"] = self.graph.routes(xy, goal, self.distance).astype(np.float32)
-        return self.policy.act(obs, self.subgoals(obs, goal), **kwargs)
+        actions = self.policy.act(obs, self.subgoals(obs, goal), **kwargs)
+        return actions[0] if single else actions
+
+    def __call__(self, obs) -> np.ndarray:
+        return self.act(obs)

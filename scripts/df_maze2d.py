@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 import envs
 from df_agent.agent import Agent, PlannerConfig
+from df_agent.subgoals import SubgoalPolicy, TransitionGraph
 from df_agent.tokens import TokenLayout
 from df_agent.training import TrainConfig, Trainer, WindowSampler, make_trainer
 from envs.datasets import load_transitions
@@ -121,6 +122,9 @@ MAZE_PLANNER_DEFAULTS = {
         **_NEAR_GOAL_DEFAULTS,
     ),
 }
+# Subgoals on the data's own transition graph (df_agent.subgoals), this far ahead on its shortest way to the goal.
+# Held-out seeds 100-149, large: SUBGOAL_NOTE_LARGE
+MAZE_SUBGOAL_DISTANCE = {"umaze": None, "medium": None, "large": 2.0}
 # Settings that PlannerConfig turns off with None: a 0 on the command line turns them off.
 OFF_BY_ZERO = ("near_goal_guidance_scale", "near_goal_execute_steps", "near_goal_horizon_tokens", "horizon_tokens")
 
@@ -265,6 +269,12 @@ class Args:
     the goal (0: off), see PlannerConfig.stall_steps"""
     stall_distance: float = 0.5
     """net displacement that counts as no progress for --stall-steps"""
+    subgoal_distance: float | None = None
+    """guide each plan toward a subgoal this far ahead (maze units) on the training data's own shortest way to the
+    goal, a graph of its transitions (df_agent.subgoals; no map), instead of toward the goal itself (default per
+    maze: MAZE_SUBGOAL_DISTANCE; 0: off, guided toward the goal)"""
+    subgoal_cell: float = 0.25
+    """grid cell of that graph's nodes (maze units)"""
     goal_hold_radius: float = 0.0
     """hold the goal with a PD law within this distance of it (0: off, pure DF; the paper's agent leaves the goal)"""
     eval_episodes: int = 100
@@ -353,6 +363,15 @@ def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
         episode_length=task.max_episode_steps,
         seed=args.seed,
     )
+
+
+def subgoal_distance_for(args: Args, task: envs.TaskSpec) -> float | None:
+    """The distance ahead of the data-graph subgoals the agent is guided toward (None: toward the goal itself)."""
+    if args.subgoal_distance is None:
+        return MAZE_SUBGOAL_DISTANCE[task.maze]
+    if not args.subgoal_distance >= 0:
+        raise SystemExit(f"--subgoal-distance must be >= 0 (0: off), got {args.subgoal_distance}")
+    return args.subgoal_distance or None
 
 
 def weight_checksum(module: torch.nn.Module) -> str:
@@ -547,6 +566,12 @@ def main(args: Args) -> dict:
         if args.save_model:
             print(f"saved agent to {agent.save(run_dir / 'agent.pt')}")
 
+    graph = None
+    subgoal_distance = subgoal_distance_for(args, task)
+    if subgoal_distance is not None and args.eval_episodes > 0:
+        data = load_transitions(task.env_id, source=args.dataset_source)
+        graph = TransitionGraph(data.observations[:, :2], data.next_observations[:, :2], cell=args.subgoal_cell)
+        print(f"subgoal graph: {graph.num_nodes:,} nodes, {graph.num_edges:,} edges from {len(data):,} transitions")
     summary = {"run": run_name, "train_steps": step}
     tasks = [task.env_id]
     if args.eval_multi:
@@ -554,13 +579,16 @@ def main(args: Args) -> dict:
     for env_id in tasks if args.eval_episodes > 0 else []:
         # the task's episode length; the random draws go on from one task's evaluation to the next
         agent = agent.with_planner(episode_length=envs.get_task(env_id).max_episode_steps, keep_random_state=True)
-        result = evaluate(agent, env_id, num_episodes=args.eval_episodes, seed=args.eval_seed)
+        policy = agent if graph is None else SubgoalPolicy(agent, graph, subgoal_distance)
+        result = evaluate(policy, env_id, num_episodes=args.eval_episodes, seed=args.eval_seed)
         log_evaluation(writer, result, step, prefix="eval_multi" if envs.get_task(env_id).multi_goal else "eval")
         print(result)
         summary[env_id] = {**result.metrics(), "seconds": result.seconds}
         if args.record:
             settings = {**asdict(agent.planner), "checkpoint": args.checkpoint or str(run_dir / "agent.pt")}
             settings["goal_conditioned"] = agent.tokenizer.layout.goal_dim > 0
+            if graph is not None:
+                settings |= {"subgoal_distance": subgoal_distance, "subgoal_cell": args.subgoal_cell}
             record = make_record(
                 "Diffusion Forcing", result, settings, table=args.table, train_steps=step, model=agent.training
             )

@@ -148,3 +148,21 @@ def test_the_policy_is_guided_toward_the_subgoal_and_its_actions_pass_through(u_
     assert inner.resets == [2] and actions.shape == (2, 2)
     np.testing.assert_allclose(inner.goals[0][0], [0.0, 5.0], atol=1.0)
     np.testing.assert_array_equal(inner.goals[0][1], goals[1])
+
+
+def test_the_policy_takes_gymnasium_dict_observations_and_single_ones(u_graph):
+    """``envs.evaluate`` calls ``policy(obs)`` with maze2d's dict observation: its ``desired_goal`` is the goal."""
+    inner = GoalRecorder()
+    policy = SubgoalPolicy(inner, u_graph, distance=5.0)
+    obs = {
+        "observation": np.array([[0.0, 0.0, 0.0, 0.0], [10.0, 2.0, 0.0, 0.0]], dtype=np.float32),
+        "desired_goal": np.array([[10.0, 0.0], [10.0, 0.0]]),
+    }
+    assert policy(obs).shape == (2, 2)
+    np.testing.assert_allclose(inner.goals[-1][0], [0.0, 5.0], atol=1.0)  # up the left arm, not across the wall
+    np.testing.assert_array_equal(inner.goals[-1][1], [10.0, 0.0])  # within reach: the goal itself
+    single = policy.act(obs["observation"][0], obs["desired_goal"][0])
+    assert single.shape == (2,)
+    np.testing.assert_allclose(inner.goals[-1][0], [0.0, 5.0], atol=1.0)
+    with pytest.raises(ValueError, match="no goal"):
+        policy.act(obs["observation"])
