@@ -39,16 +39,21 @@ class TransitionGraph:
             raise ValueError(f"cell must be > 0, got {cell}")
         self.cell = float(cell)
         both = np.concatenate([positions, next_positions])
-        keys, node_of = np.unique(np.floor(both / cell).astype(np.int64), axis=0, return_inverse=True)
-        node_of = node_of.reshape(-1)
-        num_nodes = len(keys)
+        grid = np.floor(both / cell).astype(np.int64)
+        # one integer per cell, ordered as the (x, y) rows are: np.unique on it is several times faster than on rows
+        low = grid.min(axis=0)
+        width = grid[:, 1].max() - low[1] + 1
+        cell_keys, node_of = np.unique((grid[:, 0] - low[0]) * width + (grid[:, 1] - low[1]), return_inverse=True)
+        num_nodes = len(cell_keys)
         counts = np.bincount(node_of, minlength=num_nodes).astype(np.float64)
         self.node_positions = np.stack(
             [np.bincount(node_of, weights=both[:, k], minlength=num_nodes) / counts for k in range(2)], axis=1
         )
         start, end = node_of[: len(positions)], node_of[len(positions) :]
         moved = start != end
-        pairs = np.unique(np.sort(np.stack([start[moved], end[moved]], axis=1), axis=1), axis=0)
+        low_end, high_end = np.minimum(start[moved], end[moved]), np.maximum(start[moved], end[moved])
+        pair_keys = np.unique(low_end * num_nodes + high_end)
+        pairs = np.stack([pair_keys // num_nodes, pair_keys % num_nodes], axis=1)
         lengths = np.linalg.norm(self.node_positions[pairs[:, 0]] - self.node_positions[pairs[:, 1]], axis=1)
         lengths = np.maximum(lengths, 1e-9)  # a zero weight would read as "no edge" in a sparse matrix
         rows = np.concatenate([pairs[:, 0], pairs[:, 1]])
@@ -58,6 +63,13 @@ class TransitionGraph:
         self._tree = cKDTree(self.node_positions)
         self._trees: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._ahead: dict[tuple[int, float], np.ndarray] = {}
+
+    @classmethod
+    def from_transitions(cls, transitions, cell: float = 0.5) -> TransitionGraph:
+        """The graph of a dataset's moves: ``transitions`` has ``observations`` and ``next_observations`` (N, obs_dim)
+        whose first two entries are the point's position, as ``envs.load_transitions`` returns for maze2d and
+        OGBench pointmaze."""
+        return cls(transitions.observations[:, :2], transitions.next_observations[:, :2], cell=cell)
 
     @property
     def num_nodes(self) -> int:

@@ -19,6 +19,7 @@ import tyro
 
 import envs
 from df_agent.agent import Agent, PlannerConfig
+from df_agent.subgoals import SubgoalPolicy, TransitionGraph
 from df_agent.tokens import TokenLayout
 from df_agent.training import TrainConfig, WindowSampler, make_trainer
 from envs.datasets import load_transitions
@@ -86,6 +87,11 @@ class Args:
     """evaluation seed"""
     act_steps: int = 0
     """also time ``agent.act`` in one Gymnasium env for this many control steps (real time needs >= 100 steps/s)"""
+    act_subgoal_distance: float = 0.0
+    """time ``agent.act`` guided toward data-graph subgoals this far ahead (``SubgoalPolicy``, as
+    ``scripts/df_maze2d.py --subgoal-distance``; its lookup is timed with it; 0: toward the goal)"""
+    act_subgoal_cell: float = 0.25
+    """grid cell of that graph's nodes (maze units)"""
     act_with_saved_planner: bool = False
     """time ``agent.act`` with the planner saved in the checkpoint (a shipped agent: the script's defaults) instead
     of the grid's first setting"""
@@ -185,18 +191,22 @@ def main(args: Args) -> None:
             timed = agent.with_planner(episode_length=task.max_episode_steps, keep_random_state=True)
         else:
             timed = agent.with_planner(next(grid_planners(args, task.max_episode_steps)), keep_random_state=True)
+        policy = timed
+        if args.act_subgoal_distance > 0:
+            graph = TransitionGraph.from_transitions(load_transitions(task.env_id), cell=args.act_subgoal_cell)
+            policy = SubgoalPolicy(timed, graph, args.act_subgoal_distance)
         env = envs.make(task.env_id)
         obs, _ = env.reset(seed=args.seed)
-        timed.act(obs)  # the first plan includes one-off warm-up costs
+        policy.act(obs)  # the first plan includes one-off warm-up costs
         step_seconds, near = np.zeros(args.act_steps), np.zeros(args.act_steps, dtype=bool)
         for i in range(args.act_steps):
             near[i] = np.linalg.norm(obs["observation"][:2] - obs["desired_goal"]) <= timed.planner.near_goal_radius
             start = time.perf_counter()
-            obs, _, terminated, truncated, _ = env.step(timed.act(obs))
+            obs, _, terminated, truncated, _ = env.step(policy.act(obs))
             step_seconds[i] = time.perf_counter() - start
             if terminated or truncated:  # a new episode: longer timings span several
                 obs, _ = env.reset()
-                timed.reset()
+                policy.reset()
         seconds = step_seconds.sum()
         timings["act"] = {
             "steps": args.act_steps,
@@ -210,6 +220,7 @@ def main(args: Args) -> None:
             f"agent.act in one env ({p.schedule}, MCG {p.mcg_samples}, DDIM {p.ddim_steps}, horizon "
             f"{p.horizon_tokens} tokens, near the goal every {p.near_goal_execute_steps or 'token'} steps with "
             f"{p.near_goal_horizon_tokens or p.horizon_tokens} tokens, warm start {p.warm_start_level}, "
+            f"subgoals {args.act_subgoal_distance or 'off'}, "
             f"{torch.get_num_threads()} threads): {args.act_steps / seconds:.0f} control "
             f"steps/s ({1000 * seconds / args.act_steps * 10:.0f} ms per 10 steps, simulator included)",
             flush=True,
@@ -217,6 +228,8 @@ def main(args: Args) -> None:
 
     if args.speed_record:
         settings = asdict(timed.planner) if args.checkpoint and args.act_steps else asdict(agent.planner)
+        if args.checkpoint and args.act_steps and args.act_subgoal_distance > 0:
+            settings |= {"subgoal_distance": args.act_subgoal_distance, "subgoal_cell": args.act_subgoal_cell}
         model = {"checkpoint": args.checkpoint, **agent.training} if args.checkpoint else {}
         append_record(args.speed_record, make_speed_record(task.env_id, timings, settings, model=model))
         print(f"speed record appended to {args.speed_record}")

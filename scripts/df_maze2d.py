@@ -573,7 +573,7 @@ def main(args: Args) -> dict:
     subgoal_distance = subgoal_distance_for(args, task)
     if subgoal_distance is not None and args.eval_episodes > 0:
         data = load_transitions(task.env_id, source=args.dataset_source)
-        graph = TransitionGraph(data.observations[:, :2], data.next_observations[:, :2], cell=args.subgoal_cell)
+        graph = TransitionGraph.from_transitions(data, cell=args.subgoal_cell)
         print(f"subgoal graph: {graph.num_nodes:,} nodes, {graph.num_edges:,} edges from {len(data):,} transitions")
     summary = {"run": run_name, "train_steps": step}
     tasks = [task.env_id]

@@ -292,7 +292,7 @@ def subgoal_policy(args: Args, task: OGBenchTask, agent: Agent) -> SubgoalPolicy
             )
         return None
     data = load_ogbench_transitions(task.env_id, args.dataset_dir)
-    graph = TransitionGraph(data.observations[:, :2], data.next_observations[:, :2], cell=args.subgoal_cell)
+    graph = TransitionGraph.from_transitions(data, cell=args.subgoal_cell)
     print(f"subgoal graph: {graph.num_nodes:,} nodes, {graph.num_edges:,} edges from {len(data):,} transitions")
     return SubgoalPolicy(agent, graph, args.subgoal_distance, route=args.planner.route_weight > 0)
 

@@ -90,7 +90,9 @@ def describe_settings(record: dict) -> str:
     if s.get("near_goal_mcg_samples") is not None:
         parts.append(f"MCG {s['near_goal_mcg_samples']} near the goal")
     if s.get("subgoal_distance"):
-        parts.append(f"data-graph subgoals {s['subgoal_distance']:g} ahead")
+        cell = s.get("subgoal_cell", 0.25)
+        cells = f" (cells of {cell:g})" if cell != 0.25 else ""
+        parts.append(f"data-graph subgoals {s['subgoal_distance']:g} ahead{cells}")
     if s.get("stall_steps"):
         parts.append(f"cold replan after {s['stall_steps']} steps without {s.get('stall_distance', 0.5):g} progress")
     return ", ".join(parts)

@@ -152,7 +152,7 @@ def ogbench_scene(args: Args) -> Scene:
     if args.subgoal_distance is not None or args.dataset_pieces > 0:
         data = load_ogbench_transitions(task.env_id, args.dataset_dir)
     if args.subgoal_distance is not None:
-        graph = TransitionGraph(data.observations[:, :2], data.next_observations[:, :2])
+        graph = TransitionGraph.from_transitions(data)
         routed = agent.planner.route_weight > 0
         policy, way = SubgoalPolicy(agent, graph, args.subgoal_distance, route=routed), graph.way(position, goal)
 

@@ -1,3 +1,4 @@
+import json
 import warnings
 
 import gymnasium as gym
@@ -355,10 +356,23 @@ def test_script_runs_end_to_end(data, tmp_path, load_script):
     assert script.planner_config(script.Args(horizon_tokens=7), large).horizon_tokens == 7
     assert script.planner_config(script.Args(horizon_tokens=0), large).horizon_tokens is None
     assert script.planner_config(script.Args(execute_steps=5), large).execute_steps == 5
+    # the subgoal defaults per maze: large guided toward data-graph subgoals, the others toward the goal
+    assert script.subgoal_distance_for(script.Args(), large) == script.MAZE_SUBGOAL_DISTANCE["large"] > 0
+    assert script.subgoal_distance_for(script.Args(), umaze) is None
+    assert script.subgoal_distance_for(script.Args(subgoal_distance=0.0), large) is None
+    with pytest.raises(SystemExit, match="subgoal-distance"):
+        script.subgoal_distance_for(script.Args(subgoal_distance=-1.0), large)
+    # evaluated again through SubgoalPolicy on the data's graph; the record says so
+    record_file = tmp_path / "records.jsonl"
     again = script.main(
-        script.Args(**{**vars(args), "eval_only": True, "checkpoint": str(run_dir / "agent.pt"), "eval_multi": False})
-    )
+        script.Args(
+            **{**vars(args), "eval_only": True, "checkpoint": str(run_dir / "agent.pt"), "eval_multi": False,
+               "subgoal_distance": 1.0, "subgoal_cell": 0.5, "record": str(record_file)}
+        )
+    )  # fmt: skip
     assert again["train_steps"] == 0 and "maze2d-umaze-v1" in again
+    (record,) = [json.loads(line) for line in record_file.read_text().splitlines()]
+    assert record["settings"]["subgoal_distance"] == 1.0 and record["settings"]["subgoal_cell"] == 0.5
 
 
 def test_the_package_exports_the_agent():

@@ -166,3 +166,32 @@ def test_the_policy_takes_gymnasium_dict_observations_and_single_ones(u_graph):
     np.testing.assert_allclose(inner.goals[-1][0], [0.0, 5.0], atol=1.0)
     with pytest.raises(ValueError, match="no goal"):
         policy.act(obs["observation"])
+
+
+def test_the_graph_has_one_node_per_visited_cell_at_its_mean_and_one_edge_per_move_between_cells():
+    """Checked against a plain dictionary construction on random moves that span negative and positive
+    coordinates; ``from_transitions`` reads the positions from observations that carry more than them."""
+    rng = np.random.default_rng(0)
+    positions = rng.uniform(-3.0, 2.0, size=(400, 2))
+    next_positions = positions + rng.normal(0.0, 0.4, size=(400, 2))
+    cell = 0.5
+    members: dict[tuple[int, int], list[np.ndarray]] = {}
+    for point in np.concatenate([positions, next_positions]):
+        members.setdefault(tuple(np.floor(point / cell).astype(int)), []).append(point)
+    cells = sorted(members)
+    index = {key: i for i, key in enumerate(cells)}
+    edges = {
+        tuple(sorted((index[tuple(np.floor(a / cell).astype(int))], index[tuple(np.floor(b / cell).astype(int))])))
+        for a, b in zip(positions, next_positions, strict=True)
+    }
+    edges = {edge for edge in edges if edge[0] != edge[1]}
+
+    class Moves:  # observations [x, y, vx, vy], as load_transitions gives them
+        observations = np.concatenate([positions, rng.normal(size=(400, 2))], axis=1)
+        next_observations = np.concatenate([next_positions, rng.normal(size=(400, 2))], axis=1)
+
+    graph = TransitionGraph.from_transitions(Moves, cell=cell)
+    np.testing.assert_allclose(graph.node_positions, [np.mean(members[key], axis=0) for key in cells])
+    assert graph.num_edges == len(edges)
+    adjacency = graph.adjacency.tocoo()
+    assert {(int(i), int(j)) for i, j in zip(adjacency.row, adjacency.col, strict=True) if i < j} == edges

@@ -257,6 +257,7 @@ def test_benchmark_df_writes_a_speed_record_that_make_results_tables(trained, tm
         bench.Args(
             env="maze2d-umaze", checkpoint=str(path), plan_batch=2, horizon_tokens=(2,), ddim_steps=(2,),
             mcg_samples=(1, 2), act_steps=302, act_with_saved_planner=True, speed_record=str(record_file),
+            act_subgoal_distance=1.0, act_subgoal_cell=0.5,
         )
     )  # fmt: skip
     (record,) = [json.loads(line) for line in record_file.read_text().splitlines()]
@@ -266,8 +267,10 @@ def test_benchmark_df_writes_a_speed_record_that_make_results_tables(trained, tm
     # near_goal_radius 100: every step counts as near the goal; 302 steps run past the 300-step episode
     assert act["steps"] == 302 and act["near_goal_steps"] == 302 and act["steps_per_second_far"] is None
     assert act["steps_per_second"] > 0 and record["settings"]["near_goal_radius"] == 100.0
+    assert record["settings"]["subgoal_distance"] == 1.0 and record["settings"]["subgoal_cell"] == 0.5
     text = make_results.main(
         make_results.Args(records=str(record_file), output=str(tmp_path / "R.md"), figures=str(tmp_path / "f"))
     )
     row = next(line for line in text.split("## Speed")[1].splitlines() if line.startswith("| maze2d-umaze"))
     assert f"{act['steps_per_second']:.0f} (- / " in row and "2 x 2 tokens, MCG 2" in row
+    assert "data-graph subgoals 1 ahead (cells of 0.5)" in row
