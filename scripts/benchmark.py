@@ -138,6 +138,9 @@ class Args:
     """override the DF agent's DDIM steps per token"""
     df_horizon_tokens: int | None = None
     """override the DF agent's plan length cap"""
+    df_subgoal_distance: float | None = None
+    """guide the DF agent toward data-graph subgoals this far ahead (scripts/df_maze2d.py --subgoal-distance; None:
+    that script's per-maze default, MAZE_SUBGOAL_DISTANCE; 0: toward the goal itself)"""
     df_goal_hold_radius: float = 0.5
     """goal-hold radius of the df-hold rows (df rows are pure DF: no hold)"""
     diffuser: tuple[str, ...] = ()
@@ -330,6 +333,15 @@ def entries(job: Job, args: Args) -> Iterator[Entry]:
         }
         overrides = {key: value for key, value in overrides.items() if value is not None}
         hold = {"df": 0.0, "df-hold": args.df_goal_hold_radius}
+        distance = args.df_subgoal_distance
+        if distance is None:
+            distance = df_maze2d.MAZE_SUBGOAL_DISTANCE[job.maze]
+        graph, cell = None, df_maze2d.Args.subgoal_cell
+        if distance:  # the agent evaluated as scripts/df_maze2d.py evaluates it
+            from df_agent.subgoals import SubgoalPolicy, TransitionGraph
+            from envs.datasets import load_transitions
+
+            graph = TransitionGraph.from_transitions(load_transitions(job.tasks[0]), cell=cell)
         for env_id in job.tasks:
             for row in job.rows:
                 agent = Agent.for_task(
@@ -337,7 +349,11 @@ def entries(job: Job, args: Args) -> Iterator[Entry]:
                 )
                 training.steps = agent.training.get("steps", training.steps)
                 settings = dataclasses.asdict(agent.planner)
-                yield Entry(row, env_id, lambda agent=agent: agent, training, settings)
+                policy = lambda agent=agent: agent  # noqa: E731
+                if graph is not None:
+                    settings |= {"subgoal_distance": distance, "subgoal_cell": cell}
+                    policy = lambda agent=agent: SubgoalPolicy(agent, graph, distance)  # noqa: E731
+                yield Entry(row, env_id, policy, training, settings)
     elif job.method == "diffuser":
         _, ema, state = diffuser.load_checkpoint(training.checkpoint)
         training.steps = state["step"]

@@ -95,7 +95,7 @@ _NEAR_GOAL_DEFAULTS = dict(
 )
 MAZE_PLANNER_DEFAULTS = {
     "umaze": dict(
-        horizon_tokens=20,
+        horizon_tokens=10,  # 20 before the data-graph subgoals (docs/diffusion_forcing.md)
         guidance_scale=4.0,
         schedule="autoregressive",
         mcg_samples=1,
@@ -105,7 +105,7 @@ MAZE_PLANNER_DEFAULTS = {
     ),
     "medium": dict(
         horizon_tokens=30,
-        guidance_scale=1.0,
+        guidance_scale=3.0,  # toward the data-graph subgoals; 1 before them
         schedule="full_sequence",
         mcg_samples=4,
         warm_start_level=0.0,
@@ -123,11 +123,13 @@ MAZE_PLANNER_DEFAULTS = {
     ),
 }
 # Subgoals on the data's own transition graph (df_agent.subgoals), this far ahead on its shortest way to the goal.
-# Held-out large (seeds 100-149, results/probes_subgoals.jsonl): 195.9 / 183.9 single / multi-goal with subgoals 2.0
-# ahead against 172.0 / 164.0 without, 187.3 / 190.5 at 1.5 / 2.5; then guidance 3 and near-goal scale 8 instead
-# of 1 and 4, paired over seeds 100-199: +5.0 +- 1.9 / +9.7 +- 3.1, 15 / 13 steps sooner to the goal. Medium and umaze
-# scored within noise or lower with them (138.9 against 141.6, 140.6 against 138.5), so they go straight to the goal.
-MAZE_SUBGOAL_DISTANCE = {"umaze": None, "medium": None, "large": 2.0}
+# Chosen on held-out seeds 100-199 (results/probes_subgoals.jsonl; docs/diffusion_forcing.md has every probe), paired
+# against the previous defaults, single / multi-goal: large, subgoals 2.0 ahead with guidance 3 and near-goal scale 8,
+# +5.0 +- 1.9 / +9.7 +- 3.1 over the same subgoals at guidance 1 (which gained about 24 / 20 on seeds 100-149);
+# umaze, subgoals 2.0 ahead with 10-token plans, +6.5 +- 2.3 / +2.3 +- 2.5; medium, subgoals 3.0 ahead with guidance 3,
+# +3.7 +- 2.0 / -0.1 +- 1.7, 10 / 6 steps sooner to the goal. Subgoals alone, at each maze's old planner, did not help
+# umaze or medium.
+MAZE_SUBGOAL_DISTANCE = {"umaze": 2.0, "medium": 3.0, "large": 2.0}
 # Settings that PlannerConfig turns off with None: a 0 on the command line turns them off.
 OFF_BY_ZERO = ("near_goal_guidance_scale", "near_goal_execute_steps", "near_goal_horizon_tokens", "horizon_tokens")
 

@@ -351,14 +351,14 @@ def test_script_runs_end_to_end(data, tmp_path, load_script):
     assert script.planner_config(script.Args(guidance_scale=0.0), large).guidance_scale == 0.0
     # plan lengths: the maze's default, a number of tokens, or 0 for plans to the episode's end (None)
     umaze = envs.get_task("maze2d-umaze")
-    assert script.planner_config(script.Args(), umaze).horizon_tokens == 20
+    assert script.planner_config(script.Args(), umaze).horizon_tokens == 10
     assert script.planner_config(script.Args(), large).horizon_tokens == 30
     assert script.planner_config(script.Args(horizon_tokens=7), large).horizon_tokens == 7
     assert script.planner_config(script.Args(horizon_tokens=0), large).horizon_tokens is None
     assert script.planner_config(script.Args(execute_steps=5), large).execute_steps == 5
     # the subgoal defaults per maze: large guided toward data-graph subgoals, the others toward the goal
     assert script.subgoal_distance_for(script.Args(), large) == script.MAZE_SUBGOAL_DISTANCE["large"] > 0
-    assert script.subgoal_distance_for(script.Args(), umaze) is None
+    assert script.subgoal_distance_for(script.Args(), umaze) == script.MAZE_SUBGOAL_DISTANCE["umaze"]
     assert script.subgoal_distance_for(script.Args(subgoal_distance=0.0), large) is None
     with pytest.raises(SystemExit, match="subgoal-distance"):
         script.subgoal_distance_for(script.Args(subgoal_distance=-1.0), large)
