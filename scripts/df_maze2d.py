@@ -47,8 +47,10 @@ DEFAULT_WINDOW_TOKENS = {"umaze": 30, "medium": 60, "large": 60}
 GOAL_CONDITIONED = {"umaze": False, "medium": True, "large": True}
 # The planner's defaults per maze (PlannerConfig fields; a command-line value replaces them), each chosen on held-out
 # episodes (seeds >= 100, RESULTS.md):
-# - guidance_scale: 4 reaches the goal sooner on umaze and medium; on large it failed to reach the goal in 37 of 100
-#   test episodes, so large keeps 1 (2 with the final defaults: 137.2 against 141.5).
+# - guidance_scale: 4 reaches the goal sooner on umaze; guided toward the goal itself, large failed to reach it in 37
+#   of 100 test episodes at 4 and kept 1 (2: 137.2 against 141.5), and medium's goal-conditioned model needed 1 too.
+#   Guided toward the data-graph subgoals (MAZE_SUBGOAL_DISTANCE, below) a straight pull runs into fewer walls, and
+#   medium and large pull with 3.
 # - schedule, mcg_samples: on umaze the autoregressive matrix with plain guidance scored 129.6 +- 7.8 against the
 #   pyramid's 125.2 +- 9.2 (MCG 4) and 115.3 +- 10.3 (MCG 1); on medium the pyramid scored higher than the
 #   autoregressive matrix (65.4 against 51.5, MCG 1). With the near-goal plans, medium and large plan
@@ -66,7 +68,8 @@ GOAL_CONDITIONED = {"umaze": False, "medium": True, "large": True}
 #   full_sequence on the way scored 118.7 (94%).
 # - near_goal_mcg_samples: as far from the goal. Plain guidance near the goal cost medium 27 points (99.7 against
 #   126.6); 8 futures there instead of 4 scored within noise (medium 128.3, large 144.6 against 141.5) at more time.
-# - horizon_tokens: umaze plans 20 tokens (200 steps) on the way, as well as 30 on held-out episodes (138.5 / 149.3
+# - horizon_tokens: umaze plans 10 tokens toward its subgoals (below). Before them: 20 tokens (200 steps) on the
+#   way, as well as 30 on held-out episodes (138.5 / 149.3
 #   single / multi-goal against 138.0 / 148.9 on the same seeds) at about half the planning time of its
 #   autoregressive plans; 15 / 10 tokens scored 133.5 / 122.7 single-goal. Medium: 20 tokens scored 126.0 against
 #   126.6. Large keeps 30. Replanning umaze every 2 tokens on the way (--replan-every 2, half the plans there)
