@@ -45,6 +45,7 @@ class TransitionGraph:
         width = grid[:, 1].max() - low[1] + 1
         cell_keys, node_of = np.unique((grid[:, 0] - low[0]) * width + (grid[:, 1] - low[1]), return_inverse=True)
         num_nodes = len(cell_keys)
+        self._cell_keys, self._low, self._width = cell_keys, low, int(width)
         counts = np.bincount(node_of, minlength=num_nodes).astype(np.float64)
         self.node_positions = np.stack(
             [np.bincount(node_of, weights=both[:, k], minlength=num_nodes) / counts for k in range(2)], axis=1
@@ -74,6 +75,24 @@ class TransitionGraph:
     @property
     def num_nodes(self) -> int:
         return len(self.node_positions)
+
+    def visited(self, xy: np.ndarray) -> np.ndarray:
+        """Whether the data visits the grid cell of each position (..., 2) -> (...) bool."""
+        xy = np.asarray(xy, dtype=np.float64)
+        grid = np.floor(xy.reshape(-1, 2) / self.cell).astype(np.int64) - self._low
+        inside = (grid[:, 0] >= 0) & (grid[:, 1] >= 0) & (grid[:, 1] < self._width)
+        keys = grid[:, 0] * self._width + grid[:, 1]
+        at = np.minimum(np.searchsorted(self._cell_keys, keys), len(self._cell_keys) - 1)
+        return (inside & (self._cell_keys[at] == keys)).reshape(xy.shape[:-1])
+
+    def in_sight(self, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """Whether the straight segment from each start (N, 2) to its end (N, 2) runs through visited cells only,
+        checked every half cell: no wall the data never crossed lies between them. -> (N,) bool."""
+        start, end = np.asarray(start, dtype=np.float64), np.asarray(end, dtype=np.float64)
+        longest = float(np.linalg.norm(end - start, axis=-1).max(initial=0.0))
+        fractions = np.linspace(0.0, 1.0, int(np.ceil(2 * longest / self.cell)) + 2)
+        points = start[:, None, :] + (end - start)[:, None, :] * fractions[None, :, None]
+        return self.visited(points).all(axis=1)
 
     def nearest(self, xy: np.ndarray) -> np.ndarray:
         """Index of the node nearest each position (B, 2) -> (B,)."""
@@ -127,11 +146,19 @@ class TransitionGraph:
             self._ahead[key] = ahead
         return self._ahead[key]
 
-    def subgoals(self, xy: np.ndarray, goals: np.ndarray, distance: float) -> np.ndarray:
+    def subgoals(
+        self, xy: np.ndarray, goals: np.ndarray, distance: float, line_of_sight: bool = False
+    ) -> np.ndarray:
         """The point ``distance`` ahead of each position on the data's shortest way to its goal (B, 2).
 
         A goal within ``distance`` along the way (or a position the data never connects to its goal) gets the goal
-        itself; otherwise the subgoal is the node's mean position there. xy, goals (B, 2)."""
+        itself; otherwise the subgoal is the node's mean position there. xy, goals (B, 2).
+
+        ``line_of_sight``: where the way bends sharply (around the end of a wall), the point ``distance`` ahead can
+        lie behind the wall, and a straight pull toward it pins the point against the wall. Then the subgoal is the
+        farthest point of the way within ``distance`` that is ``in_sight`` of the position, moved out along the same
+        direction to ``distance`` from it (so that a pull toward it stays a pull along the way, not toward a point
+        to stop at); a goal in sight stays the goal."""
         xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
         goals = np.asarray(goals, dtype=np.float64).reshape(-1, 2)
         if len(xy) != len(goals):
@@ -146,7 +173,42 @@ class TransitionGraph:
             nodes = here[members]
             far = np.isfinite(to_goal[nodes]) & (to_goal[nodes] > distance)
             out[members[far]] = self.node_positions[ahead[nodes[far]]]
+            if line_of_sight:
+                reached = np.isfinite(to_goal[nodes])
+                out[members[reached]] = self._in_sight_along_way(
+                    xy[members[reached]], out[members[reached]], nodes[reached], int(goal_node), ahead
+                )
         return out
+
+    def _in_sight_along_way(
+        self, xy: np.ndarray, targets: np.ndarray, nodes: np.ndarray, goal_node: int, ahead: np.ndarray
+    ) -> np.ndarray:
+        """``subgoals``' line of sight for positions xy (N, 2) whose way (from their nodes (N,) toward goal_node)
+        leads to targets (N, 2): the targets in sight stay; the others become the farthest node of the way before
+        them that is in sight (the first node ahead if none is), moved out to the targets' distance along the way's
+        direction."""
+        keep = self.in_sight(xy, targets)
+        if keep.all():
+            return targets
+        parent = self._shortest_paths(goal_node)[1]
+        last = ahead[nodes]  # the way's last node before the target (the goal node where the target is the goal)
+        chain = [nodes]
+        while not np.array_equal(chain[-1], np.where(chain[-1] == last, chain[-1], parent[chain[-1]])):
+            chain.append(np.where(chain[-1] == last, chain[-1], parent[chain[-1]]))
+        candidates = self.node_positions[np.stack(chain, axis=1)]  # (N, K, 2), the way's nodes in order
+        num = len(xy)
+        seen = self.in_sight(
+            np.repeat(xy, candidates.shape[1], axis=0), candidates.reshape(-1, 2)
+        ).reshape(num, -1)
+        seen[:, 0] = False  # the position's own node is no direction
+        farthest = np.where(seen.any(axis=1), candidates.shape[1] - 1 - np.argmax(seen[:, ::-1], axis=1), 1)
+        farthest = np.minimum(farthest, candidates.shape[1] - 1)
+        chosen = candidates[np.arange(num), farthest]
+        offset = chosen - xy
+        length = np.linalg.norm(offset, axis=1, keepdims=True)
+        reach = np.linalg.norm(targets - xy, axis=1, keepdims=True)
+        moved = xy + offset / np.maximum(length, 1e-9) * np.maximum(length, reach)
+        return np.where(keep[:, None], targets, moved)
 
     def routes(self, xy: np.ndarray, goals: np.ndarray, distance: float, spacing: float = 0.25) -> np.ndarray:
         """The data's way from each position toward its goal, as far as its subgoal ``distance`` ahead: K =
@@ -189,13 +251,16 @@ class SubgoalPolicy:
     stay near it when its planner's ``route_weight`` is above 0). The policy's own actions are returned unchanged.
     ``obs`` and ``goal`` are batches (B, obs_dim), (B, 2)."""
 
-    def __init__(self, policy, graph: TransitionGraph, distance: float, route: bool = False):
+    def __init__(
+        self, policy, graph: TransitionGraph, distance: float, route: bool = False, line_of_sight: bool = False
+    ):
         if not distance > 0:
             raise ValueError(f"distance must be > 0, got {distance}")
         self.policy = policy
         self.graph = graph
         self.distance = float(distance)
         self.route = route
+        self.line_of_sight = line_of_sight
 
     def reset(self, num_envs: int | None = None) -> None:
         self.policy.reset(num_envs)
@@ -203,7 +268,8 @@ class SubgoalPolicy:
     def subgoals(self, obs: np.ndarray, goal: np.ndarray) -> np.ndarray:
         """The points the policy is guided toward from observations (B, obs_dim) with goals (B, 2): (B, 2) float32."""
         obs = np.asarray(obs)
-        return self.graph.subgoals(obs.reshape(len(obs), -1)[:, :2], goal, self.distance).astype(np.float32)
+        xy = obs.reshape(len(obs), -1)[:, :2]
+        return self.graph.subgoals(xy, goal, self.distance, line_of_sight=self.line_of_sight).astype(np.float32)
 
     def act(self, obs, goal: np.ndarray | None = None, active: np.ndarray | None = None) -> np.ndarray:
         """``obs``: observations (B, obs_dim) with ``goal`` (B, 2), or a Gymnasium-Robotics dict observation whose

@@ -283,6 +283,9 @@ class Args:
     maze: MAZE_SUBGOAL_DISTANCE; 0: off, guided toward the goal)"""
     subgoal_cell: float = 0.25
     """grid cell of that graph's nodes (maze units)"""
+    subgoal_line_of_sight: bool = False
+    """where the way bends around a wall, guide toward the farthest point of the way in sight instead of one behind
+    the wall (TransitionGraph.subgoals(line_of_sight=True))"""
     goal_hold_radius: float = 0.0
     """hold the goal with a PD law within this distance of it (0: off, pure DF; the paper's agent leaves the goal)"""
     eval_episodes: int = 100
@@ -587,7 +590,9 @@ def main(args: Args) -> dict:
     for env_id in tasks if args.eval_episodes > 0 else []:
         # the task's episode length; the random draws go on from one task's evaluation to the next
         agent = agent.with_planner(episode_length=envs.get_task(env_id).max_episode_steps, keep_random_state=True)
-        policy = agent if graph is None else SubgoalPolicy(agent, graph, subgoal_distance)
+        policy = agent
+        if graph is not None:
+            policy = SubgoalPolicy(agent, graph, subgoal_distance, line_of_sight=args.subgoal_line_of_sight)
         result = evaluate(policy, env_id, num_episodes=args.eval_episodes, seed=args.eval_seed)
         log_evaluation(writer, result, step, prefix="eval_multi" if envs.get_task(env_id).multi_goal else "eval")
         print(result)
@@ -597,6 +602,8 @@ def main(args: Args) -> dict:
             settings["goal_conditioned"] = agent.tokenizer.layout.goal_dim > 0
             if graph is not None:
                 settings |= {"subgoal_distance": subgoal_distance, "subgoal_cell": args.subgoal_cell}
+                if args.subgoal_line_of_sight:
+                    settings["subgoal_line_of_sight"] = True
             record = make_record(
                 "Diffusion Forcing", result, settings, table=args.table, train_steps=step, model=agent.training
             )

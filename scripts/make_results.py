@@ -92,7 +92,8 @@ def describe_settings(record: dict) -> str:
     if s.get("subgoal_distance"):
         cell = s.get("subgoal_cell", 0.25)
         cells = f" (cells of {cell:g})" if cell != 0.25 else ""
-        parts.append(f"data-graph subgoals {s['subgoal_distance']:g} ahead{cells}")
+        sight = ", in sight" if s.get("subgoal_line_of_sight") else ""
+        parts.append(f"data-graph subgoals {s['subgoal_distance']:g} ahead{cells}{sight}")
     if s.get("stall_steps"):
         parts.append(f"cold replan after {s['stall_steps']} steps without {s.get('stall_distance', 0.5):g} progress")
     return ", ".join(parts)

@@ -367,12 +367,14 @@ def test_script_runs_end_to_end(data, tmp_path, load_script):
     again = script.main(
         script.Args(
             **{**vars(args), "eval_only": True, "checkpoint": str(run_dir / "agent.pt"), "eval_multi": False,
-               "subgoal_distance": 1.0, "subgoal_cell": 0.5, "record": str(record_file)}
+               "subgoal_distance": 1.0, "subgoal_cell": 0.5, "subgoal_line_of_sight": True,
+               "record": str(record_file)}
         )
     )  # fmt: skip
     assert again["train_steps"] == 0 and "maze2d-umaze-v1" in again
     (record,) = [json.loads(line) for line in record_file.read_text().splitlines()]
     assert record["settings"]["subgoal_distance"] == 1.0 and record["settings"]["subgoal_cell"] == 0.5
+    assert record["settings"]["subgoal_line_of_sight"] is True
 
 
 def test_the_package_exports_the_agent():

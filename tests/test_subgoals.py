@@ -195,3 +195,31 @@ def test_the_graph_has_one_node_per_visited_cell_at_its_mean_and_one_edge_per_mo
     assert graph.num_edges == len(edges)
     adjacency = graph.adjacency.tocoo()
     assert {(int(i), int(j)) for i, j in zip(adjacency.row, adjacency.col, strict=True) if i < j} == edges
+
+
+def test_cells_the_data_visits_and_segments_in_sight(u_graph):
+    assert u_graph.visited(np.array([[0.1, 3.0], [5.0, 10.1], [10.2, 0.4]])).all()  # on the U
+    # inside the U, far outside, and above the top: its cell's row lies past the grid's, and a plain row-major key
+    # would alias it to the visited cell (10, 1) on the right arm
+    assert not u_graph.visited(np.array([[5.0, 5.0], [-30.0, -30.0], [9.7, 11.7]])).any()
+    # along an arm: in sight; across the inside of the U (a wall no transition crosses): not
+    np.testing.assert_array_equal(
+        u_graph.in_sight(np.array([[0.1, 1.0], [0.1, 1.0]]), np.array([[0.1, 9.0], [10.1, 1.0]])), [True, False]
+    )
+
+
+def test_line_of_sight_subgoals_lead_around_the_bend_not_into_the_wall(u_graph):
+    """At the top of the left arm the point 5 ahead lies along the top, out of sight across the U's inside; the
+    line-of-sight subgoal points up and over toward the bend, as far away as the plain one. A subgoal in sight is
+    kept."""
+    start, goal = np.array([[0.1, 9.0]]), np.array([[10.0, 0.0]])
+    plain = u_graph.subgoals(start, goal, distance=5.0)
+    assert not u_graph.in_sight(start, plain)[0]
+    seen = u_graph.subgoals(start, goal, distance=5.0, line_of_sight=True)[0]
+    offset = seen - start[0]
+    assert offset[1] > 0.5 and offset[0] >= 0.0  # up toward the bend, not down-right across the inside
+    assert np.linalg.norm(offset) == pytest.approx(np.linalg.norm(plain[0] - start[0]), rel=1e-6)
+    low = np.array([[0.1, 1.0]])  # low on the left arm: 5 ahead is straight up the arm, in sight
+    np.testing.assert_allclose(
+        u_graph.subgoals(low, goal, 5.0, line_of_sight=True), u_graph.subgoals(low, goal, 5.0)
+    )
