@@ -36,8 +36,8 @@ from envs.records import append_record, make_record
 
 # Gradient steps per maze (--total-steps), each trained in about an hour or less on one CPU thread. Medium's
 # goal-conditioned model trained 58 minutes (34,375 of 35,000 steps, stopped by --train-minutes 58) scored 150.8 /
-# 159.4 on held-out seeds 100-149 / 150-199 against the 20,000-step model's 147.8 / 149.8 (multi-goal: MEDIUM_MULTI),
-# with the same planner; umaze and large keep 20,000 (large's 60-token windows take about an hour).
+# 159.4 on held-out seeds 100-149 / 150-199 against the 20,000-step model's 147.8 / 149.8 (multi-goal: 152.6 / 161.9
+# against 154.3 / 160.3), with the same planner; umaze and large keep 20,000 (large's take about an hour).
 MAZE_TOTAL_STEPS = {"umaze": 20_000, "medium": 35_000, "large": 20_000}
 # Training window per maze, in tokens of frame_stack steps (the paper cuts 300 / 600 / 600 steps).
 DEFAULT_WINDOW_TOKENS = {"umaze": 30, "medium": 60, "large": 60}

@@ -528,6 +528,10 @@ def test_the_shipped_agents_plan_with_the_scripts_defaults(maze, load_script):
     assert not differing, f"shipped {maze} agent's planner differs from the script's defaults: {differing}"
     goal_dim = Agent.from_pretrained(f"maze2d-{maze}").tokenizer.layout.goal_dim
     assert goal_dim == 2 * script.GOAL_CONDITIONED[maze], f"shipped {maze} agent's goal conditioning is not the default"
+    # trained by the script's budget: at most the maze's default steps (a time cap may stop it a little earlier)
+    training = Agent.from_pretrained(f"maze2d-{maze}").training
+    assert 0.95 * script.MAZE_TOTAL_STEPS[maze] <= training["steps"] <= script.MAZE_TOTAL_STEPS[maze]
+    assert training["batch_size"] == script.Args().batch_size and training["minutes"] <= 60
 
 
 def test_plot_plan_draws_the_rows_of_the_schedule_and_the_episode(trained, tmp_path, load_script):
