@@ -193,8 +193,11 @@ class TransitionGraph:
         parent = self._shortest_paths(goal_node)[1]
         last = ahead[nodes]  # the way's last node before the target (the goal node where the target is the goal)
         chain = [nodes]
-        while not np.array_equal(chain[-1], np.where(chain[-1] == last, chain[-1], parent[chain[-1]])):
-            chain.append(np.where(chain[-1] == last, chain[-1], parent[chain[-1]]))
+        while True:  # walk every position's way one node a step, each stopping at its last node
+            step = np.where(chain[-1] == last, chain[-1], parent[chain[-1]])
+            if np.array_equal(step, chain[-1]):
+                break
+            chain.append(step)
         candidates = self.node_positions[np.stack(chain, axis=1)]  # (N, K, 2), the way's nodes in order
         num = len(xy)
         seen = self.in_sight(

@@ -333,11 +333,11 @@ def entries(job: Job, args: Args) -> Iterator[Entry]:
         }
         overrides = {key: value for key, value in overrides.items() if value is not None}
         hold = {"df": 0.0, "df-hold": args.df_goal_hold_radius}
-        distance = args.df_subgoal_distance
-        if distance is None:
-            distance = df_maze2d.MAZE_SUBGOAL_DISTANCE[job.maze]
-        graph, cell = None, df_maze2d.Args.subgoal_cell
-        if distance:  # the agent evaluated as scripts/df_maze2d.py evaluates it
+        # the agent evaluated as scripts/df_maze2d.py evaluates it: its per-maze subgoals unless told otherwise
+        script_settings = df_maze2d.Args(subgoal_distance=args.df_subgoal_distance)
+        distance = df_maze2d.subgoal_distance_for(script_settings, envs.get_task(job.tasks[0]))
+        graph, cell = None, script_settings.subgoal_cell
+        if distance is not None:
             from df_agent.subgoals import SubgoalPolicy, TransitionGraph
             from envs.datasets import load_transitions
 
