@@ -230,7 +230,7 @@ class Args:
     ddim_steps: int = 10
     """DDIM steps per token (10 scored as well as 20 on held-out episodes, in half the time)"""
     guidance_scale: float | None = None
-    """goal guidance step size (default: 4 on umaze, 1 on medium and large; 0: unguided)"""
+    """goal guidance step size (default: 4 on umaze, 3 on medium and large; 0: unguided)"""
     mcg_samples: int | None = None
     """Monte Carlo Guidance futures per plan (default: per maze)"""
     no_mcg: bool = False
@@ -250,7 +250,7 @@ class Args:
     episodes, it did not help staying)"""
     near_goal_guidance_scale: float | None = None
     """guidance scale for plans that start within --near-goal-radius of the goal (0: the maze's scale everywhere;
-    default per maze: 128 on umaze, chosen on its held-out episodes; 8 on medium and 4 on large, whose
+    default per maze: 128 on umaze, chosen on its held-out episodes; 8 on medium and large, whose
     goal-conditioned models stay with a gentler pull, and whose positions spread 2-3x wider than umaze's, so that
     one scale pulls harder in the model's normalized units)"""
     near_goal_radius: float = 1.0
@@ -267,7 +267,7 @@ class Args:
     shrink_horizon: bool = True
     """plan only to the episode's end, as the paper (planning past it scored lower on held-out episodes)"""
     horizon_tokens: int | None = None
-    """longest plan in tokens (default per maze: 20 on umaze, 30 on medium and large; 0: to the episode's end, as in
+    """longest plan in tokens (default per maze: 10 on umaze, 30 on medium and large; 0: to the episode's end, as in
     the paper, which scored lower and plans several times slower)"""
     replan_every: int = 1
     """tokens executed between replans"""
