@@ -44,7 +44,7 @@ class PlannerConfig:
     """pyramid only: extra denoising steps by which each token lags the one before it"""
     guidance_scale: float = 1.0
     """step size of the goal guidance (0: unguided). Higher reaches the goal sooner until episodes start to
-    fail: on maze2d, 4 is best on umaze and medium, 1 on large (scripts/df_maze2d.py picks per maze)"""
+    fail (scripts/df_maze2d.py picks it per maze: 4 on umaze, 3 on medium and large, toward data-graph subgoals)"""
     mcg_samples: int = 4
     """futures averaged by Monte Carlo Guidance (1: plain guidance)"""
     stay_velocity_weight: float = 0.0
@@ -96,6 +96,9 @@ class PlannerConfig:
     """Monte Carlo Guidance futures for plans that start within ``near_goal_radius`` of the goal (None:
     ``mcg_samples``). Near the goal every future ends there, so there is little to average; 1 makes the frequent
     near-goal replans about half as expensive"""
+    near_goal_ddim_steps: int | None = None
+    """DDIM steps per token for plans that start within ``near_goal_radius`` of the goal (None: ``ddim_steps``).
+    The near-goal plans are short and replanned every few steps; fewer denoising steps make each cheaper"""
     shrink_horizon: bool = True
     """plan only to the episode's end (the paper). False keeps planning ``horizon_tokens`` ahead near the end too:
     the goal cost then still asks the plan to stay at the goal, instead of guiding only its last few tokens"""
@@ -569,12 +572,16 @@ class Agent:
             self._stalled[envs] = False
         near_overrides = {
             name: value
-            for name, value in (("schedule", p.near_goal_schedule), ("mcg_samples", p.near_goal_mcg_samples))
+            for name, value in (
+                ("schedule", p.near_goal_schedule),
+                ("mcg_samples", p.near_goal_mcg_samples),
+                ("ddim_steps", p.near_goal_ddim_steps),
+            )
             if value is not None
         }
         groups: dict[tuple[int, int, bool], list[int]] = {}
         for env in envs:
-            apart = bool(near[env]) and bool(near_overrides)  # near envs plan with their own matrix or MCG
+            apart = bool(near[env]) and bool(near_overrides)  # near envs plan with their own matrix, MCG or steps
             key = (int(horizons[env]), 0 if warm[env] is None else len(warm[env]), apart)
             groups.setdefault(key, []).append(env)
         for (length, num_warm, is_near), members in groups.items():

@@ -100,6 +100,7 @@ _NEAR_GOAL_DEFAULTS = dict(
     near_goal_execute_steps=3,
     near_goal_horizon_tokens=5,
     near_goal_mcg_samples=None,
+    near_goal_ddim_steps=None,
 )
 MAZE_PLANNER_DEFAULTS = {
     "umaze": dict(
@@ -262,6 +263,8 @@ class Args:
     """scheduling matrix within --near-goal-radius of the goal (default: pyramid on every maze)"""
     near_goal_mcg_samples: int | None = None
     """Monte Carlo Guidance futures within --near-goal-radius of the goal (default per maze: as far from it)"""
+    near_goal_ddim_steps: int | None = None
+    """DDIM steps per token within --near-goal-radius of the goal (default per maze: --ddim-steps)"""
     near_goal_horizon_tokens: int | None = None
     """plan length in tokens within --near-goal-radius of the goal (default: 5 on every maze; 0: --horizon-tokens)"""
     shrink_horizon: bool = True
@@ -368,6 +371,7 @@ def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
         near_goal_schedule=per_maze("near_goal_schedule"),
         near_goal_horizon_tokens=per_maze("near_goal_horizon_tokens"),
         near_goal_mcg_samples=1 if args.no_mcg else per_maze("near_goal_mcg_samples"),
+        near_goal_ddim_steps=per_maze("near_goal_ddim_steps"),
         shrink_horizon=args.shrink_horizon,
         horizon_tokens=per_maze("horizon_tokens"),
         replan_every=args.replan_every,

@@ -245,6 +245,19 @@ def test_near_the_goal_plans_can_use_their_own_mcg_samples(trained, monkeypatch)
     assert sorted(c["mcg_samples"] for c in calls) == [1, 3] and all(c["result"].shape[0] == 1 for c in calls)
 
 
+def test_near_the_goal_plans_can_use_their_own_ddim_steps(trained, monkeypatch):
+    """near_goal_ddim_steps=3 with 2 DDIM steps far away: the near env plans alone on a grid of 3 denoising steps
+    (4 distinct noise levels, K to 0), the far one on 2; unset, both plan together on 2."""
+    calls = spy_on_sample(monkeypatch)
+    obs = {"observation": np.zeros((2, 4), np.float32), "desired_goal": np.array([[3.0, 3.0], [0.5, 0.0]], np.float32)}
+    Agent.from_trainer(trained, planner(horizon_tokens=4, ddim_steps=2, near_goal_ddim_steps=3)).act(obs)
+    assert sorted(len(np.unique(c["levels"])) for c in calls) == [3, 4]
+    assert all(c["result"].shape[0] == 1 for c in calls)
+    calls.clear()
+    Agent.from_trainer(trained, planner(horizon_tokens=4, ddim_steps=2)).act(obs)
+    assert len(calls) == 1 and len(np.unique(calls[0]["levels"])) == 3 and calls[0]["result"].shape[0] == 2
+
+
 def test_benchmark_df_writes_a_speed_record_that_make_results_tables(trained, tmp_path, load_script):
     """scripts/benchmark_df.py --speed-record: the batch replan timings and agent.act in one env (overall, split by
     distance to the goal, over an episode boundary), then a Speed table in RESULTS.md."""
