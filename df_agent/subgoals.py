@@ -146,9 +146,7 @@ class TransitionGraph:
             self._ahead[key] = ahead
         return self._ahead[key]
 
-    def subgoals(
-        self, xy: np.ndarray, goals: np.ndarray, distance: float, line_of_sight: bool = False
-    ) -> np.ndarray:
+    def subgoals(self, xy: np.ndarray, goals: np.ndarray, distance: float, line_of_sight: bool = False) -> np.ndarray:
         """The point ``distance`` ahead of each position on the data's shortest way to its goal (B, 2).
 
         A goal within ``distance`` along the way (or a position the data never connects to its goal) gets the goal
@@ -200,9 +198,7 @@ class TransitionGraph:
             chain.append(step)
         candidates = self.node_positions[np.stack(chain, axis=1)]  # (N, K, 2), the way's nodes in order
         num = len(xy)
-        seen = self.in_sight(
-            np.repeat(xy, candidates.shape[1], axis=0), candidates.reshape(-1, 2)
-        ).reshape(num, -1)
+        seen = self.in_sight(np.repeat(xy, candidates.shape[1], axis=0), candidates.reshape(-1, 2)).reshape(num, -1)
         seen[:, 0] = False  # the position's own node is no direction
         farthest = np.where(seen.any(axis=1), candidates.shape[1] - 1 - np.argmax(seen[:, ::-1], axis=1), 1)
         farthest = np.minimum(farthest, candidates.shape[1] - 1)

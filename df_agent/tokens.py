@@ -111,8 +111,10 @@ class Tokenizer:
         the origin's position minus the dataset's mean position on the position slots, 0 elsewhere. ``encode``
         subtracts it, so a relative position is normalized with the absolute positions' std, centred on 0."""
         if origin is None:
-            raise ValueError("this layout stores positions relative to the origin: pass origin (the observations "
-                             "the token sequences start from)")
+            raise ValueError(
+                "this layout stores positions relative to the origin: pass origin (the observations "
+                "the token sequences start from)"
+            )
         layout = self.layout
         first = layout.action_dim + int(layout.use_reward)
         if isinstance(steps, torch.Tensor):

@@ -220,6 +220,4 @@ def test_line_of_sight_subgoals_lead_around_the_bend_not_into_the_wall(u_graph):
     assert offset[1] > 0.5 and offset[0] >= 0.0  # up toward the bend, not down-right across the inside
     assert np.linalg.norm(offset) == pytest.approx(np.linalg.norm(plain[0] - start[0]), rel=1e-6)
     low = np.array([[0.1, 1.0]])  # low on the left arm: 5 ahead is straight up the arm, in sight
-    np.testing.assert_allclose(
-        u_graph.subgoals(low, goal, 5.0, line_of_sight=True), u_graph.subgoals(low, goal, 5.0)
-    )
+    np.testing.assert_allclose(u_graph.subgoals(low, goal, 5.0, line_of_sight=True), u_graph.subgoals(low, goal, 5.0))
