@@ -48,13 +48,17 @@ class NoiseSchedule(torch.nn.Module):
         self.kind = kind
         alphas_cumprod = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
+        # Tables of the per-level coefficients: planning looks them up thousands of times per plan, for a handful of
+        # tokens each, where computing them per call cost more than the arithmetic they feed.
+        alphas_cumprod = self.alphas_cumprod
+        self.register_buffer("sqrt_alphas_cumprod", alphas_cumprod.sqrt(), persistent=False)
+        self.register_buffer("sqrt_one_minus_alphas_cumprod", (1 - alphas_cumprod).clamp(min=0).sqrt(), persistent=False)
 
     def _coefficients(self, levels: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """sqrt(alpha_bar) and sqrt(1 - alpha_bar) at ``levels``, shaped to broadcast against ``like``."""
-        alpha_bar = self.alphas_cumprod[levels.long()]
-        while alpha_bar.dim() < like.dim():
-            alpha_bar = alpha_bar.unsqueeze(-1)
-        return alpha_bar.sqrt(), (1 - alpha_bar).clamp(min=0).sqrt()
+        levels = levels.long()
+        shape = (*levels.shape, *([1] * (like.dim() - levels.dim())))
+        return self.sqrt_alphas_cumprod[levels].view(shape), self.sqrt_one_minus_alphas_cumprod[levels].view(shape)
 
     def add_noise(self, x0: torch.Tensor, levels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Forward diffusion q(x_k | x_0), each token to its own level."""
@@ -122,13 +126,17 @@ class NoiseSchedule(torch.nn.Module):
         a_next, s_next = self._coefficients(next_levels, x_k)
         a, s = self._coefficients(levels, x_k)
         eps = self.epsilon(x_k, levels, x0)
-        # DDIM's sigma for eta > 0 (Song et al., eq. 16), per token.
-        alpha_bar, alpha_bar_next = a**2, a_next**2
-        variance = (1 - alpha_bar_next) / (1 - alpha_bar).clamp(min=1e-12) * (1 - alpha_bar / alpha_bar_next)
-        sigma = eta * variance.clamp(min=0).sqrt()
+        # drawn for every step, eta 0 included: the stay tokens' resampling uses it and the random stream stays one
         fresh = torch.randn(x_k.shape, generator=generator, device=x_k.device, dtype=x_k.dtype)
-        direction = (s_next**2 - sigma**2).clamp(min=0).sqrt()
-        moved = a_next * x0 + direction * eps + sigma * fresh
+        if eta == 0:  # deterministic DDIM, the planner's default: sigma = 0 (the general form below gives the same)
+            moved = a_next * x0 + s_next.square().sqrt() * eps
+        else:
+            # DDIM's sigma for eta > 0 (Song et al., eq. 16), per token.
+            alpha_bar, alpha_bar_next = a**2, a_next**2
+            variance = (1 - alpha_bar_next) / (1 - alpha_bar).clamp(min=1e-12) * (1 - alpha_bar / alpha_bar_next)
+            sigma = eta * variance.clamp(min=0).sqrt()
+            direction = (s_next**2 - sigma**2).clamp(min=0).sqrt()
+            moved = a_next * x0 + direction * eps + sigma * fresh
         stay = (next_levels == levels).view(*levels.shape, *([1] * (x_k.dim() - levels.dim())))
         resampled = a * x0 + s * fresh
         out = torch.where(stay, resampled, moved)

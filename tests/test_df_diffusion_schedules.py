@@ -65,6 +65,23 @@ def test_ddim_per_token_levels_and_corner_cases():
         schedule.ddim_step(x, next_levels, levels, x0)
 
 
+def test_deterministic_ddim_is_the_limit_of_the_stochastic_step():
+    """eta 0 (the planner's) takes a short path of its own: the general step with a vanishing sigma, drawing the
+    same noise (the stay tokens' resampling and the random stream after the step are the general path's)."""
+    schedule = NoiseSchedule(1000, "linear")
+    gen = torch.Generator().manual_seed(3)
+    x0, x = torch.randn(2, 6, 3, generator=gen), torch.randn(2, 6, 3, generator=gen)
+    levels = torch.tensor([[0, 100, 500, 500, 1000, 700]] * 2)
+    next_levels = torch.tensor([[0, 0, 250, 500, 900, 650]] * 2)
+    generators = [torch.Generator().manual_seed(4) for _ in range(3)]
+    exact = schedule.ddim_step(x, levels, next_levels, x0, eta=0.0, generator=generators[0])
+    limit = schedule.ddim_step(x, levels, next_levels, x0, eta=1e-12, generator=generators[1])
+    torch.testing.assert_close(exact, limit, rtol=0, atol=1e-6)
+    assert torch.equal(generators[0].get_state(), generators[1].get_state())
+    noisy = schedule.ddim_step(x, levels, next_levels, x0, eta=1.0, generator=generators[2])
+    assert not torch.allclose(noisy[:, 2], exact[:, 2], atol=1e-3)  # eta matters: the comparison can tell
+
+
 def test_guidance_weight_follows_the_noise_each_step_removes():
     schedule = NoiseSchedule(1000, "linear")
     levels = torch.tensor([1000, 500, 250, 50, 300, 0])
