@@ -52,7 +52,9 @@ class NoiseSchedule(torch.nn.Module):
         # tokens each, where computing them per call cost more than the arithmetic they feed.
         alphas_cumprod = self.alphas_cumprod
         self.register_buffer("sqrt_alphas_cumprod", alphas_cumprod.sqrt(), persistent=False)
-        self.register_buffer("sqrt_one_minus_alphas_cumprod", (1 - alphas_cumprod).clamp(min=0).sqrt(), persistent=False)
+        self.register_buffer(
+            "sqrt_one_minus_alphas_cumprod", (1 - alphas_cumprod).clamp(min=0).sqrt(), persistent=False
+        )
 
     def _coefficients(self, levels: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """sqrt(alpha_bar) and sqrt(1 - alpha_bar) at ``levels``, shaped to broadcast against ``like``."""

@@ -141,6 +141,9 @@ class Args:
     df_subgoal_distance: float | None = None
     """guide the DF agent toward data-graph subgoals this far ahead (scripts/df_maze2d.py --subgoal-distance; None:
     that script's per-maze default, MAZE_SUBGOAL_DISTANCE; 0: toward the goal itself)"""
+    df_subgoal_line_of_sight: bool | None = None
+    """take those subgoals in line of sight (scripts/df_maze2d.py --subgoal-line-of-sight; None: that script's
+    per-maze default, MAZE_SUBGOAL_LINE_OF_SIGHT)"""
     df_goal_hold_radius: float = 0.5
     """goal-hold radius of the df-hold rows (df rows are pure DF: no hold)"""
     diffuser: tuple[str, ...] = ()
@@ -334,8 +337,11 @@ def entries(job: Job, args: Args) -> Iterator[Entry]:
         overrides = {key: value for key, value in overrides.items() if value is not None}
         hold = {"df": 0.0, "df-hold": args.df_goal_hold_radius}
         # the agent evaluated as scripts/df_maze2d.py evaluates it: its per-maze subgoals unless told otherwise
-        script_settings = df_maze2d.Args(subgoal_distance=args.df_subgoal_distance)
+        script_settings = df_maze2d.Args(
+            subgoal_distance=args.df_subgoal_distance, subgoal_line_of_sight=args.df_subgoal_line_of_sight
+        )
         distance = df_maze2d.subgoal_distance_for(script_settings, envs.get_task(job.tasks[0]))
+        line_of_sight = df_maze2d.subgoal_line_of_sight_for(script_settings, envs.get_task(job.tasks[0]))
         graph, cell = None, script_settings.subgoal_cell
         if distance is not None:
             from df_agent.subgoals import SubgoalPolicy, TransitionGraph
@@ -352,7 +358,9 @@ def entries(job: Job, args: Args) -> Iterator[Entry]:
                 policy = lambda agent=agent: agent  # noqa: E731
                 if graph is not None:
                     settings |= {"subgoal_distance": distance, "subgoal_cell": cell}
-                    policy = lambda agent=agent: SubgoalPolicy(agent, graph, distance)  # noqa: E731
+                    if line_of_sight:
+                        settings["subgoal_line_of_sight"] = True
+                    policy = lambda agent=agent: SubgoalPolicy(agent, graph, distance, line_of_sight=line_of_sight)  # noqa: E731
                 yield Entry(row, env_id, policy, training, settings)
     elif job.method == "diffuser":
         _, ema, state = diffuser.load_checkpoint(training.checkpoint)

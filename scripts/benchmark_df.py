@@ -92,6 +92,8 @@ class Args:
     ``scripts/df_maze2d.py --subgoal-distance``; its lookup is timed with it; 0: toward the goal)"""
     act_subgoal_cell: float = 0.25
     """grid cell of that graph's nodes (maze units)"""
+    act_subgoal_line_of_sight: bool = False
+    """take those subgoals in line of sight (``scripts/df_maze2d.py --subgoal-line-of-sight``)"""
     act_with_saved_planner: bool = False
     """time ``agent.act`` with the planner saved in the checkpoint (a shipped agent: the script's defaults) instead
     of the grid's first setting"""
@@ -194,7 +196,9 @@ def main(args: Args) -> None:
         policy = timed
         if args.act_subgoal_distance > 0:
             graph = TransitionGraph.from_transitions(load_transitions(task.env_id), cell=args.act_subgoal_cell)
-            policy = SubgoalPolicy(timed, graph, args.act_subgoal_distance)
+            policy = SubgoalPolicy(
+                timed, graph, args.act_subgoal_distance, line_of_sight=args.act_subgoal_line_of_sight
+            )
         env = envs.make(task.env_id)
         obs, _ = env.reset(seed=args.seed)
         policy.act(obs)  # the first plan includes one-off warm-up costs
@@ -220,7 +224,7 @@ def main(args: Args) -> None:
             f"agent.act in one env ({p.schedule}, MCG {p.mcg_samples}, DDIM {p.ddim_steps}, horizon "
             f"{p.horizon_tokens} tokens, near the goal every {p.near_goal_execute_steps or 'token'} steps with "
             f"{p.near_goal_horizon_tokens or p.horizon_tokens} tokens, warm start {p.warm_start_level}, "
-            f"subgoals {args.act_subgoal_distance or 'off'}, "
+            f"subgoals {args.act_subgoal_distance or 'off'}{' in sight' if args.act_subgoal_line_of_sight else ''}, "
             f"{torch.get_num_threads()} threads): {args.act_steps / seconds:.0f} control "
             f"steps/s ({1000 * seconds / args.act_steps * 10:.0f} ms per 10 steps, simulator included)",
             flush=True,
@@ -230,6 +234,8 @@ def main(args: Args) -> None:
         settings = asdict(timed.planner) if args.checkpoint and args.act_steps else asdict(agent.planner)
         if args.checkpoint and args.act_steps and args.act_subgoal_distance > 0:
             settings |= {"subgoal_distance": args.act_subgoal_distance, "subgoal_cell": args.act_subgoal_cell}
+            if args.act_subgoal_line_of_sight:
+                settings["subgoal_line_of_sight"] = True
         model = {"checkpoint": args.checkpoint, **agent.training} if args.checkpoint else {}
         append_record(args.speed_record, make_speed_record(task.env_id, timings, settings, model=model))
         print(f"speed record appended to {args.speed_record}")

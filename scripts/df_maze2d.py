@@ -139,6 +139,13 @@ MAZE_PLANNER_DEFAULTS = {
 # +3.7 +- 2.0 / -0.1 +- 1.7, 10 / 6 steps sooner to the goal. Subgoals alone, at each maze's old planner, did not help
 # umaze or medium.
 MAZE_SUBGOAL_DISTANCE = {"umaze": 2.0, "medium": 3.0, "large": 2.0}
+# Line-of-sight subgoals (TransitionGraph.subgoals(line_of_sight=True)) on umaze: over 500 held-out umaze-multi
+# episodes (seeds 200-699) no episode failed against 4 at the plain subgoals, and 1 took over 150 steps to the goal
+# against 12 (points pinned against the U's middle wall by a subgoal behind it), at a score within noise (paired
+# +0.4 +- 1.1, reach-then-stay +1.5 +- 0.7); seeds 100-199 +0.8 +- 1.5 / +2.0 +- 1.5 (single / multi-goal). On medium
+# and large it was within noise (-1.3 +- 1.9 / +3.1 over seeds 100-199; large 197.6 against 197.0), so they keep the
+# plain subgoals.
+MAZE_SUBGOAL_LINE_OF_SIGHT = {"umaze": True, "medium": False, "large": False}
 # Settings that PlannerConfig turns off with None: a 0 on the command line turns them off.
 OFF_BY_ZERO = ("near_goal_guidance_scale", "near_goal_execute_steps", "near_goal_horizon_tokens", "horizon_tokens")
 
@@ -291,9 +298,10 @@ class Args:
     maze: MAZE_SUBGOAL_DISTANCE; 0: off, guided toward the goal)"""
     subgoal_cell: float = 0.25
     """grid cell of that graph's nodes (maze units)"""
-    subgoal_line_of_sight: bool = False
+    subgoal_line_of_sight: bool | None = None
     """where the way bends around a wall, guide toward the farthest point of the way in sight instead of one behind
-    the wall (TransitionGraph.subgoals(line_of_sight=True))"""
+    the wall (TransitionGraph.subgoals(line_of_sight=True); True / False; default per maze:
+    MAZE_SUBGOAL_LINE_OF_SIGHT, on for umaze)"""
     goal_hold_radius: float = 0.0
     """hold the goal with a PD law within this distance of it (0: off, pure DF; the paper's agent leaves the goal)"""
     eval_episodes: int = 100
@@ -392,6 +400,13 @@ def subgoal_distance_for(args: Args, task: envs.TaskSpec) -> float | None:
     if not args.subgoal_distance >= 0:
         raise SystemExit(f"--subgoal-distance must be >= 0 (0: off), got {args.subgoal_distance}")
     return args.subgoal_distance or None
+
+
+def subgoal_line_of_sight_for(args: Args, task: envs.TaskSpec) -> bool:
+    """Whether the data-graph subgoals are taken in line of sight (the command line's choice, or the maze's)."""
+    if args.subgoal_line_of_sight is None:
+        return MAZE_SUBGOAL_LINE_OF_SIGHT[task.maze]
+    return args.subgoal_line_of_sight
 
 
 def weight_checksum(module: torch.nn.Module) -> str:
@@ -590,6 +605,7 @@ def main(args: Args) -> dict:
 
     graph = None
     subgoal_distance = subgoal_distance_for(args, task)
+    line_of_sight = subgoal_line_of_sight_for(args, task)
     if subgoal_distance is not None and args.eval_episodes > 0:
         data = load_transitions(task.env_id, source=args.dataset_source)
         graph = TransitionGraph.from_transitions(data, cell=args.subgoal_cell)
@@ -603,7 +619,7 @@ def main(args: Args) -> dict:
         agent = agent.with_planner(episode_length=envs.get_task(env_id).max_episode_steps, keep_random_state=True)
         policy = agent
         if graph is not None:
-            policy = SubgoalPolicy(agent, graph, subgoal_distance, line_of_sight=args.subgoal_line_of_sight)
+            policy = SubgoalPolicy(agent, graph, subgoal_distance, line_of_sight=line_of_sight)
         result = evaluate(policy, env_id, num_episodes=args.eval_episodes, seed=args.eval_seed)
         log_evaluation(writer, result, step, prefix="eval_multi" if envs.get_task(env_id).multi_goal else "eval")
         print(result)
@@ -613,7 +629,7 @@ def main(args: Args) -> dict:
             settings["goal_conditioned"] = agent.tokenizer.layout.goal_dim > 0
             if graph is not None:
                 settings |= {"subgoal_distance": subgoal_distance, "subgoal_cell": args.subgoal_cell}
-                if args.subgoal_line_of_sight:
+                if line_of_sight:
                     settings["subgoal_line_of_sight"] = True
             record = make_record(
                 "Diffusion Forcing", result, settings, table=args.table, train_steps=step, model=agent.training

@@ -144,11 +144,13 @@ def test_benchmark_all_plans_every_maze_and_both_tasks(load_script):
 
 def test_benchmark_evaluates_df_with_the_scripts_subgoals(tiny_umaze_dataset, tmp_path, load_script):
     """The DF rows plan as scripts/df_maze2d.py's evaluation does: guided toward the maze's default data-graph
-    subgoals (built from the maze's dataset, here the tiny one), or toward the goal with --df-subgoal-distance 0."""
+    subgoals (built from the maze's dataset, here the tiny one), in line of sight as umaze's are, or toward the goal
+    with --df-subgoal-distance 0."""
     from envs.records import read_records
 
     benchmark = load_script("benchmark")
-    for distance, expected in ((None, benchmark.df_maze2d.MAZE_SUBGOAL_DISTANCE["umaze"]), (0.0, None)):
+    umaze_distance = benchmark.df_maze2d.MAZE_SUBGOAL_DISTANCE["umaze"]
+    for distance, expected, in_sight in ((None, umaze_distance, True), (0.0, None, None)):
         path = tmp_path / f"df_{distance}.jsonl"
         args = benchmark.Args(
             env="maze2d-umaze", methods=("df",), episodes=1, runs_dir=str(tmp_path / "runs"), record=str(path),
@@ -159,3 +161,4 @@ def test_benchmark_evaluates_df_with_the_scripts_subgoals(tiny_umaze_dataset, tm
         assert [r["env_id"] for r in records] == ["maze2d-umaze-v1", "maze2d-umaze-multi-v1"]
         assert all(r["settings"].get("subgoal_distance") == expected for r in records)
         assert expected is None or all(r["settings"]["subgoal_cell"] == 0.25 for r in records)
+        assert all(r["settings"].get("subgoal_line_of_sight") is in_sight for r in records)

@@ -362,6 +362,11 @@ def test_script_runs_end_to_end(data, tmp_path, load_script):
     assert script.subgoal_distance_for(script.Args(subgoal_distance=0.0), large) is None
     with pytest.raises(SystemExit, match="subgoal-distance"):
         script.subgoal_distance_for(script.Args(subgoal_distance=-1.0), large)
+    # line of sight: on for umaze, off elsewhere, unless the command line says
+    assert script.subgoal_line_of_sight_for(script.Args(), umaze) is True
+    assert script.subgoal_line_of_sight_for(script.Args(), large) is False
+    assert script.subgoal_line_of_sight_for(script.Args(subgoal_line_of_sight=False), umaze) is False
+    assert script.subgoal_line_of_sight_for(script.Args(subgoal_line_of_sight=True), large) is True
     # evaluated again through SubgoalPolicy on the data's graph; the record says so
     record_file = tmp_path / "records.jsonl"
     again = script.main(
