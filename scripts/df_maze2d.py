@@ -119,7 +119,7 @@ MAZE_PLANNER_DEFAULTS = {
         mcg_samples=4,
         warm_start_level=0.0,
         near_goal_guidance_scale=8.0,
-        **{**_NEAR_GOAL_DEFAULTS, "near_goal_horizon_tokens": 4},  # below
+        **_NEAR_GOAL_DEFAULTS,
     ),
     "large": dict(
         horizon_tokens=30,
@@ -131,11 +131,12 @@ MAZE_PLANNER_DEFAULTS = {
         **_NEAR_GOAL_DEFAULTS,
     ),
 }
-# Near-goal plans of 4 tokens instead of 5 on umaze and medium (results/probes_near_goal.jsonl; held-out, paired,
-# single / multi-goal): umaze -2.2 +- 0.9 / +5.2 +- 1.5 (seeds 100-299, line-of-sight subgoals), medium -3.3 +- 1.2 /
-# +5.2 +- 2.3 (seeds 100-199): the multi-goal tasks gain more than the single-goal ones lose, and the near-goal plans
-# cost 12% less. Large-multi scored 193.3 against 196.0 with them (seeds 100-149), so large keeps 5. Three tokens lost
-# single-goal medium's goal (96.8 against 150.8).
+# Near-goal plans of 4 tokens instead of 5 on umaze (results/probes_near_goal.jsonl; held-out, paired, single /
+# multi-goal): -2.2 +- 0.9 / +5.2 +- 1.5 (seeds 100-299, line-of-sight subgoals): the multi-goal task gains more than
+# the single-goal one loses, and the near-goal plans cost 12% less. On medium the two cancel: -4.7 +- 1.0 / +4.7 +-
+# 1.2 over seeds 100-399 (sum +0.1), so medium keeps 5 (its 4-token test episodes are recorded apart). Large-multi
+# scored 193.3 against 196.0 with them (seeds 100-149), so large keeps 5. Three tokens lost single-goal medium's goal
+# (96.8 against 150.8).
 # Subgoals on the data's own transition graph (df_agent.subgoals), this far ahead on its shortest way to the goal.
 # Chosen on held-out seeds 100-199 (results/probes_subgoals.jsonl; docs/diffusion_forcing.md has every probe), paired
 # against the previous defaults, single / multi-goal: large, subgoals 2.0 ahead with guidance 3 and near-goal scale 8,
@@ -278,7 +279,7 @@ class Args:
     near_goal_ddim_steps: int | None = None
     """DDIM steps per token within --near-goal-radius of the goal (default per maze: --ddim-steps)"""
     near_goal_horizon_tokens: int | None = None
-    """plan length in tokens within --near-goal-radius of the goal (default per maze: 4 on umaze and medium, 5 on large;
+    """plan length in tokens within --near-goal-radius of the goal (default per maze: 4 on umaze, 5 on medium and large;
     0: --horizon-tokens)"""
     shrink_horizon: bool = True
     """plan only to the episode's end, as the paper (planning past it scored lower on held-out episodes)"""
