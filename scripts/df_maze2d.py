@@ -140,9 +140,9 @@ MAZE_PLANNER_DEFAULTS = {
 # Near-goal plans of 4 tokens instead of 5 on umaze (results/probes_near_goal.jsonl; held-out, paired, single /
 # multi-goal): -2.2 +- 0.9 / +5.2 +- 1.5 (seeds 100-299, line-of-sight subgoals): the multi-goal task gains more than
 # the single-goal one loses, and the near-goal plans cost 12% less. On medium the two cancel: -4.7 +- 1.0 / +4.7 +-
-# 1.2 over seeds 100-399 (sum +0.1), so medium keeps 5 (its 4-token test episodes are recorded apart). Large-multi
-# scored 193.3 against 196.0 with them (seeds 100-149), so large keeps 5. Three tokens lost single-goal medium's goal
-# (96.8 against 150.8).
+# 1.2 over seeds 100-399 (sum +0.1), so medium keeps 5 (its 4-token test episodes are recorded apart). Large keeps 5:
+# 4 tokens scored 207.1 / 188.3 against 207.9 / 189.7 (seeds 150-349; large-multi 193.3 against 196.0 on 100-149).
+# Three tokens lost single-goal medium's goal (96.8 against 150.8).
 # Subgoals on the data's own transition graph (df_agent.subgoals), this far ahead on its shortest way to the goal.
 # Chosen on held-out seeds 100-199 (results/probes_subgoals.jsonl; docs/diffusion_forcing.md has every probe), paired
 # against the previous defaults, single / multi-goal: large, subgoals 2.0 ahead with guidance 3 and near-goal scale 8,
