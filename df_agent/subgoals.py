@@ -270,6 +270,13 @@ class SubgoalPolicy:
         xy = obs.reshape(len(obs), -1)[:, :2]
         return self.graph.subgoals(xy, goal, self.distance, line_of_sight=self.line_of_sight).astype(np.float32)
 
+    def settings(self) -> dict:
+        """The wrapper's part of an evaluation record's settings: its distance and cell, and line of sight when on."""
+        settings = {"subgoal_distance": self.distance, "subgoal_cell": self.graph.cell}
+        if self.line_of_sight:
+            settings["subgoal_line_of_sight"] = True
+        return settings
+
     def act(self, obs, goal: np.ndarray | None = None, active: np.ndarray | None = None) -> np.ndarray:
         """``obs``: observations (B, obs_dim) with ``goal`` (B, 2), or a Gymnasium-Robotics dict observation whose
         ``desired_goal`` is the goal unless ``goal`` is given (``envs.evaluate`` calls ``policy(obs)`` that way).

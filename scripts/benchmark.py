@@ -340,14 +340,15 @@ def entries(job: Job, args: Args) -> Iterator[Entry]:
         script_settings = df_maze2d.Args(
             subgoal_distance=args.df_subgoal_distance, subgoal_line_of_sight=args.df_subgoal_line_of_sight
         )
-        distance = df_maze2d.subgoal_distance_for(script_settings, envs.get_task(job.tasks[0]))
-        line_of_sight = df_maze2d.subgoal_line_of_sight_for(script_settings, envs.get_task(job.tasks[0]))
-        graph, cell = None, script_settings.subgoal_cell
+        task = envs.get_task(job.tasks[0])
+        distance = df_maze2d.subgoal_distance_for(script_settings, task)
+        line_of_sight = df_maze2d.subgoal_line_of_sight_for(script_settings, task)
+        graph = None
         if distance is not None:
             from df_agent.subgoals import SubgoalPolicy, TransitionGraph
             from envs.datasets import load_transitions
 
-            graph = TransitionGraph.from_transitions(load_transitions(job.tasks[0]), cell=cell)
+            graph = TransitionGraph.from_transitions(load_transitions(job.tasks[0]), cell=script_settings.subgoal_cell)
         for env_id in job.tasks:
             for row in job.rows:
                 agent = Agent.for_task(
@@ -357,10 +358,8 @@ def entries(job: Job, args: Args) -> Iterator[Entry]:
                 settings = dataclasses.asdict(agent.planner)
                 policy = lambda agent=agent: agent  # noqa: E731
                 if graph is not None:
-                    settings |= {"subgoal_distance": distance, "subgoal_cell": cell}
-                    if line_of_sight:
-                        settings["subgoal_line_of_sight"] = True
                     policy = lambda agent=agent: SubgoalPolicy(agent, graph, distance, line_of_sight=line_of_sight)  # noqa: E731
+                    settings |= policy().settings()
                 yield Entry(row, env_id, policy, training, settings)
     elif job.method == "diffuser":
         _, ema, state = diffuser.load_checkpoint(training.checkpoint)

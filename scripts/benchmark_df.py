@@ -233,9 +233,7 @@ def main(args: Args) -> None:
     if args.speed_record:
         settings = asdict(timed.planner) if args.checkpoint and args.act_steps else asdict(agent.planner)
         if args.checkpoint and args.act_steps and args.act_subgoal_distance > 0:
-            settings |= {"subgoal_distance": args.act_subgoal_distance, "subgoal_cell": args.act_subgoal_cell}
-            if args.act_subgoal_line_of_sight:
-                settings["subgoal_line_of_sight"] = True
+            settings |= policy.settings()
         model = {"checkpoint": args.checkpoint, **agent.training} if args.checkpoint else {}
         append_record(args.speed_record, make_speed_record(task.env_id, timings, settings, model=model))
         print(f"speed record appended to {args.speed_record}")

@@ -642,9 +642,7 @@ def main(args: Args) -> dict:
             settings = {**asdict(agent.planner), "checkpoint": args.checkpoint or str(run_dir / "agent.pt")}
             settings["goal_conditioned"] = agent.tokenizer.layout.goal_dim > 0
             if graph is not None:
-                settings |= {"subgoal_distance": subgoal_distance, "subgoal_cell": args.subgoal_cell}
-                if line_of_sight:
-                    settings["subgoal_line_of_sight"] = True
+                settings |= policy.settings()
             record = make_record(
                 "Diffusion Forcing", result, settings, table=args.table, train_steps=step, model=agent.training
             )
