@@ -139,7 +139,7 @@ MAZE_PLANNER_DEFAULTS = {
 # later).
 # Near-goal plans of 4 tokens instead of 5 on umaze (results/probes_near_goal.jsonl; held-out, paired, single /
 # multi-goal): -2.2 +- 0.9 / +5.2 +- 1.5 (seeds 100-299, line-of-sight subgoals): the multi-goal task gains more than
-# the single-goal one loses, and the near-goal plans cost 12% less. On medium the two cancel: -4.7 +- 1.0 / +4.7 +-
+# the single-goal one loses, and the near-goal plans are shorter. On medium the two cancel: -4.7 +- 1.0 / +4.7 +-
 # 1.2 over seeds 100-399 (sum +0.1), so medium keeps 5 (its 4-token test episodes are recorded apart). Large keeps 5:
 # 4 tokens scored 207.1 / 188.3 against 207.9 / 189.7 (seeds 150-349; large-multi 193.3 against 196.0 on 100-149).
 # Three tokens lost single-goal medium's goal (96.8 against 150.8).
