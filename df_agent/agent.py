@@ -47,6 +47,10 @@ class PlannerConfig:
     fail (scripts/df_maze2d.py picks it per maze: 4 on umaze, 3 on medium and large, toward data-graph subgoals)"""
     mcg_samples: int = 4
     """futures averaged by Monte Carlo Guidance (1: plain guidance)"""
+    min_guidance_weight: float = 0.0
+    """skip the guidance gradient on sampling rows whose largest guidance weight is below this fraction of the
+    plan's largest (0: guide every row; ``df_agent.sampler.sample``). The first rows down from pure noise carry
+    almost no weight, and each guided row costs a forward and backward pass"""
     stay_velocity_weight: float = 0.0
     """goal-state guidance: weight of the speed of planned steps near the goal (0: goal distance only). With it
     the plan comes to rest at the goal instead of passing through it (``df_agent.guidance.goal_state_cost``)"""
@@ -443,6 +447,7 @@ class Agent:
             cost=cost,
             guidance_scale=scale,
             mcg_samples=p.mcg_samples,
+            min_guidance_weight=p.min_guidance_weight,
             prediction=self.prediction,
             eta=p.ddim_eta,
             generator=self.generator,

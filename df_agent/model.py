@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,20 @@ class ModelConfig:
         return asdict(self)
 
 
+# The forwards below call torch.nn.functional on the modules' parameters instead of calling the submodules: the same
+# kernels on the same tensors (so the same numbers), without nn.Module's per-call machinery, which costs more than the
+# arithmetic at the batch sizes of planning (a near-goal plan calls these networks hundreds of times for a few tokens).
+# The submodules stay, so the parameters keep their names in checkpoints.
+
+
+def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, layer.weight, layer.bias)
+
+
+def _layer_norm(layer: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
+
+
 class ResidualBlock(nn.Module):
     def __init__(self, width: int):
         super().__init__()
@@ -46,7 +61,8 @@ class ResidualBlock(nn.Module):
         self.net = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.net(self.norm(x))
+        first, _, second = self.net
+        return x + _linear(second, F.silu(_linear(first, _layer_norm(self.norm, x))))
 
 
 class ResMLP(nn.Module):
@@ -63,13 +79,24 @@ class ResMLP(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        layers = self.net
+        x = _linear(layers[0], x)
+        for block in layers[1:-3]:
+            x = block.forward(x)
+        return _linear(layers[-1], F.silu(_layer_norm(layers[-3], x)))
 
 
-def sinusoidal_embedding(values: torch.Tensor, dim: int) -> torch.Tensor:
-    """[sin, cos] of ``values`` (...,) at ``dim // 2`` geometric frequencies, (..., dim)."""
+def sinusoidal_frequencies(dim: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """The ``dim // 2`` geometric frequencies of ``sinusoidal_embedding``."""
     half = dim // 2
-    frequencies = torch.exp(-math.log(10_000.0) * torch.arange(half, device=values.device) / half)
+    return torch.exp(-math.log(10_000.0) * torch.arange(half, device=device) / half)
+
+
+def sinusoidal_embedding(values: torch.Tensor, dim: int, frequencies: torch.Tensor | None = None) -> torch.Tensor:
+    """[sin, cos] of ``values`` (...,) at ``dim // 2`` geometric frequencies, (..., dim). ``frequencies``:
+    ``sinusoidal_frequencies(dim)`` computed ahead (None: computed here)."""
+    if frequencies is None:
+        frequencies = sinusoidal_frequencies(dim, values.device)
     angles = values.float()[..., None] * frequencies
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
@@ -82,9 +109,11 @@ class LevelEmbedding(nn.Module):
         self.dim = dim
         self.num_levels = num_levels
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.register_buffer("frequencies", sinusoidal_frequencies(dim), persistent=False)
 
     def forward(self, levels: torch.Tensor) -> torch.Tensor:
-        return self.mlp(sinusoidal_embedding(levels, self.dim))
+        first, _, second = self.mlp
+        return _linear(second, F.silu(_linear(first, sinusoidal_embedding(levels, self.dim, self.frequencies))))
 
 
 class CausalModel(nn.Module):

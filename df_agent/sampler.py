@@ -97,14 +97,16 @@ def monte_carlo_guidance_cost(
     redraws it is the plain guidance cost ``cost(cat(prefix, estimate)).sum()``. The prefix is final and the sampler
     hands it in detached: the gradient reaches the plan through ``estimate`` and ``redraws`` only.
     """
-    total = cost(torch.cat([prefix, estimate], dim=1)).sum()
+    plan = torch.cat([prefix, estimate], dim=1)
     if redraws is None:
-        return total
-    draws, remainder = divmod(redraws.shape[0], estimate.shape[0])
+        return cost(plan).sum()
+    batch = estimate.shape[0]
+    draws, remainder = divmod(redraws.shape[0], batch)
     if remainder or draws < 1:
-        raise ValueError(f"redraws must hold (S - 1) * {estimate.shape[0]} futures, got {redraws.shape[0]}")
-    futures = torch.cat([prefix.repeat(draws, 1, 1), redraws], dim=1)
-    return (total + cost(futures).sum()) / (draws + 1)
+        raise ValueError(f"redraws must hold (S - 1) * {batch} futures, got {redraws.shape[0]}")
+    futures = torch.cat([plan, torch.cat([prefix.repeat(draws, 1, 1), redraws], dim=1)])
+    costs = cost(futures)  # one call for all S futures, the plan's first: each is costed on its own
+    return (costs[:batch].sum() + costs[batch:].sum()) / (draws + 1)
 
 
 def sample(
@@ -122,6 +124,7 @@ def sample(
     return_history: bool = False,
     initial_tokens: torch.Tensor | None = None,
     initial_mask: torch.Tensor | None = None,
+    min_guidance_weight: float = 0.0,
 ) -> SampleResult:
     """Generate tokens from initial latents ``z0`` (B, latent; a backbone's ``initial_latent``) following
     ``level_matrix`` (rows, T) of noise levels.
@@ -134,9 +137,16 @@ def sample(
     Warm start (SDEdit-style): where ``initial_mask`` (B, T) is true, a token starts from ``initial_tokens``
     (B, T, D), a previous clean estimate, noised to its row-0 level, instead of from pure noise; the matrix then
     usually starts those tokens below K (``df_agent.schedules.warm_start``). Elsewhere tokens start as without it.
+
+    ``min_guidance_weight`` (a fraction, 0: off) skips the gradient on rows whose largest guidance weight is below
+    that fraction of the largest over the whole matrix. The weight nearly vanishes on the first rows down from pure
+    noise (a 10-step row from level K carries under 1% of the peak weight), yet each guided row costs a forward
+    and backward pass, MCG's redraws included; such rows then step unguided, with the same random draws.
     """
     if mcg_samples < 1:
         raise ValueError(f"mcg_samples must be at least 1, got {mcg_samples}")
+    if not 0.0 <= min_guidance_weight <= 1.0:
+        raise ValueError(f"min_guidance_weight is a fraction of the peak weight, in [0, 1]; got {min_guidance_weight}")
     scale = torch.as_tensor(guidance_scale, dtype=torch.float32, device=z0.device).reshape(-1)
     if len(scale) not in (1, z0.shape[0]):
         raise ValueError(f"guidance_scale must be a number or one per plan ({z0.shape[0]}), got {len(scale)} values")
@@ -162,6 +172,10 @@ def sample(
     guided = bool((scale > 0).any()) and cost is not None
     history = [] if return_history else None
     scale = scale.expand(z0.shape[0])[:, None, None]
+    weight_floor = 0.0
+    if guided and min_guidance_weight > 0:
+        row_weights = schedule.guidance_weight(levels_all[:-1], levels_all[1:])  # (rows - 1, T)
+        weight_floor = min_guidance_weight * float(row_weights.max())
     for m in range(len(level_matrix) - 1):
         level, next_level = levels_all[m], levels_all[m + 1]
         final = int(torch.cumprod(((level == 0) & (next_level == 0)).long(), 0).sum())
@@ -171,10 +185,10 @@ def sample(
             cached = final
         active, lv, nlv = x[:, cached:], level[cached:], next_level[cached:]
         weight = schedule.guidance_weight(lv, nlv) if guided else None
-        if weight is None or not bool((weight > 0).any()):
+        if weight is None or not bool((weight > 0).any()) or float(weight.max()) < weight_floor:
             # Unguided, or a row whose guidance weight is 0 for every token (the step to the clean token, tokens
-            # that stay): no gradient to take. MCG's redraw noise is drawn all the same, so the random stream, and
-            # every later draw, is the one the gradient path would leave.
+            # that stay) or below the floor: no gradient to take. MCG's redraw noise is drawn all the same, so the
+            # random stream, and every later draw, is the one the gradient path would leave.
             with torch.no_grad():
                 x0 = _model_x0(model, schedule, z_cached, active, lv, prediction)
                 if guided and mcg_samples > 1:

@@ -464,6 +464,20 @@ def test_ended_episodes_neither_plan_nor_advance(trained, monkeypatch):
         agent.act(obs, active=np.ones(3))
 
 
+@pytest.mark.parametrize("maze", ["umaze", "medium", "large"])
+def test_the_shipped_agents_plan_with_the_script_s_defaults(maze, load_script):
+    """Agent.from_pretrained gives what `df_maze2d.py --env maze2d-<maze>` plans with: every planner setting of the
+    shipped file equals the script's default for the maze (a default changed without re-saving the agent fails)."""
+    from dataclasses import asdict
+
+    script = load_script("df_maze2d")
+    task = envs.get_task(f"maze2d-{maze}")
+    shipped = asdict(Agent.from_pretrained(f"maze2d-{maze}").planner)
+    expected = asdict(script.planner_config(script.Args(env=f"maze2d-{maze}"), task))
+    differing = {name: (shipped[name], expected[name]) for name in expected if shipped[name] != expected[name]}
+    assert differing == {}
+
+
 def test_the_pretrained_agent_acts_in_a_gymnasium_loop_right_after_install():
     agent = Agent.from_pretrained("maze2d-umaze-multi", ddim_steps=4, mcg_samples=1)  # the umaze agent
     assert agent.planner.episode_length == 300 and agent.planner.ddim_steps == 4

@@ -331,6 +331,64 @@ def test_rows_without_guidance_weight_take_no_gradient_and_keep_the_random_strea
     assert torch.equal(generator.get_state(), replay.get_state())
 
 
+def test_rows_below_the_guidance_weight_floor_step_unguided_with_the_same_random_draws():
+    """min_guidance_weight f skips the gradient on exactly the rows whose largest weight is below f times the
+    matrix's largest, computed here from NoiseSchedule.guidance_weight; such a row steps as an unguided one, and the
+    random stream is the one of the fully guided sampler, so the plan changes only by the skipped rows' small
+    guidance steps."""
+    model = tiny_model(seed=6).eval()
+    schedule = NoiseSchedule(1000, "linear")
+    levels = to_noise_levels(make_schedule("pyramid", 4, 10), 10, 1000)
+    weights = schedule.guidance_weight(torch.as_tensor(levels[:-1]), torch.as_tensor(levels[1:]))  # (rows - 1, T)
+    z0 = torch.randn(2, 16, generator=torch.Generator().manual_seed(3))
+    calls = []
+
+    def cost(tokens):
+        calls.append(tokens.shape[0])
+        return (tokens[..., :2] - 1.0).pow(2).sum(dim=(1, 2))
+
+    def run(floor, mcg=1):
+        calls.clear()
+        generator = torch.Generator().manual_seed(4)
+        tokens = sample(model, schedule, z0, levels, cost, 0.5, mcg, generator=generator, min_guidance_weight=floor)
+        return tokens.tokens, len(calls), generator.get_state()
+
+    row_max = weights.amax(dim=1)
+    full, full_calls, full_state = run(0.0)
+    assert full_calls == int((row_max > 0).sum())
+    for floor in (0.1, 0.5, 1.0):
+        tokens, num_calls, state = run(floor)
+        assert num_calls == int((row_max >= floor * row_max.max()).sum())
+        assert torch.equal(state, full_state)
+    assert run(0.1)[1] < full_calls  # the first rows down from pure noise are skipped
+    skipped, _, _ = run(0.1)
+    unguided = sample(model, schedule, z0, levels, generator=torch.Generator().manual_seed(4)).tokens
+    assert 0 < (skipped - full).abs().max() < 0.1 * (full - unguided).abs().max()
+    assert torch.equal(run(0.1, mcg=3)[2], run(0.0, mcg=3)[2])  # MCG's redraw noise drawn on skipped rows too
+    with pytest.raises(ValueError, match="fraction"):
+        sample(model, schedule, z0, levels, cost, 0.5, min_guidance_weight=1.5)
+
+
+def test_res_mlp_and_level_embedding_compute_what_their_modules_compute():
+    """The functional forwards of ResMLP, ResidualBlock and LevelEmbedding give bit for bit what calling their
+    submodules one after the other gives (so checkpoints and plans are unchanged)."""
+    from df_agent.model import sinusoidal_embedding
+
+    torch.manual_seed(0)
+    model = DiffusionForcingModel(ModelConfig(token_dim=6, latent_dim=16, width=32, depth=2, level_embedding_dim=8))
+    x = torch.randn(3, 5, 6 + 8)
+    expected = model.token_encoder.net[0](x)
+    for block in model.token_encoder.net[1:-3]:
+        expected = expected + block.net[2](block.net[1](block.net[0](block.norm(expected))))
+    for layer in model.token_encoder.net[-3:]:
+        expected = layer(expected)
+    assert torch.equal(model.token_encoder(x), expected)
+    levels = torch.tensor([[0, 10, 999], [500, 1, 2]])
+    embedding = model.level_embedding
+    first, silu, second = embedding.mlp
+    assert torch.equal(embedding(levels), second(silu(first(sinusoidal_embedding(levels, 8)))))
+
+
 @pytest.mark.parametrize("use_reward", [False, True])
 def test_relative_position_tokens_round_trip_and_hold_positions_from_the_origin(use_reward):
     layout = TokenLayout(frame_stack=5, use_reward=use_reward, relative_positions=True)
