@@ -103,6 +103,10 @@ class PlannerConfig:
     near_goal_ddim_steps: int | None = None
     """DDIM steps per token for plans that start within ``near_goal_radius`` of the goal (None: ``ddim_steps``).
     The near-goal plans are short and replanned every few steps; fewer denoising steps make each cheaper"""
+    near_goal_min_guidance_weight: float | None = None
+    """``min_guidance_weight`` for plans that start within ``near_goal_radius`` of the goal (None: as far from it).
+    Near the goal there is no route left to choose, and the frequent near-goal replans are where acting spends its
+    time"""
     shrink_horizon: bool = True
     """plan only to the episode's end (the paper). False keeps planning ``horizon_tokens`` ahead near the end too:
     the goal cost then still asks the plan to stay at the goal, instead of guiding only its last few tokens"""
@@ -346,6 +350,7 @@ class Agent:
         mcg_samples: int | None = None,
         guidance_scale: float | None = None,
         ddim_steps: int | None = None,
+        min_guidance_weight: float | None = None,
         return_history: bool = False,
         warm_tokens: np.ndarray | None = None,
         warm_start_level: float | None = None,
@@ -353,9 +358,10 @@ class Agent:
     ) -> Plan:
         """Plan ``horizon`` steps (rounded up to whole tokens) from observations toward goals.
 
-        ``horizon``, ``schedule``, ``mcg_samples``, ``guidance_scale``, ``ddim_steps`` and ``warm_start_level``
-        override the planner's settings for this call; None (the default) keeps the planner's. A horizon of None
-        plans ``horizon_tokens`` tokens (None: to the episode's end); a guidance scale of 0 plans unguided.
+        ``horizon``, ``schedule``, ``mcg_samples``, ``guidance_scale``, ``ddim_steps``, ``min_guidance_weight`` and
+        ``warm_start_level`` override the planner's settings for this call; None (the default) keeps the planner's. A
+        horizon of None plans ``horizon_tokens`` tokens (None: to the episode's end); a guidance scale of 0 plans
+        unguided.
 
         ``schedule`` is the name of a scheduling matrix (see ``df_agent.schedules``) or a matrix of denoising-step
         indices (rows, tokens) with entries in [0, ddim_steps], validated.
@@ -377,6 +383,7 @@ class Agent:
             "mcg_samples": mcg_samples,
             "guidance_scale": guidance_scale,
             "ddim_steps": ddim_steps,
+            "min_guidance_weight": min_guidance_weight,
             "warm_start_level": warm_start_level,
         }
         p = replace(self.planner, **{name: value for name, value in overrides.items() if value is not None})
@@ -581,6 +588,7 @@ class Agent:
                 ("schedule", p.near_goal_schedule),
                 ("mcg_samples", p.near_goal_mcg_samples),
                 ("ddim_steps", p.near_goal_ddim_steps),
+                ("min_guidance_weight", p.near_goal_min_guidance_weight),
             )
             if value is not None
         }

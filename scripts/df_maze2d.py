@@ -101,6 +101,7 @@ _NEAR_GOAL_DEFAULTS = dict(
     near_goal_horizon_tokens=5,
     near_goal_mcg_samples=None,
     near_goal_ddim_steps=None,
+    near_goal_min_guidance_weight=None,
 )
 MAZE_PLANNER_DEFAULTS = {
     "umaze": dict(
@@ -119,9 +120,9 @@ MAZE_PLANNER_DEFAULTS = {
         schedule="full_sequence",
         mcg_samples=4,
         warm_start_level=0.0,
-        min_guidance_weight=0.2,  # for act speed (below)
+        min_guidance_weight=0.0,
         near_goal_guidance_scale=8.0,
-        **_NEAR_GOAL_DEFAULTS,
+        **{**_NEAR_GOAL_DEFAULTS, "near_goal_min_guidance_weight": 0.2},  # for act speed (below)
     ),
     "large": dict(
         horizon_tokens=30,
@@ -297,6 +298,8 @@ class Args:
     on medium and large)"""
     near_goal_ddim_steps: int | None = None
     """DDIM steps per token within --near-goal-radius of the goal (default per maze: --ddim-steps)"""
+    near_goal_min_guidance_weight: float | None = None
+    """--min-guidance-weight within --near-goal-radius of the goal (default per maze: as far from it)"""
     near_goal_horizon_tokens: int | None = None
     """plan length in tokens within --near-goal-radius of the goal (default per maze: 4 on umaze, 5 on medium and large;
     0: --horizon-tokens)"""
@@ -407,6 +410,7 @@ def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
         near_goal_mcg_samples=1 if args.no_mcg else per_maze("near_goal_mcg_samples"),
         near_goal_ddim_steps=per_maze("near_goal_ddim_steps"),
         min_guidance_weight=per_maze("min_guidance_weight"),
+        near_goal_min_guidance_weight=per_maze("near_goal_min_guidance_weight"),
         shrink_horizon=args.shrink_horizon,
         horizon_tokens=per_maze("horizon_tokens"),
         replan_every=args.replan_every,

@@ -258,6 +258,19 @@ def test_near_the_goal_plans_can_use_their_own_ddim_steps(trained, monkeypatch):
     assert len(calls) == 1 and len(np.unique(calls[0]["levels"])) == 3 and calls[0]["result"].shape[0] == 2
 
 
+def test_near_the_goal_plans_can_use_their_own_guidance_weight_floor(trained, monkeypatch):
+    """near_goal_min_guidance_weight=0.5 with 0 far away: the near env plans alone with the floor, the far one
+    guides every row; the planner's min_guidance_weight reaches the sampler for plans far from the goal."""
+    calls = spy_on_sample(monkeypatch)
+    obs = {"observation": np.zeros((2, 4), np.float32), "desired_goal": np.array([[3.0, 3.0], [0.5, 0.0]], np.float32)}
+    Agent.from_trainer(trained, planner(horizon_tokens=4, ddim_steps=2, near_goal_min_guidance_weight=0.5)).act(obs)
+    assert sorted(c["min_guidance_weight"] for c in calls) == [0.0, 0.5]
+    assert all(c["result"].shape[0] == 1 for c in calls)
+    calls.clear()
+    Agent.from_trainer(trained, planner(horizon_tokens=4, ddim_steps=2, min_guidance_weight=0.3)).act(obs)
+    assert len(calls) == 1 and calls[0]["min_guidance_weight"] == 0.3 and calls[0]["result"].shape[0] == 2
+
+
 def test_benchmark_df_writes_a_speed_record_that_make_results_tables(trained, tmp_path, load_script):
     """scripts/benchmark_df.py --speed-record: the batch replan timings and agent.act in one env (overall, split by
     distance to the goal, over an episode boundary), then a Speed table in RESULTS.md."""
