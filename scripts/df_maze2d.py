@@ -147,12 +147,13 @@ MAZE_PLANNER_DEFAULTS = {
 # 1.2 over seeds 100-399 (sum +0.1), so medium keeps 5 (its 4-token test episodes are recorded apart). Large keeps 5:
 # 4 tokens scored 207.1 / 188.3 against 207.9 / 189.7 (seeds 150-349; large-multi 193.3 against 196.0 on 100-149).
 # Three tokens lost single-goal medium's goal (96.8 against 150.8).
-# min_guidance_weight (results/probes_near_goal.jsonl; held-out, paired, single / multi-goal): the first rows down from
-# pure noise carry under a fifth of the peak guidance weight, and skipping their gradient makes medium's near-goal
-# plans about a quarter cheaper (agent.act 107 steps/s against 71 in one run, results/speed.jsonl). Medium at 0.2:
-# +0.5 +- 1.0 / -0.5 +- 1.1 over seeds 200-399, 2.8 / 0.5 steps sooner to the goal (0.1 on seeds 200-299: -1.3 /
-# -0.3); umaze -2.6 +- 0.9 / -1.6 +- 1.1 with 3.6 / 1.6 steps more to the goal (seeds 100-299), large -1.7 +- 1.7 /
-# +0.7 +- 1.8 with 5 steps more single-goal (seeds 150-349): umaze and large, which act in real time already, keep 0.
+# min_guidance_weight, near_goal_min_guidance_weight (results/probes_near_goal.jsonl; held-out, paired, single /
+# multi-goal): the first rows down from pure noise carry under a fifth of the peak guidance weight, and skipping their
+# gradient makes medium's near-goal plans about a quarter cheaper. Medium, 0.2 near the goal only: +0.4 +- 1.1 / +0.5
+# +- 1.1 over seeds 200-399. On every row: +0.5 +- 1.0 / -0.5 +- 1.1 on the same seeds, but 8 steps later to the goal
+# on the test episodes (docs/diffusion_forcing.md), so the way there, where the route is chosen, keeps every row.
+# Umaze on every row -2.6 +- 0.9 / -1.6 +- 1.1 with 3.6 / 1.6 steps more to the goal (seeds 100-299), large -1.7 +-
+# 1.7 / +0.7 +- 1.8 with 5 steps more single-goal (seeds 150-349): they act in real time already and keep 0.
 # Subgoals on the data's own transition graph (df_agent.subgoals), this far ahead on its shortest way to the goal.
 # Chosen on held-out seeds 100-199 (results/probes_subgoals.jsonl; docs/diffusion_forcing.md has every probe), paired
 # against the previous defaults, single / multi-goal: large, subgoals 2.0 ahead with guidance 3 and near-goal scale 8,
@@ -267,7 +268,7 @@ class Args:
     """plain guidance (same as --mcg-samples 1)"""
     min_guidance_weight: float | None = None
     """skip the guidance gradient on sampling rows whose largest guidance weight is below this fraction of the
-    plan's largest (default per maze: 0.2 on medium, for act speed; 0, every row guided, on umaze and large)"""
+    plan's largest (default: 0, every row guided; see --near-goal-min-guidance-weight)"""
     stay_velocity_weight: float = 0.0
     """goal-state guidance: weight of the planned speed near the goal, so the plan stops there (0: off; measured
     on held-out episodes, it slowed the way to the goal more than it helped staying)"""
@@ -299,7 +300,8 @@ class Args:
     near_goal_ddim_steps: int | None = None
     """DDIM steps per token within --near-goal-radius of the goal (default per maze: --ddim-steps)"""
     near_goal_min_guidance_weight: float | None = None
-    """--min-guidance-weight within --near-goal-radius of the goal (default per maze: as far from it)"""
+    """--min-guidance-weight within --near-goal-radius of the goal (default per maze: 0.2 on medium, for act speed;
+    as far from it on umaze and large)"""
     near_goal_horizon_tokens: int | None = None
     """plan length in tokens within --near-goal-radius of the goal (default per maze: 4 on umaze, 5 on medium and large;
     0: --horizon-tokens)"""
