@@ -149,11 +149,12 @@ MAZE_PLANNER_DEFAULTS = {
 # Three tokens lost single-goal medium's goal (96.8 against 150.8).
 # min_guidance_weight, near_goal_min_guidance_weight (results/probes_near_goal.jsonl; held-out, paired, single /
 # multi-goal): the first rows down from pure noise carry under a fifth of the peak guidance weight, and skipping their
-# gradient makes medium's near-goal plans about a quarter cheaper. Medium, 0.2 near the goal only: +0.4 +- 1.1 / +0.5
-# +- 1.1 over seeds 200-399. On every row: +0.5 +- 1.0 / -0.5 +- 1.1 on the same seeds, but 8 steps later to the goal
-# on the test episodes (docs/diffusion_forcing.md), so the way there, where the route is chosen, keeps every row.
-# Umaze on every row -2.6 +- 0.9 / -1.6 +- 1.1 with 3.6 / 1.6 steps more to the goal (seeds 100-299), large -1.7 +-
-# 1.7 / +0.7 +- 1.8 with 5 steps more single-goal (seeds 150-349): they act in real time already and keep 0.
+# gradient let medium act 1.4x faster near the goal (results/speed.jsonl). Medium, 0.2 near the goal only: +0.4 +-
+# 1.1 / +0.5 +- 1.1 over seeds 200-399. On every row: +0.5 +- 1.0 / -0.5 +- 1.1 on the same seeds, but 8 steps later
+# to the goal on the test episodes (docs/diffusion_forcing.md), so the way there, where the route is chosen, keeps
+# every row. Umaze on every row -2.6 +- 0.9 / -1.6 +- 1.1 with 3.6 / 1.6 steps more to the goal, near the goal only
+# +0.0 +- 0.1 / -1.1 +- 0.6 (seeds 100-299); large on every row -1.7 +- 1.7 / +0.7 +- 1.8 with 5 steps more
+# single-goal (seeds 150-349): they act in real time already and keep 0.
 # Subgoals on the data's own transition graph (df_agent.subgoals), this far ahead on its shortest way to the goal.
 # Chosen on held-out seeds 100-199 (results/probes_subgoals.jsonl; docs/diffusion_forcing.md has every probe), paired
 # against the previous defaults, single / multi-goal: large, subgoals 2.0 ahead with guidance 3 and near-goal scale 8,
