@@ -81,8 +81,8 @@ class ResMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layers = self.net
         x = _linear(layers[0], x)
-        for block in layers[1:-3]:
-            x = block.forward(x)
+        for index in range(1, len(layers) - 3):  # the residual blocks (a slice would build a Sequential per call)
+            x = layers[index].forward(x)
         return _linear(layers[-1], F.silu(_layer_norm(layers[-3], x)))
 
 

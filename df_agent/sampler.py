@@ -4,7 +4,8 @@ Each row of the matrix moves every token from its level to the next row's level 
 the step is followed by a guidance step ``x -= scale * w_k * d cost(x0_hat(x)) / d x``: the clean-token prediction
 of every token comes out of the latent chain, so a cost on far-future tokens moves earlier tokens too (Section 3.4).
 ``w_k`` (``NoiseSchedule.guidance_weight``) scales each token's step by the noise its DDIM step removes and is 0 on
-the step to the clean token, as in the authors' planner. A row whose weight is 0 for every token takes no gradient.
+the step to the clean token, as in the authors' planner. A row whose weight is 0 for every token takes no gradient, and
+with ``min_guidance_weight`` neither does a row whose weights all fall below that fraction of the plan's peak.
 
 Monte Carlo Guidance (Section 3.4, Appendix C.5): the cost is averaged over ``mcg_samples`` futures of the plan,
 the plan's own clean estimate plus ``mcg_samples - 1`` redraws of every token's clean estimate from the plan's own

@@ -269,7 +269,8 @@ class Args:
     """plain guidance (same as --mcg-samples 1)"""
     min_guidance_weight: float | None = None
     """skip the guidance gradient on sampling rows whose largest guidance weight is below this fraction of the
-    plan's largest (default: 0, every row guided; see --near-goal-min-guidance-weight)"""
+    plan's largest (default: 0, every row guided). Plans near the goal follow --near-goal-min-guidance-weight where
+    a maze sets it (medium: 0.2), so turning the floor off everywhere on medium takes both flags at 0"""
     stay_velocity_weight: float = 0.0
     """goal-state guidance: weight of the planned speed near the goal, so the plan stops there (0: off; measured
     on held-out episodes, it slowed the way to the goal more than it helped staying)"""

@@ -93,8 +93,10 @@ def describe_settings(record: dict) -> str:
         parts.append(f"{s['near_goal_ddim_steps']} DDIM steps near the goal")
     if s.get("min_guidance_weight"):
         parts.append(f"rows under {s['min_guidance_weight']:g} of the peak guidance weight unguided")
-    if s.get("near_goal_min_guidance_weight") is not None:
+    if s.get("near_goal_min_guidance_weight"):
         parts.append(f"near the goal rows under {s['near_goal_min_guidance_weight']:g} of the peak weight unguided")
+    elif s.get("near_goal_min_guidance_weight") == 0 and s.get("min_guidance_weight"):
+        parts.append("every row guided near the goal")
     if s.get("subgoal_distance"):
         cell = s.get("subgoal_cell", 0.25)
         cells = f" (cells of {cell:g})" if cell != 0.25 else ""
