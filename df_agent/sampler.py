@@ -173,10 +173,9 @@ def sample(
     guided = bool((scale > 0).any()) and cost is not None
     history = [] if return_history else None
     scale = scale.expand(z0.shape[0])[:, None, None]
-    weight_floor = 0.0
-    if guided and min_guidance_weight > 0:
-        row_weights = schedule.guidance_weight(levels_all[:-1], levels_all[1:])  # (rows - 1, T)
-        weight_floor = min_guidance_weight * float(row_weights.max())
+    # every row's guidance weights at once (rows - 1, T): each row reads its active tokens' from here
+    row_weights = schedule.guidance_weight(levels_all[:-1], levels_all[1:]) if guided else None
+    weight_floor = min_guidance_weight * float(row_weights.max()) if guided and min_guidance_weight > 0 else 0.0
     for m in range(len(level_matrix) - 1):
         level, next_level = levels_all[m], levels_all[m + 1]
         final = int(torch.cumprod(((level == 0) & (next_level == 0)).long(), 0).sum())
@@ -185,7 +184,7 @@ def sample(
                 z_cached = _advance(model, z_cached, x[:, cached:final], level[cached:final].expand(batch, -1))
             cached = final
         active, lv, nlv = x[:, cached:], level[cached:], next_level[cached:]
-        weight = schedule.guidance_weight(lv, nlv) if guided else None
+        weight = row_weights[m, cached:] if guided else None
         if weight is None or not bool((weight > 0).any()) or float(weight.max()) < weight_floor:
             # Unguided, or a row whose guidance weight is 0 for every token (the step to the clean token, tokens
             # that stay) or below the floor: no gradient to take. MCG's redraw noise is drawn all the same, so the
