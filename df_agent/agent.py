@@ -305,6 +305,7 @@ class Agent:
         self._elapsed = np.zeros(n, dtype=np.int64)  # per env: steps since its episode started
         self._last_tokens: list[np.ndarray | None] = [None] * n  # per env: the last plan's clean tokens (T, token_dim)
         self._since_plan = np.zeros(n, dtype=np.int64)  # per env: steps executed since that plan
+        self._last_origin = np.zeros((n, self.tokenizer.layout.obs_dim), np.float32)  # per env: that plan's start
         self._anchor_xy = np.zeros((n, 2))  # per env: position at the last stall check
         self._anchor_elapsed = np.full(n, -1, dtype=np.int64)  # per env: its step count then (-1: not yet set)
         self._stalled = np.zeros(n, dtype=bool)  # per env: the next plan starts cold
@@ -368,7 +369,8 @@ class Agent:
 
         ``warm_tokens`` (B, W, token_dim), normalized clean tokens (e.g. a previous plan's, shifted), warm-start the
         plan's first min(W, tokens) tokens at ``warm_start_level`` (a fraction of the noise scale K; 0: no warm
-        start), see ``PlannerConfig.warm_start_level``.
+        start), see ``PlannerConfig.warm_start_level``. With relative positions they must be relative to ``obs``
+        (``Tokenizer.reorigin`` moves a previous plan's tokens there; ``act`` does it).
 
         ``route`` (B, K, 2) or (K, 2): points every planned step is pulled toward (the nearest of them) with
         ``route_weight``, see ``PlannerConfig.route_weight``; needed when that weight is above 0, unused otherwise.
@@ -403,9 +405,6 @@ class Agent:
             raise ValueError(f"warm_start_level must be >= 0, got {warm_fraction}")
         initial_tokens = initial_mask = None
         if warm_tokens is not None and warm_fraction > 0:
-            if self.tokenizer.layout.relative_positions:
-                # a previous plan's tokens hold positions relative to where that plan started, not to obs
-                raise ValueError("warm starts are not supported with relative positions: set warm_start_level=0")
             warm_tokens = np.asarray(warm_tokens, dtype=np.float32)
             token_dim = self.tokenizer.layout.token_dim
             if warm_tokens.ndim != 3 or warm_tokens.shape[0] != len(obs) or warm_tokens.shape[2] != token_dim:
@@ -580,7 +579,7 @@ class Agent:
         if p.warm_start_level > 0:
             for env in envs:
                 if not self._stalled[env]:
-                    warm[env] = self._shifted_tokens(env, math.ceil(horizons[env] / frame_stack))
+                    warm[env] = self._shifted_tokens(env, math.ceil(horizons[env] / frame_stack), obs[env])
             self._stalled[envs] = False
         near_overrides = {
             name: value
@@ -604,22 +603,28 @@ class Agent:
                 kwargs.update(near_overrides)
             if routes is not None:
                 kwargs["route"] = routes[members]
-            self._store(members, self.plan(obs[members], goal[members], horizon=length, **kwargs), execute)
+            plan = self.plan(obs[members], goal[members], horizon=length, **kwargs)
+            self._store(members, plan, execute, obs[members])
 
-    def _store(self, envs: np.ndarray, plan: Plan, execute: np.ndarray) -> None:
-        """Queue each env's first ``execute[env]`` planned actions and keep the plan for the next warm start."""
+    def _store(self, envs: np.ndarray, plan: Plan, execute: np.ndarray, origins: np.ndarray) -> None:
+        """Queue each env's first ``execute[env]`` planned actions and keep the plan (and the observation it started
+        from) for the next warm start."""
         for i, env in enumerate(envs):
             self._queues[env] = plan.actions[i, : execute[env]]
             self._last_tokens[env] = np.array(plan.tokens[i])
+            self._last_origin[env] = origins[i]
             self._since_plan[env] = 0
 
-    def _shifted_tokens(self, env: int, num_tokens: int) -> np.ndarray | None:
+    def _shifted_tokens(self, env: int, num_tokens: int, obs: np.ndarray) -> np.ndarray | None:
         """The env's last plan shifted by the steps executed since: its whole tokens left, at most ``num_tokens``
-        (a partial token at the end, after a shift by part of a token, is dropped); None without a last plan."""
+        (a partial token at the end, after a shift by part of a token, is dropped); None without a last plan. With
+        relative positions its positions are moved from that plan's origin to ``obs``, the new plan's."""
         tokens = self._last_tokens[env]
         if tokens is None:
             return None
         layout = self.tokenizer.layout
+        if layout.relative_positions:
+            tokens = self.tokenizer.reorigin(tokens, self._last_origin[env], obs)
         steps = tokens.reshape(-1, layout.step_dim)[self._since_plan[env] :]  # steps are normalized alike
         left = min(len(steps) // layout.frame_stack, num_tokens)
         if left == 0:

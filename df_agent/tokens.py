@@ -156,6 +156,14 @@ class Tokenizer:
             out["rewards"] = steps[..., layout.action_dim]
         return out
 
+    def reorigin(self, tokens, origin, new_origin):
+        """Normalized tokens (..., T, token_dim) of a relative layout, relative to ``origin`` (..., obs_dim), as
+        tokens relative to ``new_origin``: the same absolute plan seen from another start (a warm start's)."""
+        if not self.layout.relative_positions:
+            raise ValueError("reorigin is for layouts with relative positions; absolute tokens need no change")
+        out = self.decode(tokens, origin)
+        return self.encode(out["actions"], out["next_observations"], out.get("rewards"), origin=new_origin)
+
     def _stats(self, like):
         if isinstance(like, torch.Tensor):
             return (

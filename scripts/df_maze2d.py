@@ -201,6 +201,9 @@ class Args:
     """steps per token"""
     use_reward: bool = False
     """keep the reward slot in tokens (maze2d guides by goal, so the paper drops it)"""
+    relative_positions: bool = False
+    """tokens hold each planned position relative to the observation the plan starts from (``TokenLayout.
+    relative_positions``), so a plan starts where the point is by construction"""
     goal_conditioned: bool | None = None
     """condition the model on the goal (encoded with the observation into the initial state; trained on the goal
     each window's episode pursued, which it reaches), as well as guiding the plan toward it (the paper's model is not
@@ -487,7 +490,12 @@ def train(
     main_process = rank == 0
     data = load_transitions(task.env_id, source=args.dataset_source, progress=main_process)
     goal_conditioned = GOAL_CONDITIONED[task.maze] if args.goal_conditioned is None else args.goal_conditioned
-    layout = TokenLayout(frame_stack=args.frame_stack, use_reward=args.use_reward, goal_dim=2 * goal_conditioned)
+    layout = TokenLayout(
+        frame_stack=args.frame_stack,
+        use_reward=args.use_reward,
+        goal_dim=2 * goal_conditioned,
+        relative_positions=args.relative_positions,
+    )
     window = args.window_tokens or DEFAULT_WINDOW_TOKENS[task.maze]
     if args.resume:
         trainer = Trainer.load(args.resume, device=device)
@@ -662,6 +670,7 @@ def main(args: Args) -> dict:
         if args.record:
             settings = {**asdict(agent.planner), "checkpoint": args.checkpoint or str(run_dir / "agent.pt")}
             settings["goal_conditioned"] = agent.tokenizer.layout.goal_dim > 0
+            settings["relative_positions"] = agent.tokenizer.layout.relative_positions
             if graph is not None:
                 settings |= policy.settings()
             record = make_record(

@@ -167,7 +167,7 @@ class Args:
     """steps per token"""
     relative_positions: bool = False
     """tokens hold each planned position relative to the observation the plan starts from (``TokenLayout.
-    relative_positions``), so a plan starts where the point is by construction (needs cold starts)"""
+    relative_positions``), so a plan starts where the point is by construction"""
     goal_conditioned: bool = False
     """condition the model on the goal (encoded with the observation into the initial state), as well as guiding the
     plan toward it; trained on hindsight goals (--hindsight-goal-steps)"""

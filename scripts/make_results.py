@@ -59,6 +59,8 @@ def describe_settings(record: dict) -> str:
         parts.append(f"model: {model['steps']:,} steps of {model['batch_size']:,} windows on {model['device']}")
     if s.get("goal_conditioned"):
         parts.append("goal-conditioned model")
+    if s.get("relative_positions"):
+        parts.append("relative positions")
     parts += [
         s.get("schedule", "pyramid"),
         f"guidance {s['guidance_scale']:g}",

@@ -417,3 +417,16 @@ def test_relative_position_tokens_round_trip_and_hold_positions_from_the_origin(
         tokenizer.decode(tokens)
     with pytest.raises(ValueError, match="origin must have shape"):
         tokenizer.encode(actions, next_obs, rewards, origin=origin[:2])
+    # reorigin: the same absolute steps, held relative to another start (a warm start's)
+    new_origin = origin + np.array([0.5, -1.5, 2.0, 2.0], dtype=np.float32)
+    moved = tokenizer.reorigin(tokens, origin, new_origin)
+    assert moved.shape == tokens.shape
+    again = tokenizer.decode(moved, new_origin)
+    np.testing.assert_allclose(again["next_observations"], next_obs, atol=1e-4)
+    np.testing.assert_allclose(again["actions"], actions, atol=1e-5)
+    step_back = first - moved[:, 0, position_slot : position_slot + 2]  # the new origin is this far ahead
+    np.testing.assert_allclose(step_back, np.tile([0.5, -1.5] / position_std, (3, 1)), atol=1e-5)
+    with pytest.raises(ValueError, match="relative positions"):
+        Tokenizer.fit(TokenLayout(frame_stack=5), actions.reshape(-1, 2), next_obs.reshape(-1, 4)).reorigin(
+            tokens, origin, new_origin
+        )

@@ -280,7 +280,7 @@ def test_script_trains_a_goal_conditioned_agent_on_hindsight_goals(dataset_dir, 
 
 def test_script_trains_an_agent_of_relative_positions(dataset_dir, tmp_path, load_script):
     """--relative-positions: tokens hold positions relative to the plan's start; the agent decodes its plans from the
-    observation it plans from, guidance included, and refuses warm starts (whose tokens hold another origin)."""
+    observation it plans from, guidance included, and warm-starts from tokens moved to that observation."""
     script = load_script("df_ogbench")
     record_path = tmp_path / "records.jsonl"
     args = tiny_args(
@@ -296,8 +296,11 @@ def test_script_trains_an_agent_of_relative_positions(dataset_dir, tmp_path, loa
     np.testing.assert_allclose(plan.observations, decoded, atol=1e-5)
     from_zero = agent.tokenizer.decode(plan.tokens, np.zeros_like(obs))["next_observations"][:, :20, :2]
     np.testing.assert_allclose(plan.positions, from_zero + obs[:, None, :2], atol=1e-4)
-    with pytest.raises(ValueError, match="relative positions"):
-        agent.plan(obs, np.ones(2), horizon=20, warm_tokens=plan.tokens[:, 1:], warm_start_level=0.5)
+    # a warm start takes tokens relative to the new plan's start (Tokenizer.reorigin moves them there)
+    moved = obs + np.array([0.5, 0.5, 0.0, 0.0], dtype=np.float32)
+    warm = agent.tokenizer.reorigin(plan.tokens[:, 1:], obs, moved)
+    again = agent.plan(moved, np.ones(2), horizon=10, warm_tokens=warm, warm_start_level=0.5)
+    assert again.observations.shape == (2, 10, 4) and np.isfinite(again.observations).all()
     (record,) = read_records(record_path)
     assert record["settings"]["relative_positions"] is True
 

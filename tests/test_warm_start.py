@@ -1,6 +1,7 @@
 """Warm-started replanning (PlannerConfig.warm_start_level): the level matrix, the sampler's start and the agent's
 bookkeeping of its last plan. Reuses the tiny trained model of test_df_agent."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from df_agent.agent import Agent
 from df_agent.diffusion import NoiseSchedule
 from df_agent.sampler import sample
 from df_agent.schedules import make_schedule, to_noise_levels, warm_start
+from df_agent.tokens import Tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import make_results  # noqa: E402
@@ -123,6 +125,24 @@ def test_the_agent_warm_starts_from_its_last_plan_shifted_by_the_steps_executed(
     old_steps = calls[0]["result"].reshape(1, -1, step_dim)
     np.testing.assert_array_equal(calls[1]["initial_mask"].numpy(), [[True, True, True, False]])
     torch.testing.assert_close(calls[1]["initial_tokens"][:, :3], old_steps[:, 3:18].reshape(1, 3, -1), rtol=0, atol=0)
+
+
+def test_with_relative_positions_the_warm_start_moves_the_last_plan_to_the_new_start(trained, monkeypatch):
+    """A relative layout's tokens hold positions from the plan's start: the warm tokens of the next plan are the last
+    plan's remaining steps at the same absolute positions, seen from where the point is now."""
+    calls = spy_on_sample(monkeypatch)
+    agent = Agent.from_trainer(trained, planner(horizon_tokens=4, ddim_steps=4, warm_start_level=0.5))
+    layout = dataclasses.replace(agent.tokenizer.layout, relative_positions=True)
+    agent.tokenizer = Tokenizer(layout, agent.tokenizer.step_mean, agent.tokenizer.step_std)
+    starts = [np.array([[0.0, 0.0, 0.0, 0.0]], np.float32), np.array([[0.7, -0.4, 0.1, 0.2]], np.float32)]
+    for t in range(6):  # plans at steps 0 (from the first start) and 5 (from the second)
+        agent.act({"observation": starts[t // 5], "desired_goal": np.ones((1, 2), np.float32)})
+    assert len(calls) == 2 and "initial_tokens" not in calls[0]
+    old = agent.tokenizer.decode(calls[0]["result"][:, 1:].numpy(), starts[0])
+    warm = agent.tokenizer.decode(calls[1]["initial_tokens"][:, :3].numpy(), starts[1])
+    np.testing.assert_allclose(warm["next_observations"], old["next_observations"], atol=1e-4)
+    np.testing.assert_allclose(warm["actions"], old["actions"], atol=1e-5)
+    assert not np.allclose(calls[1]["initial_tokens"][:, :3].numpy(), calls[0]["result"][:, 1:].numpy(), atol=1e-3)
 
 
 def test_the_warm_start_follows_the_shrinking_horizon(trained, monkeypatch):
