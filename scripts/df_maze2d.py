@@ -37,8 +37,13 @@ from envs.records import append_record, make_record
 # Gradient steps per maze (--total-steps), each trained in about an hour or less on one CPU thread. Medium's
 # goal-conditioned model trained 58 minutes (34,375 of 35,000 steps, stopped by --train-minutes 58) scored 150.8 /
 # 159.4 on held-out seeds 100-149 / 150-199 against the 20,000-step model's 147.8 / 149.8 (multi-goal: 152.6 / 161.9
-# against 154.3 / 160.3), with the same planner; umaze and large keep 20,000 (large's take about an hour).
-MAZE_TOTAL_STEPS = {"umaze": 20_000, "medium": 35_000, "large": 20_000}
+# against 154.3 / 160.3), with the same planner; large keeps 20,000 (they take about an hour). Umaze's model trains
+# 46,694 steps, where a 58-minute run on one thread of the 2-core Intel machine stopped (training is deterministic: the
+# run's step-20,000 checkpoint equals the previous 20,000-step agent bit for bit). Held-out, paired against the
+# 20,000-step model with the same planner (single / multi-goal, results/probes_models.jsonl): +0.8 +- 1.1 / +2.1 +-
+# 1.2 over seeds 100-299 and +0.8 +- 0.7 / +2.7 +- 1.4 over seeds 300-499, the gain in staying; the run's 28,000 /
+# 36,000-step checkpoints scored +0.1 / +1.8 and +1.4 / -0.7 over seeds 100-299.
+MAZE_TOTAL_STEPS = {"umaze": 46_694, "medium": 35_000, "large": 20_000}
 # Training window per maze, in tokens of frame_stack steps (the paper cuts 300 / 600 / 600 steps).
 DEFAULT_WINDOW_TOKENS = {"umaze": 30, "medium": 60, "large": 60}
 # Goal-conditioned models per maze (--goal-conditioned). On large (held-out seeds 100-149, the same training recipe)
