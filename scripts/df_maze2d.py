@@ -40,10 +40,11 @@ from envs.records import append_record, make_record
 # against 154.3 / 160.3), with the same planner; large keeps 20,000 (they take about an hour). Umaze's model trains
 # 46,694 steps, where a 58-minute run on one thread of a 2-core AMD EPYC stopped, beside other jobs (about 16 steps/s;
 # the AMD machine of the earlier records trained umaze at 8). Training is deterministic: the run's step-20,000
-# checkpoint equals the previous 20,000-step agent, trained on another machine, bit for bit. Held-out, paired against the
-# 20,000-step model with the same planner (single / multi-goal, results/probes_models.jsonl): +0.8 +- 1.1 / +2.1 +-
-# 1.2 over seeds 100-299 and +0.8 +- 0.7 / +2.7 +- 1.4 over seeds 300-499, the gain in staying; the run's 28,000 /
-# 36,000-step checkpoints scored +0.1 / +1.8 and +1.4 / -0.7 over seeds 100-299.
+# checkpoint equals the previous 20,000-step agent, trained on another machine, bit for bit. Held-out, paired against
+# the 20,000-step model with the same planner (single / multi-goal, results/probes_models.jsonl): +0.8 +- 1.1 / +2.1
+# +- 1.2 over seeds 100-299 and +0.8 +- 0.7 / +2.7 +- 1.4 over seeds 300-499, the gain in staying; the run's 28,000 /
+# 36,000-step checkpoints scored +0.1 / +1.8 and +1.4 / -0.7 over seeds 100-299. On the test episodes the gain did not
+# carry over (+0.2 +- 0.9 / -0.6 +- 1.4; docs/diffusion_forcing.md).
 MAZE_TOTAL_STEPS = {"umaze": 46_694, "medium": 35_000, "large": 20_000}
 # Training window per maze, in tokens of frame_stack steps (the paper cuts 300 / 600 / 600 steps).
 DEFAULT_WINDOW_TOKENS = {"umaze": 30, "medium": 60, "large": 60}
