@@ -367,6 +367,37 @@ def ogbench_table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n\nCommands:\n\n```bash\n" + "\n".join(commands) + "\n```\n"
 
 
+def staying_table(records: list[dict]) -> str:
+    """``scripts/staying_trace.py`` records: the steps spent outside the goal radius after the first arrival, how
+    many of them beside a wall, and how far the model's first predicted position lies from the point there."""
+    lines = [
+        "Steps outside the goal's 0.5 radius after the first arrival (mean per episode), the share of them spent",
+        "beside a wall, the episodes with over 20 such steps, and the distance from the point to the first position of",
+        "an unguided plan made from such a position beside a wall, and from positions at the goal (mean over the",
+        "positions replanned from).",
+        "",
+        "| env | model | score | steps outside | beside a wall | episodes over 20 | first planned position, beside a "
+        "wall / at the goal | episodes | date, commit |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def offset(value):
+        return "-" if value is None else f"{value:.2f}"
+
+    for r in records:
+        m = r["metrics"]
+        steps = (r.get("model") or {}).get("steps")
+        lines.append(
+            f"| {r['env_id']} | {f'{steps:,} steps' if steps else r['settings']['checkpoint']} "
+            f"| {m['normalized_score']:.1f} | {m['steps_outside_after_arrival']:.1f} "
+            f"| {100 * m['share_outside_beside_wall']:.0f}% | {m['episodes_over_20_steps_outside']} "
+            f"| {offset(m['first_step_offset_beside_wall'])} / {offset(m['first_step_offset_at_goal'])} "
+            f"| {_episodes(r)} | {r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
+        )
+    commands = list(dict.fromkeys(r["command"] for r in records))
+    return "\n".join(lines) + "\n\nCommands:\n\n```bash\n" + "\n".join(commands) + "\n```\n"
+
+
 def continuity_table(records: list[dict]) -> str:
     """``scripts/plan_continuity.py`` records: how far apart a plan's consecutive predicted positions lie inside
     tokens, across token boundaries and from the current position (medians over the plans)."""
@@ -622,6 +653,7 @@ def main(args: Args) -> str:
     ogbench = [r for r in everything if r.get("benchmark") == "ogbench"]
     continuity = [r for r in everything if r.get("kind") == "plan_continuity"]
     coverage = [r for r in everything if r.get("kind") == "data_coverage"]
+    staying = [r for r in everything if r.get("kind") == "staying_trace"]
     records = [r for r in everything if r.get("benchmark", "maze2d") == "maze2d" and r.get("kind") != "speed"]
     if not records and not speed and not ogbench:
         raise SystemExit(f"no records match {args.records}; run scripts/df_maze2d.py or scripts/benchmark_df.py first")
@@ -715,6 +747,8 @@ def main(args: Args) -> str:
         lines += ["## Plan continuity (diagnostic)", "", continuity_table(continuity)]
     if coverage:
         lines += ["## OGBench data at the test goals (diagnostic)", "", coverage_table(coverage)]
+    if staying:
+        lines += ["## Where the staying score is lost (diagnostic)", "", staying_table(staying)]
     plans = sorted(figures.glob("plan_*.png"))
     if plans:
         lines += [

@@ -1,0 +1,174 @@
+"""Diagnostic: where a maze2d agent loses its staying score.
+
+After the point first comes within the goal radius (0.5), every step it spends outside costs a reward. This script
+runs the shipped agent (its planner and data-graph subgoals, as ``df_maze2d.py --eval-only --checkpoint pretrained``
+runs it) on held-out episodes through the shared evaluation, records every position, and counts per episode the steps
+outside the radius after the first arrival: in all, and those spent beside a wall (within ``--wall-margin`` of a wall
+cell's edge, the point's own radius of 0.1 included). Then it replans, unguided, from up to ``--states`` of those
+positions beside a wall and from as many positions at the goal, and measures how far the model's first predicted
+position lies from the point: a model that imagines the point elsewhere plans actions for that other place. One record,
+``"benchmark": "diagnostic"``.
+
+    python scripts/staying_trace.py --env maze2d-umaze-multi --seed 100 --episodes 200 \
+        --record results/staying_trace.jsonl
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import tyro
+
+import envs
+from df_agent import Agent
+from df_agent.subgoals import SubgoalPolicy, TransitionGraph
+from envs.datasets import load_transitions
+from envs.evaluation import evaluate
+from envs.mazes import Maze
+from envs.records import append_record, provenance
+from envs.tasks import GOAL_RADIUS
+
+
+@dataclass
+class Args:
+    env: str = "maze2d-umaze-multi"
+    """maze2d task id (short forms work)"""
+    checkpoint: str = "pretrained"
+    """agent file, or 'pretrained' for the packaged agent"""
+    episodes: int = 200
+    """episodes traced"""
+    seed: int = 100
+    """seed of the first episode (held out: >= 100)"""
+    wall_margin: float = 0.05
+    """a position is beside a wall when the point's edge (radius 0.1) is within this of a wall cell's edge"""
+    states: int = 64
+    """positions replanned from, per kind (beside a wall, at the goal), to measure the first predicted position"""
+    num_threads: int = 1
+    """torch threads"""
+    record: str | None = None
+    """append the record to this file"""
+
+
+def beside_wall(maze: Maze, xy: np.ndarray, margin: float) -> np.ndarray:
+    """(...,) bool: positions (..., 2) whose point (radius 0.1) comes within ``margin`` of the edge of a wall cell
+    next to its own cell (cells are 1 unit wide; row 0 is the top, at positive y)."""
+    xy = np.asarray(xy, dtype=np.float64)
+    cells = maze.xy_to_cell(xy)
+    centres = maze.cell_to_xy(cells)
+    offset = xy - centres  # in [-0.5, 0.5] per axis
+    reach = 0.5 - 0.1 - margin  # how far from its cell's centre the point may go before it is beside the edge
+    walls = maze.walls
+    height, width = walls.shape
+    near = np.zeros(xy.shape[:-1], dtype=bool)
+    # (row step, col step, axis of the offset, sign): left, right, up (+y, row - 1), down (-y, row + 1)
+    for d_row, d_col, axis, sign in ((0, -1, 0, -1), (0, 1, 0, 1), (-1, 0, 1, 1), (1, 0, 1, -1)):
+        row = np.clip(cells[..., 0] + d_row, 0, height - 1)
+        col = np.clip(cells[..., 1] + d_col, 0, width - 1)
+        near |= walls[row, col] & (sign * offset[..., axis] > reach)
+    return near
+
+
+def outside_after_arrival(distance: np.ndarray, radius: float = GOAL_RADIUS) -> np.ndarray:
+    """(episodes, steps) bool: the steps after an episode's first step within ``radius`` of its goal at which the point
+    is outside it again (all False for an episode that never arrives)."""
+    inside = distance <= radius
+    first = np.where(inside.any(axis=1), inside.argmax(axis=1), distance.shape[1])
+    return (np.arange(distance.shape[1])[None] > first[:, None]) & ~inside
+
+
+def first_step_offset(agent: Agent, observations: np.ndarray, goals: np.ndarray) -> np.ndarray:
+    """(B,) distance from each point to its unguided plan's first predicted position."""
+    if len(observations) == 0:
+        return np.zeros(0)
+    plan = agent.plan(observations, goals, guidance_scale=0.0)
+    return np.linalg.norm(plan.positions[:, 0] - observations[:, :2], axis=-1)
+
+
+def main(args: Args) -> dict:
+    torch.set_num_threads(args.num_threads)
+    task = envs.get_task(args.env)
+    maze = Maze.from_name(task.maze)
+    agent = Agent.for_task(args.checkpoint, task.env_id)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the maze's subgoal settings, as df_maze2d.py has them
+    from df_maze2d import MAZE_SUBGOAL_DISTANCE, MAZE_SUBGOAL_LINE_OF_SIGHT
+
+    graph = TransitionGraph.from_transitions(load_transitions(task.env_id))
+    policy = SubgoalPolicy(
+        agent, graph, MAZE_SUBGOAL_DISTANCE[task.maze], line_of_sight=MAZE_SUBGOAL_LINE_OF_SIGHT[task.maze]
+    )
+    batches: list[list[tuple[np.ndarray, np.ndarray]]] = []
+
+    class Recorder:  # the policy, recording each step's observation and goal
+        def reset(self, num_envs):
+            batches.append([])
+            policy.reset(num_envs)
+
+        def __call__(self, obs):
+            batches[-1].append((np.array(obs["observation"]), np.array(obs["desired_goal"])))
+            return policy(obs)
+
+    started = time.perf_counter()
+    result = evaluate(Recorder(), task.env_id, num_episodes=args.episodes, seed=args.seed)
+    # (episodes, steps, ·): the observation each step acted on, and its goal; a last batch may carry padding envs
+    observations = np.concatenate([np.stack([o for o, _ in batch], axis=1) for batch in batches])[: args.episodes]
+    goals = np.concatenate([np.stack([g for _, g in batch], axis=1) for batch in batches])[: args.episodes]
+    distance = np.linalg.norm(observations[..., :2] - goals, axis=-1)
+    outside = outside_after_arrival(distance)
+    at_goal_after = (distance <= GOAL_RADIUS) & (np.cumsum(distance <= GOAL_RADIUS, axis=1) > 1)
+    walled = outside & beside_wall(maze, observations[..., :2], args.wall_margin)
+    rng = np.random.default_rng(args.seed)
+
+    def pick(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        episode, step = np.nonzero(mask)
+        chosen = rng.permutation(len(episode))[: args.states]
+        return observations[episode[chosen], step[chosen]].astype(np.float32), goals[episode[chosen], step[chosen]]
+
+    at_wall = first_step_offset(agent, *pick(walled))
+    at_goal = first_step_offset(agent, *pick(at_goal_after & ~beside_wall(maze, observations[..., :2], 0.0)))
+    outside_steps, walled_steps = outside.sum(axis=1), walled.sum(axis=1)
+    metrics = {
+        "normalized_score": float(result.normalized_scores.mean()),
+        "steps_outside_after_arrival": float(outside_steps.mean()),
+        "steps_outside_beside_wall": float(walled_steps.mean()),
+        "share_outside_beside_wall": float(walled_steps.sum() / max(1, outside_steps.sum())),
+        "episodes_over_20_steps_outside": int((outside_steps > 20).sum()),
+        "first_step_offset_beside_wall": float(at_wall.mean()) if len(at_wall) else None,
+        "first_step_offset_at_goal": float(at_goal.mean()) if len(at_goal) else None,
+        "states_beside_wall": len(at_wall),
+        "states_at_goal": len(at_goal),
+    }
+    record = {
+        "benchmark": "diagnostic",
+        "kind": "staying_trace",
+        "method": "Diffusion Forcing",
+        "env_id": task.env_id,
+        "metrics": metrics,
+        "episodes": {
+            "seeds": result.seeds,
+            "steps_outside_after_arrival": outside_steps.tolist(),
+            "steps_outside_beside_wall": walled_steps.tolist(),
+            "goals": goals[:, 0].round(3).tolist(),
+        },
+        "settings": {"checkpoint": args.checkpoint, "wall_margin": args.wall_margin, "states": args.states},
+        "seconds": time.perf_counter() - started,
+        "model": agent.training,
+        **provenance(),
+    }
+    print(
+        f"{task.env_id}: {metrics['steps_outside_after_arrival']:.1f} steps outside the goal after arrival per "
+        f"episode, {100 * metrics['share_outside_beside_wall']:.0f}% of them beside a wall; first predicted position "
+        f"{at_wall.mean() if len(at_wall) else float('nan'):.2f} from the point beside a wall "
+        f"({len(at_wall)} positions), {at_goal.mean() if len(at_goal) else float('nan'):.2f} at the goal"
+    )
+    if args.record:
+        append_record(args.record, record)
+    return record
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
