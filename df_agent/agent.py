@@ -128,6 +128,11 @@ class PlannerConfig:
     is dropped rather than kept"""
     stall_distance: float = 0.5
     """net displacement over ``stall_steps`` below which the point counts as stalled"""
+    history_tokens: int = 0
+    """the latent summarises the past (paper, Section 3): each plan starts from the observation ``history_tokens``
+    tokens back and carries the steps executed since as clean tokens (level 0) before the planned ones, so the model
+    infers where the point is and how it moves from what it did, not from one observation alone (0: off, each plan
+    starts from the current observation). Episodes younger than that plan without history"""
     ddim_eta: float = 0.0
     seed: int = 0
 
@@ -309,6 +314,8 @@ class Agent:
         self._anchor_xy = np.zeros((n, 2))  # per env: position at the last stall check
         self._anchor_elapsed = np.full(n, -1, dtype=np.int64)  # per env: its step count then (-1: not yet set)
         self._stalled = np.zeros(n, dtype=bool)  # per env: the next plan starts cold
+        self._trail_obs: list[list[np.ndarray]] = [[] for _ in range(n)]  # per env: its latest observations
+        self._trail_actions: list[list[np.ndarray]] = [[] for _ in range(n)]  # and the actions taken from them
 
     def _forget(self, env: int) -> None:
         """A new episode in one env: no plan, a fresh clock, nothing to warm-start from."""
@@ -318,6 +325,7 @@ class Agent:
         self._since_plan[env] = 0
         self._anchor_elapsed[env] = -1
         self._stalled[env] = False
+        self._trail_obs[env], self._trail_actions[env] = [], []
 
     def _parse(self, obs, goal) -> tuple[np.ndarray, np.ndarray, bool]:
         obs_dim = self.tokenizer.layout.obs_dim
@@ -356,6 +364,8 @@ class Agent:
         warm_tokens: np.ndarray | None = None,
         warm_start_level: float | None = None,
         route: np.ndarray | None = None,
+        history: np.ndarray | None = None,
+        history_start: np.ndarray | None = None,
     ) -> Plan:
         """Plan ``horizon`` steps (rounded up to whole tokens) from observations toward goals.
 
@@ -374,8 +384,27 @@ class Agent:
 
         ``route`` (B, K, 2) or (K, 2): points every planned step is pulled toward (the nearest of them) with
         ``route_weight``, see ``PlannerConfig.route_weight``; needed when that weight is above 0, unused otherwise.
+
+        ``history`` (B, k, token_dim), normalized clean tokens of the k * frame_stack steps that led to ``obs``
+        (relative layouts: relative to ``history_start``), and ``history_start`` (B, obs_dim), the observation they
+        start from: the model's initial state is made from ``history_start`` and the history enters the sequence at
+        level 0, ahead of the planned tokens (see ``PlannerConfig.history_tokens``). The plan returned starts at
+        ``obs`` as without history.
         """
         obs, goal, _ = self._parse(obs, goal)
+        num_history = 0
+        if history is not None:
+            history = np.asarray(history, dtype=np.float32)
+            token_dim = self.tokenizer.layout.token_dim
+            if history.ndim != 3 or history.shape[0] != len(obs) or history.shape[2] != token_dim:
+                raise ValueError(f"history must have shape ({len(obs)}, k, {token_dim}), got {history.shape}")
+            history_start = np.asarray(history_start, dtype=np.float32)
+            if history_start.shape != obs.shape:
+                raise ValueError(f"history_start must have shape {obs.shape}, got {history_start.shape}")
+            if self.planner.start_weight > 0:
+                raise ValueError("start_weight pulls a plan's first step and is not supported with history")
+            num_history = history.shape[1]
+        origin = obs if num_history == 0 else history_start  # where the token sequence starts
         route_tensor = self._route(route, len(obs)) if self.planner.route_weight > 0 else None
         for name, value in (("horizon", horizon), ("ddim_steps", ddim_steps), ("mcg_samples", mcg_samples)):
             if value is not None and not value >= 1:
@@ -417,6 +446,21 @@ class Agent:
                 initial[:, :num_warm] = warm_tokens[:, :num_warm]
                 initial_tokens = torch.as_tensor(initial, device=self.device)
                 initial_mask = (torch.arange(num_tokens, device=self.device) < num_warm)[None].expand(len(obs), -1)
+        if num_history:  # the history's columns are clean from the first row on, ahead of the plan's
+            levels = np.concatenate([np.zeros((len(levels), num_history), dtype=levels.dtype), levels], axis=1)
+            initial = np.zeros((len(obs), num_history + num_tokens, self.tokenizer.layout.token_dim), np.float32)
+            initial[:, :num_history] = history
+            mask = np.zeros((len(obs), num_history + num_tokens), dtype=bool)
+            mask[:, :num_history] = True
+            if initial_tokens is not None:
+                if self.tokenizer.layout.relative_positions:  # warm tokens are relative to obs
+                    warm = self.tokenizer.reorigin(initial_tokens.cpu().numpy(), obs, history_start)
+                else:
+                    warm = initial_tokens.cpu().numpy()
+                initial[:, num_history:] = warm
+                mask[:, num_history:] = initial_mask.cpu().numpy()
+            initial_tokens = torch.as_tensor(initial, device=self.device)
+            initial_mask = torch.as_tensor(mask, device=self.device)
         scale = p.guidance_scale
         near = np.linalg.norm(obs[:, :2] - goal, axis=-1) <= p.near_goal_radius
         if p.near_goal_guidance_scale is not None:
@@ -426,7 +470,10 @@ class Agent:
             velocity_weight = torch.as_tensor(np.where(near, velocity_weight, 0.0), dtype=torch.float32)
             action_weight = torch.as_tensor(np.where(near, action_weight, 0.0), dtype=torch.float32)
         device = self.device
-        step_mask = (torch.arange(num_tokens * frame_stack, device=device) < horizon).float()[None].expand(len(obs), -1)
+        steps_ahead = torch.arange(num_tokens * frame_stack, device=device)
+        step_mask = (steps_ahead < horizon).float()[None].expand(len(obs), -1)
+        if num_history:  # the history is not guided
+            step_mask = torch.cat([torch.zeros(len(obs), num_history * frame_stack, device=device), step_mask], dim=1)
         cost = None
         if np.any(np.asarray(scale) > 0):
             cost = GoalCost(
@@ -438,13 +485,13 @@ class Agent:
                 stay_radius=p.stay_radius,
                 start=torch.as_tensor(obs, dtype=torch.float32, device=device) if p.start_weight > 0 else None,
                 start_weight=p.start_weight,
-                origin=torch.as_tensor(obs, dtype=torch.float32, device=device),
+                origin=torch.as_tensor(origin, dtype=torch.float32, device=device),
                 route=route_tensor,
                 route_weight=p.route_weight,
             )
         action_mask = torch.as_tensor(self.tokenizer.action_mask(), device=device) if p.guide_actions_only else None
         with torch.no_grad():
-            z0 = self.model.initial_latent(torch.as_tensor(self.tokenizer.condition(obs, goal), device=device))
+            z0 = self.model.initial_latent(torch.as_tensor(self.tokenizer.condition(origin, goal), device=device))
         result = sample(
             self.model,
             self.noise_schedule,
@@ -463,17 +510,20 @@ class Agent:
         )
         row_positions = None
         if result.history is not None:
-            rows = torch.stack(result.history).cpu().numpy()
-            origins = np.broadcast_to(obs, (len(rows), *obs.shape))
+            rows = torch.stack(result.history).cpu().numpy()[:, :, num_history:]
+            origins = np.broadcast_to(origin, (len(rows), *origin.shape))
             row_positions = self.tokenizer.decode(rows, origins)["next_observations"][:, :, :horizon, :2]
-        decoded = self.tokenizer.decode(result.tokens.cpu().numpy(), obs)
+        tokens = result.tokens.cpu().numpy()[:, num_history:]
+        if num_history and self.tokenizer.layout.relative_positions:  # the plan's tokens, relative to obs
+            tokens = self.tokenizer.reorigin(tokens, history_start, obs)
+        decoded = self.tokenizer.decode(tokens, obs)
         next_obs = decoded["next_observations"][:, :horizon]
         return Plan(
             actions=np.clip(decoded["actions"][:, :horizon], -1.0, 1.0),
             positions=next_obs[..., :2],
             observations=next_obs,
-            level_history=levels,
-            tokens=result.tokens.cpu().numpy(),
+            level_history=levels[:, num_history:],
+            tokens=tokens,
             row_positions=row_positions,
         )
 
@@ -508,6 +558,10 @@ class Agent:
                 raise ValueError(f"active must be a bool array of shape ({batch},), got {active.dtype} {active.shape}")
         distance = np.linalg.norm(obs_arr[:, :2] - goal_arr, axis=-1)  # per env, to its goal
         self._check_stall(obs_arr[:, :2], distance)
+        keep = self.planner.history_tokens * self.tokenizer.layout.frame_stack
+        if keep:
+            for env in np.flatnonzero(active):
+                self._trail_obs[env] = [*self._trail_obs[env][-keep:], obs_arr[env]]
         holding = np.zeros(batch, dtype=bool)
         if self.planner.goal_hold_radius > 0:
             holding = active & (distance <= self.planner.goal_hold_radius)  # an ended env keeps its queue
@@ -530,6 +584,8 @@ class Agent:
         for i in np.flatnonzero(active):
             actions[i] = hold[i] if holding[i] else self._queues[i][0]
             self._queues[i] = self._queues[i][1:]
+            if keep:
+                self._trail_actions[i] = [*self._trail_actions[i][-(keep - 1) :], actions[i].copy()]
         self._elapsed += active
         self._since_plan += active
         return actions[0] if single else actions
@@ -591,20 +647,39 @@ class Agent:
             )
             if value is not None
         }
-        groups: dict[tuple[int, int, bool], list[int]] = {}
+        history = {env: self._history(env) for env in envs}
+        groups: dict[tuple[int, int, bool, bool], list[int]] = {}
         for env in envs:
             apart = bool(near[env]) and bool(near_overrides)  # near envs plan with their own matrix, MCG or steps
-            key = (int(horizons[env]), 0 if warm[env] is None else len(warm[env]), apart)
+            key = (int(horizons[env]), 0 if warm[env] is None else len(warm[env]), apart, history[env] is not None)
             groups.setdefault(key, []).append(env)
-        for (length, num_warm, is_near), members in groups.items():
+        for (length, num_warm, is_near, with_history), members in groups.items():
             members = np.asarray(members)
             kwargs = {"warm_tokens": np.stack([warm[env] for env in members])} if num_warm else {}
+            if with_history:
+                kwargs["history"] = np.stack([history[env][0] for env in members])
+                kwargs["history_start"] = np.stack([history[env][1] for env in members])
             if is_near:
                 kwargs.update(near_overrides)
             if routes is not None:
                 kwargs["route"] = routes[members]
             plan = self.plan(obs[members], goal[members], horizon=length, **kwargs)
             self._store(members, plan, execute, obs[members])
+
+    def _history(self, env: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The env's last ``history_tokens`` tokens of executed steps (normalized clean tokens, relative layouts:
+        relative to their start) and the observation they start from; None while the episode is younger."""
+        steps = self.planner.history_tokens * self.tokenizer.layout.frame_stack
+        if steps and self.tokenizer.layout.use_reward:
+            raise ValueError("history_tokens needs a token layout without the reward slot (the agent sees no reward)")
+        trail_obs, trail_actions = self._trail_obs[env], self._trail_actions[env]
+        if steps == 0 or len(trail_actions) < steps or len(trail_obs) < steps + 1:
+            return None
+        start = trail_obs[-(steps + 1)]
+        actions = np.stack(trail_actions[-steps:])[None]
+        next_obs = np.stack(trail_obs[-steps:])[None]
+        tokens = self.tokenizer.encode(actions, next_obs, origin=start[None])[0]
+        return tokens, start
 
     def _store(self, envs: np.ndarray, plan: Plan, execute: np.ndarray, origins: np.ndarray) -> None:
         """Queue each env's first ``execute[env]`` planned actions and keep the plan (and the observation it started

@@ -330,6 +330,10 @@ class Args:
     """warm start each replan from the previous plan, shifted by the steps executed and noised to this fraction of
     the noise scale (0: off, every plan from pure noise; default per maze: 0.75 on umaze, off on medium and large),
     see PlannerConfig.warm_start_level"""
+    history_tokens: int = 0
+    """plan from the observation this many tokens back with the steps executed since as clean tokens ahead of the
+    plan (the latent summarises the past; 0: off, plans start from the current observation), see
+    PlannerConfig.history_tokens"""
     stall_steps: int = 0
     """with warm start: replan cold when the point moved less than --stall-distance in this many steps, away from
     the goal (0: off), see PlannerConfig.stall_steps"""
@@ -432,6 +436,7 @@ def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
         warm_start_level=per_maze("warm_start_level"),
         stall_steps=args.stall_steps,
         stall_distance=args.stall_distance,
+        history_tokens=args.history_tokens,
         goal_hold_radius=args.goal_hold_radius,
         episode_length=task.max_episode_steps,
         seed=args.seed,

@@ -104,6 +104,8 @@ def describe_settings(record: dict) -> str:
         cells = f" (cells of {cell:g})" if cell != 0.25 else ""
         sight = ", in sight" if s.get("subgoal_line_of_sight") else ""
         parts.append(f"data-graph subgoals {s['subgoal_distance']:g} ahead{cells}{sight}")
+    if s.get("history_tokens"):
+        parts.append(f"plans carry the last {s['history_tokens']} executed tokens")
     if s.get("stall_steps"):
         parts.append(f"cold replan after {s['stall_steps']} steps without {s.get('stall_distance', 0.5):g} progress")
     return ", ".join(parts)
