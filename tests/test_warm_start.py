@@ -73,7 +73,7 @@ def spy_on_sample(monkeypatch):
 
     def spy(*args, **kwargs):
         result = sample(*args, **kwargs)
-        calls.append({"levels": args[3], **kwargs, "result": result.tokens.clone()})
+        calls.append({"levels": args[3], "args": args, **kwargs, "result": result.tokens.clone()})
         return result
 
     monkeypatch.setattr(agent_module, "sample", spy)
@@ -321,3 +321,51 @@ def test_benchmark_df_writes_a_speed_record_that_make_results_tables(trained, tm
     row = next(line for line in text.split("## Speed")[1].splitlines() if line.startswith("| maze2d-umaze"))
     assert f"{act['steps_per_second']:.0f} (- / " in row and "2 x 2 tokens, MCG 2" in row
     assert "data-graph subgoals 1 ahead (cells of 0.5)" in row
+
+
+def test_a_plan_with_history_keeps_the_history_clean_and_starts_the_latent_from_its_start(trained, monkeypatch):
+    """PlannerConfig.history_tokens: the executed steps enter the sequence as clean tokens (level 0 in every row,
+    returned unchanged), the initial state is made from the observation they start from, and the plan returned
+    covers only the steps ahead."""
+    calls = spy_on_sample(monkeypatch)
+    agent = Agent.from_trainer(trained, planner(horizon_tokens=3, ddim_steps=3))
+    rng = np.random.default_rng(3)
+    start = rng.normal(size=(2, 4)).astype(np.float32)
+    actions = rng.uniform(-1, 1, size=(2, 5, 2)).astype(np.float32)
+    next_obs = start[:, None] + np.cumsum(rng.normal(size=(2, 5, 4)).astype(np.float32) * 0.05, axis=1)
+    history = agent.tokenizer.encode(actions, next_obs)
+    goal = np.ones((2, 2), np.float32)
+    plan = agent.plan(next_obs[:, -1], goal, horizon=15, history=history, history_start=start)
+    (call,) = calls
+    assert (call["levels"][:, 0] == 0).all() and (call["levels"][0, 1:] > 0).all()
+    torch.testing.assert_close(call["result"][:, 0], torch.as_tensor(history[:, 0]), rtol=0, atol=0)
+    z0 = agent.model.initial_latent(torch.as_tensor(agent.tokenizer.condition(start, goal)))
+    torch.testing.assert_close(call["args"][2], z0, rtol=0, atol=0)
+    assert plan.actions.shape == (2, 15, 2) and plan.tokens.shape[1] == 3
+    np.testing.assert_array_equal(plan.tokens, call["result"][:, 1:].numpy())
+    with pytest.raises(ValueError, match="history must have shape"):
+        agent.plan(next_obs[:, -1], goal, horizon=15, history=history[:1], history_start=start)
+
+
+def test_the_agent_plans_with_the_steps_it_executed_as_history(trained, monkeypatch):
+    plans = []
+    plan = Agent.plan
+
+    def spy(self, obs, goal=None, **kwargs):
+        plans.append({"obs": np.array(obs), **kwargs})
+        return plan(self, obs, goal, **kwargs)
+
+    monkeypatch.setattr(Agent, "plan", spy)
+    agent = Agent.from_trainer(trained, planner(horizon_tokens=2, ddim_steps=2, history_tokens=1, execute_steps=3))
+    rng = np.random.default_rng(4)
+    seen, taken = [], []
+    for _ in range(7):  # plans at steps 0 and 3 (too young for a token of history) and 6 (history: steps 1-5)
+        obs = {"observation": rng.normal(size=(1, 4)).astype(np.float32), "desired_goal": np.ones((1, 2), np.float32)}
+        seen.append(obs["observation"][0])
+        taken.append(agent.act(obs)[0])
+    assert len(plans) == 3 and "history" not in plans[0] and "history" not in plans[1]
+    last = plans[2]
+    np.testing.assert_array_equal(last["history_start"][0], seen[1])
+    decoded = agent.tokenizer.decode(last["history"])
+    np.testing.assert_allclose(decoded["actions"][0], np.stack(taken[1:6]), atol=1e-5)
+    np.testing.assert_allclose(decoded["next_observations"][0], np.stack(seen[2:7]), atol=1e-4)
