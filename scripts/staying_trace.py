@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,8 @@ class Args:
     env: str = "maze2d-umaze-multi"
     """maze2d task id (short forms work)"""
     checkpoint: str = "pretrained"
-    """agent file, or 'pretrained' for the packaged agent"""
+    """agent file or training checkpoint, or 'pretrained' for the packaged agent; planned with df_maze2d.py's
+    planner defaults for the maze"""
     episodes: int = 200
     """episodes traced"""
     seed: int = 100
@@ -93,9 +94,13 @@ def main(args: Args) -> dict:
     torch.set_num_threads(args.num_threads)
     task = envs.get_task(args.env)
     maze = Maze.from_name(task.maze)
-    agent = Agent.for_task(args.checkpoint, task.env_id)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the maze's subgoal settings, as df_maze2d.py has them
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the planner and subgoals df_maze2d.py gives the maze
+    import df_maze2d
     from df_maze2d import MAZE_SUBGOAL_DISTANCE, MAZE_SUBGOAL_LINE_OF_SIGHT
+
+    # the script's planner defaults for the maze (a training checkpoint carries none; a shipped agent's are the same)
+    planner = df_maze2d.planner_config(df_maze2d.Args(env=task.env_id), task)
+    agent = Agent.for_task(args.checkpoint, task.env_id, **asdict(planner))
 
     graph = TransitionGraph.from_transitions(load_transitions(task.env_id))
     policy = SubgoalPolicy(
