@@ -220,8 +220,7 @@ def speed_table(records: list[dict]) -> str:
             f"| {r['env_id'].removesuffix('-v1')} | {describe_settings(r)} | {act_cell} | {replans or '-'} | {where} "
             f"| {r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
         )
-    commands = list(dict.fromkeys(r["command"] for r in records))
-    return "\n".join(lines) + "\n\nCommands:\n\n```bash\n" + "\n".join(commands) + "\n```\n"
+    return _with_commands(lines, records)
 
 
 HEADLINE_TABLE = (
@@ -365,6 +364,11 @@ def ogbench_table(records: list[dict]) -> str:
             f"| {_per_goal(m)} | {m['time_to_goal']:.0f} | {training or '-'} | {_episodes(r)} | {quoted_cell} "
             f"| {r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
         )
+    return _with_commands(lines, records)
+
+
+def _with_commands(lines: list[str], records: list[dict]) -> str:
+    """A table's lines, then the distinct commands of its records."""
     commands = list(dict.fromkeys(r["command"] for r in records))
     return "\n".join(lines) + "\n\nCommands:\n\n```bash\n" + "\n".join(commands) + "\n```\n"
 
@@ -396,8 +400,7 @@ def staying_table(records: list[dict]) -> str:
             f"| {offset(m['first_step_offset_beside_wall'])} / {offset(m['first_step_offset_at_goal'])} "
             f"| {_episodes(r)} | {r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
         )
-    commands = list(dict.fromkeys(r["command"] for r in records))
-    return "\n".join(lines) + "\n\nCommands:\n\n```bash\n" + "\n".join(commands) + "\n```\n"
+    return _with_commands(lines, records)
 
 
 def continuity_table(records: list[dict]) -> str:
@@ -423,8 +426,7 @@ def continuity_table(records: list[dict]) -> str:
             f"| {m['final_distance_to_goal_median']:.2f} "
             f"| {s['starts']} from seed {s['seed']} | {r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
         )
-    commands = list(dict.fromkeys(r["command"] for r in records))
-    return "\n".join(lines) + "\n\nCommands:\n\n```bash\n" + "\n".join(commands) + "\n```\n"
+    return _with_commands(lines, records)
 
 
 def coverage_table(records: list[dict]) -> str:
@@ -446,8 +448,7 @@ def coverage_table(records: list[dict]) -> str:
             f"| {env_id} | {m['rows_per_cell_median']:,.0f} ({m['rows_per_cell_min']:,}) | {goals} "
             f"| {r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
         )
-    commands = list(dict.fromkeys(r["command"] for r in records))
-    return "\n".join(lines) + "\n\nCommands:\n\n```bash\n" + "\n".join(commands) + "\n```\n"
+    return _with_commands(lines, records)
 
 
 MAZES = ("umaze", "medium", "large")
