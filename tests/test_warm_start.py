@@ -369,3 +369,25 @@ def test_the_agent_plans_with_the_steps_it_executed_as_history(trained, monkeypa
     decoded = agent.tokenizer.decode(last["history"])
     np.testing.assert_allclose(decoded["actions"][0], np.stack(taken[1:6]), atol=1e-5)
     np.testing.assert_allclose(decoded["next_observations"][0], np.stack(seen[2:7]), atol=1e-4)
+
+
+def test_a_relative_layout_plans_with_history_and_returns_tokens_relative_to_the_current_observation(
+    trained, monkeypatch
+):
+    """The sampled sequence starts at the history's start, so its positions are relative to that; the plan returned
+    holds the same absolute steps, relative to the current observation."""
+    calls = spy_on_sample(monkeypatch)
+    agent = Agent.from_trainer(trained, planner(horizon_tokens=2, ddim_steps=2))
+    layout = dataclasses.replace(agent.tokenizer.layout, relative_positions=True)
+    agent.tokenizer = Tokenizer(layout, agent.tokenizer.step_mean, agent.tokenizer.step_std)
+    rng = np.random.default_rng(5)
+    start = rng.normal(size=(1, 4)).astype(np.float32)
+    next_obs = start[:, None] + np.cumsum(rng.normal(size=(1, 5, 4)).astype(np.float32) * 0.05, axis=1)
+    history = agent.tokenizer.encode(rng.uniform(-1, 1, (1, 5, 2)).astype(np.float32), next_obs, origin=start)
+    obs = next_obs[:, -1]
+    plan = agent.plan(obs, np.ones((1, 2), np.float32), horizon=10, history=history, history_start=start)
+    sampled = agent.tokenizer.decode(calls[0]["result"][:, 1:].numpy(), start)  # the plan's part, from the start
+    np.testing.assert_allclose(sampled["next_observations"], plan.observations, atol=1e-4)
+    decoded = agent.tokenizer.decode(plan.tokens, obs)
+    np.testing.assert_allclose(decoded["next_observations"], plan.observations, atol=1e-4)
+    assert not np.allclose(plan.tokens, calls[0]["result"][:, 1:].numpy(), atol=1e-3)  # moved to the new origin
