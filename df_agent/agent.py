@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections import deque
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -182,6 +183,8 @@ class Agent:
         self.prediction = prediction
         self.training: dict = {}
         """where the weights came from (steps, batch size, device), saved with the agent and copied into records"""
+        if self.planner.history_tokens and tokenizer.layout.use_reward:
+            raise ValueError("history_tokens needs a token layout without the reward slot (the agent sees no reward)")
         self.generator = torch.Generator(device=self.device).manual_seed(self.planner.seed)
         self.reset()
 
@@ -314,8 +317,9 @@ class Agent:
         self._anchor_xy = np.zeros((n, 2))  # per env: position at the last stall check
         self._anchor_elapsed = np.full(n, -1, dtype=np.int64)  # per env: its step count then (-1: not yet set)
         self._stalled = np.zeros(n, dtype=bool)  # per env: the next plan starts cold
-        self._trail_obs: list[list[np.ndarray]] = [[] for _ in range(n)]  # per env: its latest observations
-        self._trail_actions: list[list[np.ndarray]] = [[] for _ in range(n)]  # and the actions taken from them
+        steps = self.planner.history_tokens * self.tokenizer.layout.frame_stack  # kept for the plans' history
+        self._trail_obs = [deque(maxlen=steps + 1) for _ in range(n)]  # per env: its latest observations
+        self._trail_actions = [deque(maxlen=steps) for _ in range(n)]  # and the actions taken from them
 
     def _forget(self, env: int) -> None:
         """A new episode in one env: no plan, a fresh clock, nothing to warm-start from."""
@@ -325,7 +329,8 @@ class Agent:
         self._since_plan[env] = 0
         self._anchor_elapsed[env] = -1
         self._stalled[env] = False
-        self._trail_obs[env], self._trail_actions[env] = [], []
+        self._trail_obs[env].clear()
+        self._trail_actions[env].clear()
 
     def _parse(self, obs, goal) -> tuple[np.ndarray, np.ndarray, bool]:
         obs_dim = self.tokenizer.layout.obs_dim
@@ -432,33 +437,29 @@ class Agent:
         warm_fraction = p.warm_start_level
         if not warm_fraction >= 0:
             raise ValueError(f"warm_start_level must be >= 0, got {warm_fraction}")
-        initial_tokens = initial_mask = None
+        token_dim = self.tokenizer.layout.token_dim
+        # the tokens that start from given values (warm tokens, history) and where they are, (B, T, D) and (B, T)
+        initial = np.zeros((len(obs), num_tokens, token_dim), dtype=np.float32)
+        mask = np.zeros((len(obs), num_tokens), dtype=bool)
         if warm_tokens is not None and warm_fraction > 0:
             warm_tokens = np.asarray(warm_tokens, dtype=np.float32)
-            token_dim = self.tokenizer.layout.token_dim
             if warm_tokens.ndim != 3 or warm_tokens.shape[0] != len(obs) or warm_tokens.shape[2] != token_dim:
                 raise ValueError(f"warm_tokens must have shape ({len(obs)}, W, {token_dim}), got {warm_tokens.shape}")
             num_warm = min(warm_tokens.shape[1], num_tokens)
             if num_warm > 0:
                 num_levels = self.noise_schedule.num_levels
                 levels = warm_start(levels, num_warm, min(num_levels, int(round(warm_fraction * num_levels))))
-                initial = np.zeros((len(obs), num_tokens, token_dim), dtype=np.float32)
-                initial[:, :num_warm] = warm_tokens[:, :num_warm]
-                initial_tokens = torch.as_tensor(initial, device=self.device)
-                initial_mask = (torch.arange(num_tokens, device=self.device) < num_warm)[None].expand(len(obs), -1)
+                warm = warm_tokens[:, :num_warm]
+                if num_history and self.tokenizer.layout.relative_positions:  # from obs to the sequence's start
+                    warm = self.tokenizer.reorigin(warm, obs, history_start)
+                initial[:, :num_warm] = warm
+                mask[:, :num_warm] = True
         if num_history:  # the history's columns are clean from the first row on, ahead of the plan's
             levels = np.concatenate([np.zeros((len(levels), num_history), dtype=levels.dtype), levels], axis=1)
-            initial = np.zeros((len(obs), num_history + num_tokens, self.tokenizer.layout.token_dim), np.float32)
-            initial[:, :num_history] = history
-            mask = np.zeros((len(obs), num_history + num_tokens), dtype=bool)
-            mask[:, :num_history] = True
-            if initial_tokens is not None:
-                if self.tokenizer.layout.relative_positions:  # warm tokens are relative to obs
-                    warm = self.tokenizer.reorigin(initial_tokens.cpu().numpy(), obs, history_start)
-                else:
-                    warm = initial_tokens.cpu().numpy()
-                initial[:, num_history:] = warm
-                mask[:, num_history:] = initial_mask.cpu().numpy()
+            initial = np.concatenate([history, initial], axis=1)
+            mask = np.concatenate([np.ones((len(obs), num_history), dtype=bool), mask], axis=1)
+        initial_tokens = initial_mask = None
+        if mask.any():
             initial_tokens = torch.as_tensor(initial, device=self.device)
             initial_mask = torch.as_tensor(mask, device=self.device)
         scale = p.guidance_scale
@@ -558,10 +559,10 @@ class Agent:
                 raise ValueError(f"active must be a bool array of shape ({batch},), got {active.dtype} {active.shape}")
         distance = np.linalg.norm(obs_arr[:, :2] - goal_arr, axis=-1)  # per env, to its goal
         self._check_stall(obs_arr[:, :2], distance)
-        keep = self.planner.history_tokens * self.tokenizer.layout.frame_stack
+        keep = self.planner.history_tokens > 0
         if keep:
             for env in np.flatnonzero(active):
-                self._trail_obs[env] = [*self._trail_obs[env][-keep:], obs_arr[env]]
+                self._trail_obs[env].append(obs_arr[env])
         holding = np.zeros(batch, dtype=bool)
         if self.planner.goal_hold_radius > 0:
             holding = active & (distance <= self.planner.goal_hold_radius)  # an ended env keeps its queue
@@ -585,7 +586,7 @@ class Agent:
             actions[i] = hold[i] if holding[i] else self._queues[i][0]
             self._queues[i] = self._queues[i][1:]
             if keep:
-                self._trail_actions[i] = [*self._trail_actions[i][-(keep - 1) :], actions[i].copy()]
+                self._trail_actions[i].append(actions[i].copy())
         self._elapsed += active
         self._since_plan += active
         return actions[0] if single else actions
@@ -670,14 +671,12 @@ class Agent:
         """The env's last ``history_tokens`` tokens of executed steps (normalized clean tokens, relative layouts:
         relative to their start) and the observation they start from; None while the episode is younger."""
         steps = self.planner.history_tokens * self.tokenizer.layout.frame_stack
-        if steps and self.tokenizer.layout.use_reward:
-            raise ValueError("history_tokens needs a token layout without the reward slot (the agent sees no reward)")
         trail_obs, trail_actions = self._trail_obs[env], self._trail_actions[env]
         if steps == 0 or len(trail_actions) < steps or len(trail_obs) < steps + 1:
             return None
-        start = trail_obs[-(steps + 1)]
-        actions = np.stack(trail_actions[-steps:])[None]
-        next_obs = np.stack(trail_obs[-steps:])[None]
+        start, *later = trail_obs  # the deques hold exactly the history's steps once full
+        actions = np.stack(trail_actions)[None]
+        next_obs = np.stack(later)[None]
         tokens = self.tokenizer.encode(actions, next_obs, origin=start[None])[0]
         return tokens, start
 

@@ -74,12 +74,17 @@ def beside_wall(maze: Maze, xy: np.ndarray, margin: float) -> np.ndarray:
     return near
 
 
-def outside_after_arrival(distance: np.ndarray, radius: float = GOAL_RADIUS) -> np.ndarray:
-    """(episodes, steps) bool: the steps after an episode's first step within ``radius`` of its goal at which the point
-    is outside it again (all False for an episode that never arrives)."""
+def after_arrival(distance: np.ndarray, radius: float = GOAL_RADIUS) -> np.ndarray:
+    """(episodes, steps) bool: the steps after an episode's first step within ``radius`` of its goal (all False for
+    an episode that never arrives)."""
     inside = distance <= radius
     first = np.where(inside.any(axis=1), inside.argmax(axis=1), distance.shape[1])
-    return (np.arange(distance.shape[1])[None] > first[:, None]) & ~inside
+    return np.arange(distance.shape[1])[None] > first[:, None]
+
+
+def outside_after_arrival(distance: np.ndarray, radius: float = GOAL_RADIUS) -> np.ndarray:
+    """(episodes, steps) bool: the steps after the first arrival at which the point is outside ``radius`` again."""
+    return after_arrival(distance, radius) & (distance > radius)
 
 
 def first_step_offset(agent: Agent, observations: np.ndarray, goals: np.ndarray) -> np.ndarray:
@@ -124,7 +129,7 @@ def main(args: Args) -> dict:
     goals = np.concatenate([np.stack([g for _, g in batch], axis=1) for batch in batches])[: args.episodes]
     distance = np.linalg.norm(observations[..., :2] - goals, axis=-1)
     outside = outside_after_arrival(distance)
-    at_goal_after = (distance <= GOAL_RADIUS) & (np.cumsum(distance <= GOAL_RADIUS, axis=1) > 1)
+    at_goal_after = after_arrival(distance) & (distance <= GOAL_RADIUS)
     walled = outside & beside_wall(maze, observations[..., :2], args.wall_margin)
     rng = np.random.default_rng(args.seed)
 

@@ -391,3 +391,12 @@ def test_a_relative_layout_plans_with_history_and_returns_tokens_relative_to_the
     decoded = agent.tokenizer.decode(plan.tokens, obs)
     np.testing.assert_allclose(decoded["next_observations"], plan.observations, atol=1e-4)
     assert not np.allclose(plan.tokens, calls[0]["result"][:, 1:].numpy(), atol=1e-3)  # moved to the new origin
+
+
+def test_history_needs_a_layout_without_the_reward_slot(trained):
+    agent = Agent.from_trainer(trained, planner())
+    layout = dataclasses.replace(agent.tokenizer.layout, use_reward=True)
+    tokenizer = Tokenizer(layout, np.zeros(layout.step_dim, np.float32), np.ones(layout.step_dim, np.float32))
+    with pytest.raises(ValueError, match="reward slot"):
+        Agent(agent.model, tokenizer, agent.noise_schedule, planner(history_tokens=1))
+    Agent(agent.model, tokenizer, agent.noise_schedule, planner())  # without history it is fine
