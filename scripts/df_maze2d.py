@@ -38,8 +38,8 @@ from envs.records import append_record, make_record
 # goal-conditioned model trained 58 minutes (34,375 of 35,000 steps, stopped by --train-minutes 58) scored 150.8 /
 # 159.4 on held-out seeds 100-149 / 150-199 against the 20,000-step model's 147.8 / 149.8 (multi-goal: 152.6 / 161.9
 # against 154.3 / 160.3), with the same planner; large keeps 20,000 (they take about an hour). Umaze's model trains
-# 46,694 steps, where a 58-minute run on one thread of a 2-core AMD EPYC stopped, beside other jobs (about 16 steps/s;
-# the AMD machine of the earlier records trained umaze at 8). Training is deterministic: the run's step-20,000
+# 46,694 steps, where a 58-minute run on one thread of a 2-core AMD EPYC stopped, beside other jobs (13 steps/s on
+# average; the AMD machine of the earlier records trained umaze at 8). Training is deterministic: the run's step-20,000
 # checkpoint equals the previous 20,000-step agent, trained on another machine, bit for bit. Held-out, paired against
 # the 20,000-step model with the same planner (single / multi-goal, results/probes_models.jsonl): +0.8 +- 1.1 / +2.1
 # +- 1.2 over seeds 100-299 and +0.8 +- 0.7 / +2.7 +- 1.4 over seeds 300-499, the gain in staying; the run's 28,000 /
