@@ -187,16 +187,29 @@ class DiffusionForcingModel(CausalModel):
         Returns the clean-token predictions (B, T, D) and the latents z_1..z_T (B, T, latent).
         """
         embedding = self.level_embedding(levels)
-        inputs = self.token_encoder(torch.cat([tokens, embedding], dim=-1))
-        # The GRU runs in float32 even under mixed precision: autocast would hand cuDNN's RNN fp16 (not bf16)
-        # with no loss scaling; the recurrence is a small part of the cost.
-        with torch.autocast(inputs.device.type, enabled=False):
-            latents, _ = self.dynamics(inputs.float(), z_prev.float().unsqueeze(0).contiguous())
+        latents = self._roll(z_prev, tokens, embedding)
         prediction = self.observation_model(torch.cat([latents, embedding], dim=-1))
         return prediction, latents
 
+    def _roll(self, z_prev: torch.Tensor, tokens: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """The latents z_1..z_T (B, T, latent) after tokens (B, T, D) with their level embeddings, from z_prev."""
+        inputs = self.token_encoder(torch.cat([tokens, embedding], dim=-1))
+        h0 = z_prev.float().unsqueeze(0).contiguous()
+        # The GRU runs in float32 even under mixed precision: autocast would hand cuDNN's RNN fp16 (not bf16)
+        # with no loss scaling; the recurrence is a small part of the cost.
+        with torch.autocast(inputs.device.type, enabled=False):
+            if inputs.device.type == "cpu":
+                # nn.GRU's own kernel, called without the module's per-call argument checks, which cost about as
+                # much as a short sequence's recurrence at planning's batch sizes. On a GPU the module is called,
+                # so that cuDNN gets its flattened weights.
+                gru = self.dynamics
+                weights = (gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)
+                return torch.gru(inputs.float(), h0, weights, True, 1, 0.0, gru.training, False, True)[0]
+            return self.dynamics(inputs.float(), h0)[0]
+
     def advance(self, state: torch.Tensor, tokens: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-        return self(state, tokens, levels)[1][:, -1]
+        # the latent only: the observation model's predictions are not needed
+        return self._roll(state, tokens, self.level_embedding(levels))[:, -1]
 
     def predict_each_alone(
         self, state: torch.Tensor, states: torch.Tensor, tokens: torch.Tensor, levels: torch.Tensor

@@ -37,8 +37,13 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
-def machine() -> dict:
-    """What ran it: CPU (or GPU) model, threads, and the versions of the packages that shape the numbers."""
+CPU_DETAIL = (("cpu family", "family"), ("model", "model"), ("cpu MHz", "MHz"), ("cache size", "cache"))
+"""/proc/cpuinfo fields kept in a record's ``machine["cpu_detail"]`` (field, label)"""
+
+
+def machine(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> dict:
+    """What ran it: CPU (or GPU) model, threads, and the versions of the packages that shape the numbers. ``cpuinfo``:
+    where Linux describes the CPU (elsewhere the file is absent and the platform's name is kept)."""
     import torch
 
     info = {
@@ -49,11 +54,19 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-    try:  # the model name is in /proc/cpuinfo on Linux
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
+    try:  # the model name is in /proc/cpuinfo on Linux, with what tells two CPUs of one name apart
+        fields = {}
+        for line in Path(cpuinfo).read_text().splitlines():
+            if not line.strip():
+                break  # the first processor's block
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+        if "model name" in fields:
+            info["cpu"] = fields["model name"]
+        # a virtual machine may name only the vendor ("AMD EPYC"); family and model tell the generation
+        detail = [f"{name} {fields[key]}" for key, name in CPU_DETAIL if fields.get(key)]
+        if detail:
+            info["cpu_detail"] = ", ".join(detail)
     except OSError:
         pass
     versions = {}

@@ -44,6 +44,24 @@ def test_model_is_strictly_causal():
     assert not torch.allclose(out3[:, 0], out[:, 0])
 
 
+def test_the_cpu_recurrence_is_nn_gru_s_with_gradients_and_advance_is_the_last_latent():
+    """On the CPU the model calls nn.GRU's kernel without the module (cheaper per call): the latents and their
+    gradients must be the module's, and ``advance`` (which skips the observation model) forward's last latent."""
+    model = tiny_model()
+    gen = torch.Generator().manual_seed(1)
+    z0 = torch.randn(3, 16, generator=gen)
+    tokens = torch.randn(3, 5, 12, generator=gen, requires_grad=True)
+    levels = torch.randint(0, 1001, (3, 5), generator=gen)
+    _, latents = model(z0, tokens, levels)
+    inputs = model.token_encoder(torch.cat([tokens, model.level_embedding(levels)], dim=-1))
+    expected, _ = model.dynamics(inputs, z0[None].contiguous())
+    torch.testing.assert_close(latents, expected, rtol=0, atol=0)
+    (grad,) = torch.autograd.grad(latents.square().sum(), tokens)
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), tokens)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(model.advance(z0, tokens, levels), latents[:, -1], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("use_reward", [False, True])
 def test_tokens_round_trip_exactly(use_reward):
     layout = TokenLayout(frame_stack=5, use_reward=use_reward)

@@ -8,7 +8,7 @@ import pytest
 
 from envs.evaluation import evaluate
 from envs.expert import WaypointExpert
-from envs.records import append_record, make_record, read_records
+from envs.records import append_record, machine, make_record, read_records
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import make_results  # noqa: E402
@@ -36,6 +36,16 @@ def test_a_record_holds_metrics_episodes_command_commit_and_machine(results, tmp
     assert first["command"] and first["date"][:2] == "20"
     # the commit is this checkout's (the tests run inside the repository)
     assert first["commit"] is None or len(first["commit"].removesuffix("-dirty")) == 40
+
+
+def test_the_machine_names_the_cpu_and_its_generation_from_the_first_processor(tmp_path):
+    block = "processor\t: {0}\nvendor_id\t: AuthenticAMD\ncpu family\t: {1}\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(block.format(0, 25) + "cpu MHz\t\t: 2596.1\ncache size\t: 1024 KB\n\n" + block.format(1, 23))
+    info = machine(cpuinfo)
+    assert info["cpu"] == "AMD EPYC"
+    assert info["cpu_detail"] == "family 25, model 17, MHz 2596.1, cache 1024 KB"
+    assert "cpu_detail" not in machine(tmp_path / "absent") and machine(tmp_path / "absent")["cpu"]
 
 
 def test_a_damaged_record_is_an_error_naming_the_line(tmp_path):
