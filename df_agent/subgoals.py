@@ -13,6 +13,8 @@ nothing here knows the maze beyond what the dataset shows.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import dijkstra
@@ -260,6 +262,23 @@ class SubgoalPolicy:
         self.distance = float(distance)
         self.route = route
         self.line_of_sight = line_of_sight
+
+    @classmethod
+    def for_task(cls, policy, env_id: str, route: bool = False, **overrides) -> SubgoalPolicy:
+        """``policy`` steered as the headline evaluation steers the shipped agents on a maze2d task: the maze's
+        ``df_agent.presets.MAZE_SUBGOALS`` (``distance``, ``line_of_sight``, ``cell``: replace them by keyword) on the
+        graph of the task's local dataset (``envs.datasets.load_transitions``: generated on first use, which takes a
+        minute or two)."""
+        import envs
+        from df_agent.presets import MAZE_SUBGOALS
+        from envs.datasets import load_transitions
+
+        task = envs.get_task(env_id)  # a clear error for an unknown id
+        if task.maze not in MAZE_SUBGOALS:
+            raise ValueError(f"no subgoal settings for the maze {task.maze!r}; build SubgoalPolicy(...) by hand")
+        settings = replace(MAZE_SUBGOALS[task.maze], **overrides)
+        graph = TransitionGraph.from_transitions(load_transitions(task.env_id), cell=settings.cell)
+        return cls(policy, graph, settings.distance, route=route, line_of_sight=settings.line_of_sight)
 
     def reset(self, num_envs: int | None = None) -> None:
         self.policy.reset(num_envs)

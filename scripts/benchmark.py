@@ -140,10 +140,10 @@ class Args:
     """override the DF agent's plan length cap"""
     df_subgoal_distance: float | None = None
     """guide the DF agent toward data-graph subgoals this far ahead (scripts/df_maze2d.py --subgoal-distance; None:
-    that script's per-maze default, MAZE_SUBGOAL_DISTANCE; 0: toward the goal itself)"""
+    the maze's default, df_agent.presets.MAZE_SUBGOALS; 0: toward the goal itself)"""
     df_subgoal_line_of_sight: bool | None = None
     """take those subgoals in line of sight (scripts/df_maze2d.py --subgoal-line-of-sight; None: that script's
-    per-maze default, MAZE_SUBGOAL_LINE_OF_SIGHT)"""
+    per-maze default, df_agent.presets.MAZE_SUBGOALS)"""
     df_goal_hold_radius: float = 0.5
     """goal-hold radius of the df-hold rows (df rows are pure DF: no hold)"""
     diffuser: tuple[str, ...] = ()

@@ -15,10 +15,8 @@ position lies from the point: a model that imagines the point elsewhere plans ac
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,8 +24,8 @@ import tyro
 
 import envs
 from df_agent import Agent
-from df_agent.subgoals import SubgoalPolicy, TransitionGraph
-from envs.datasets import load_transitions
+from df_agent.presets import maze_planner
+from df_agent.subgoals import SubgoalPolicy
 from envs.evaluation import evaluate
 from envs.mazes import Maze
 from envs.records import append_record, provenance
@@ -39,8 +37,8 @@ class Args:
     env: str = "maze2d-umaze-multi"
     """maze2d task id (short forms work)"""
     checkpoint: str = "pretrained"
-    """agent file or training checkpoint, or 'pretrained' for the packaged agent; planned with df_maze2d.py's
-    planner defaults for the maze"""
+    """agent file or training checkpoint, or 'pretrained' for the packaged agent; planned with the maze's
+    planner and subgoals (df_agent.presets)"""
     episodes: int = 200
     """episodes traced"""
     seed: int = 100
@@ -99,18 +97,10 @@ def main(args: Args) -> dict:
     torch.set_num_threads(args.num_threads)
     task = envs.get_task(args.env)
     maze = Maze.from_name(task.maze)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the planner and subgoals df_maze2d.py gives the maze
-    import df_maze2d
-    from df_maze2d import MAZE_SUBGOAL_DISTANCE, MAZE_SUBGOAL_LINE_OF_SIGHT
-
-    # the script's planner defaults for the maze (a training checkpoint carries none; a shipped agent's are the same)
-    planner = df_maze2d.planner_config(df_maze2d.Args(env=task.env_id), task)
+    # the maze's planner and subgoals (a training checkpoint carries no planner; a shipped agent's is the same)
+    planner = maze_planner(task.maze, episode_length=task.max_episode_steps, seed=1)
     agent = Agent.for_task(args.checkpoint, task.env_id, **asdict(planner))
-
-    graph = TransitionGraph.from_transitions(load_transitions(task.env_id))
-    policy = SubgoalPolicy(
-        agent, graph, MAZE_SUBGOAL_DISTANCE[task.maze], line_of_sight=MAZE_SUBGOAL_LINE_OF_SIGHT[task.maze]
-    )
+    policy = SubgoalPolicy.for_task(agent, task.env_id)
     batches: list[list[tuple[np.ndarray, np.ndarray]]] = []
 
     class Recorder:  # the policy, recording each step's observation and goal

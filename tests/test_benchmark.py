@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from baselines import iql
+from df_agent.presets import MAZE_SUBGOALS
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +150,7 @@ def test_benchmark_evaluates_df_with_the_scripts_subgoals(tiny_umaze_dataset, tm
     from envs.records import read_records
 
     benchmark = load_script("benchmark")
-    umaze_distance = benchmark.df_maze2d.MAZE_SUBGOAL_DISTANCE["umaze"]
+    umaze_distance = MAZE_SUBGOALS["umaze"].distance
     for distance, expected, in_sight in ((None, umaze_distance, True), (0.0, None, None)):
         path = tmp_path / f"df_{distance}.jsonl"
         args = benchmark.Args(

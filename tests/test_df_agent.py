@@ -9,6 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import envs
 from df_agent.agent import Agent, PlannerConfig
+from df_agent.presets import MAZE_PLANNER_DEFAULTS, MAZE_SUBGOALS, maze_planner
 from df_agent.tokens import TokenLayout
 from df_agent.training import TrainConfig, Trainer, WindowSampler, coverage_weights, make_trainer
 from envs.datasets import generate_dataset, load_transitions
@@ -342,12 +343,9 @@ def test_script_runs_end_to_end(data, tmp_path, load_script):
     } <= tags
     assert set(summary) >= {"maze2d-umaze-v1", "maze2d-umaze-multi-v1"}
     # the saved agent plans with the maze's default guidance; an explicit flag wins
-    assert (
-        Agent.load(run_dir / "agent.pt").planner.guidance_scale
-        == script.MAZE_PLANNER_DEFAULTS["umaze"]["guidance_scale"]
-    )
+    assert Agent.load(run_dir / "agent.pt").planner.guidance_scale == MAZE_PLANNER_DEFAULTS["umaze"]["guidance_scale"]
     large = envs.get_task("maze2d-large")
-    assert script.planner_config(args, large).guidance_scale == script.MAZE_PLANNER_DEFAULTS["large"]["guidance_scale"]
+    assert script.planner_config(args, large).guidance_scale == MAZE_PLANNER_DEFAULTS["large"]["guidance_scale"]
     assert script.planner_config(script.Args(guidance_scale=0.0), large).guidance_scale == 0.0
     # plan lengths: the maze's default, a number of tokens, or 0 for plans to the episode's end (None)
     umaze = envs.get_task("maze2d-umaze")
@@ -357,8 +355,8 @@ def test_script_runs_end_to_end(data, tmp_path, load_script):
     assert script.planner_config(script.Args(horizon_tokens=0), large).horizon_tokens is None
     assert script.planner_config(script.Args(execute_steps=5), large).execute_steps == 5
     # the subgoal defaults per maze: large guided toward data-graph subgoals, the others toward the goal
-    assert script.subgoal_distance_for(script.Args(), large) == script.MAZE_SUBGOAL_DISTANCE["large"] > 0
-    assert script.subgoal_distance_for(script.Args(), umaze) == script.MAZE_SUBGOAL_DISTANCE["umaze"]
+    assert script.subgoal_distance_for(script.Args(), large) == MAZE_SUBGOALS["large"].distance > 0
+    assert script.subgoal_distance_for(script.Args(), umaze) == MAZE_SUBGOALS["umaze"].distance
     assert script.subgoal_distance_for(script.Args(subgoal_distance=0.0), large) is None
     with pytest.raises(SystemExit, match="subgoal-distance"):
         script.subgoal_distance_for(script.Args(subgoal_distance=-1.0), large)
@@ -464,20 +462,6 @@ def test_ended_episodes_neither_plan_nor_advance(trained, monkeypatch):
         agent.act(obs, active=np.ones(3))
 
 
-@pytest.mark.parametrize("maze", ["umaze", "medium", "large"])
-def test_the_shipped_agents_plan_with_the_script_s_defaults(maze, load_script):
-    """Agent.from_pretrained gives what `df_maze2d.py --env maze2d-<maze>` plans with: every planner setting of the
-    shipped file equals the script's default for the maze (a default changed without re-saving the agent fails)."""
-    from dataclasses import asdict
-
-    script = load_script("df_maze2d")
-    task = envs.get_task(f"maze2d-{maze}")
-    shipped = asdict(Agent.from_pretrained(f"maze2d-{maze}").planner)
-    expected = asdict(script.planner_config(script.Args(env=f"maze2d-{maze}"), task))
-    differing = {name: (shipped[name], expected[name]) for name in expected if shipped[name] != expected[name]}
-    assert differing == {}
-
-
 def test_the_pretrained_agent_acts_in_a_gymnasium_loop_right_after_install():
     agent = Agent.from_pretrained("maze2d-umaze-multi", ddim_steps=4, mcg_samples=1)  # the umaze agent
     assert agent.planner.episode_length == 300 and agent.planner.ddim_steps == 4
@@ -534,10 +518,12 @@ def test_an_agent_carries_where_its_weights_came_from(trained, tmp_path):
 @pytest.mark.parametrize("maze", ["umaze", "medium", "large"])
 def test_the_shipped_agents_plan_with_the_scripts_defaults(maze, load_script):
     """What `Agent.from_pretrained` gives is what `python scripts/df_maze2d.py --env maze2d-<maze>` evaluates: the
-    planner saved in the shipped file equals the script's per-maze defaults (seed and episode length aside)."""
+    planner saved in the shipped file equals the script's per-maze defaults (seed and episode length aside), which
+    are the library's presets (a default changed without re-saving the agent fails)."""
     script = load_script("df_maze2d")
     task = envs.get_task(f"maze2d-{maze}")
     expected = script.planner_config(script.Args(env=task.env_id), task)
+    assert maze_planner(maze, episode_length=task.max_episode_steps, seed=script.Args().seed) == expected
     shipped = Agent.from_pretrained(f"maze2d-{maze}").planner
     differing = {
         name: (getattr(shipped, name), getattr(expected, name))

@@ -221,3 +221,25 @@ def test_line_of_sight_subgoals_lead_around_the_bend_not_into_the_wall(u_graph):
     assert np.linalg.norm(offset) == pytest.approx(np.linalg.norm(plain[0] - start[0]), rel=1e-6)
     low = np.array([[0.1, 1.0]])  # low on the left arm: 5 ahead is straight up the arm, in sight
     np.testing.assert_allclose(u_graph.subgoals(low, goal, 5.0, line_of_sight=True), u_graph.subgoals(low, goal, 5.0))
+
+
+def test_for_task_applies_the_maze_s_preset_on_the_task_s_dataset_graph(tiny_umaze_dataset):
+    from df_agent.presets import MAZE_SUBGOALS
+
+    class Recorder:  # a goal-guided policy that records what it is guided toward
+        def act(self, obs, goal):
+            self.goal = goal
+            return np.zeros((len(obs), 2), np.float32)
+
+    recorder = Recorder()
+    policy = SubgoalPolicy.for_task(recorder, "maze2d-umaze-multi")
+    preset = MAZE_SUBGOALS["umaze"]
+    assert (policy.distance, policy.line_of_sight, policy.graph.cell) == (preset.distance, True, preset.cell)
+    assert policy.graph.num_nodes > 10  # the tiny dataset's graph
+    far_goal = np.array([[3.0, 1.0]], np.float32)
+    policy.act(np.array([[1.0, 1.0, 0.0, 0.0]], np.float32), far_goal)
+    assert not np.allclose(recorder.goal, far_goal)  # guided toward a subgoal on the way, not the goal
+    shorter = SubgoalPolicy.for_task(recorder, "maze2d-umaze", distance=1.0, line_of_sight=False)
+    assert (shorter.distance, shorter.line_of_sight) == (1.0, False)
+    with pytest.raises(ValueError, match="unknown"):
+        SubgoalPolicy.for_task(recorder, "maze2d-tiny")
