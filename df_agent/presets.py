@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The planner's defaults per maze (PlannerConfig fields; a command-line value replaces them), each chosen on held-out
-# episodes (seeds >= 100, RESULTS.md):
+# The planner's defaults per maze (PlannerConfig fields; on df_maze2d.py's command line a value replaces them), each
+# chosen on held-out episodes (seeds >= 100, RESULTS.md):
 # - guidance_scale: 4 reaches the goal sooner on umaze; guided toward the goal itself, large failed to reach it in 37
 #   of 100 test episodes at 4 and kept 1 (2: 137.2 against 141.5), and medium's goal-conditioned model needed 1 too.
-#   Guided toward the data-graph subgoals (MAZE_SUBGOAL_DISTANCE, below) a straight pull runs into fewer walls, and
+#   Guided toward the data-graph subgoals (MAZE_SUBGOALS, below) a straight pull runs into fewer walls, and
 #   medium and large pull with 3.
 # - schedule, mcg_samples: on umaze the autoregressive matrix with plain guidance scored 129.6 +- 7.8 against the
 #   pyramid's 125.2 +- 9.2 (MCG 4) and 115.3 +- 10.3 (MCG 1); on medium the pyramid scored higher than the

@@ -161,7 +161,7 @@ class Args:
     min_guidance_weight: float | None = None
     """skip the guidance gradient on sampling rows whose largest guidance weight is below this fraction of the
     plan's largest (default: 0, every row guided). Plans near the goal follow --near-goal-min-guidance-weight where
-    a maze sets it (medium: 0.2), so turning the floor off everywhere on medium takes both flags at 0"""
+    a maze sets it (medium and large: 0.2), so turning the floor off everywhere there takes both flags at 0"""
     stay_velocity_weight: float = 0.0
     """goal-state guidance: weight of the planned speed near the goal, so the plan stops there (0: off; measured
     on held-out episodes, it slowed the way to the goal more than it helped staying)"""
@@ -193,8 +193,8 @@ class Args:
     near_goal_ddim_steps: int | None = None
     """DDIM steps per token within --near-goal-radius of the goal (default per maze: --ddim-steps)"""
     near_goal_min_guidance_weight: float | None = None
-    """--min-guidance-weight within --near-goal-radius of the goal (default per maze: 0.2 on medium, for act speed;
-    as far from it on umaze and large)"""
+    """--min-guidance-weight within --near-goal-radius of the goal (default per maze: 0.2 on medium and large, for act
+    speed; as far from it on umaze)"""
     near_goal_horizon_tokens: int | None = None
     """plan length in tokens within --near-goal-radius of the goal (default per maze: 4 on umaze, 5 on medium and large;
     0: --horizon-tokens)"""
