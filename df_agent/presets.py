@@ -16,7 +16,10 @@ from dataclasses import dataclass
 #   multi-goal): +2.4 +- 0.9 / +1.4 +- 0.8 on seeds 100-299, the best of a screen of six one-setting changes fixed
 #   in advance (near-goal radius 1.5 +1.8 / +1.1, subgoals 2.5 ahead +1.0 / +0.0, near-goal radius 0.75 -0.3 /
 #   -0.9, MCG 4 on the way +0.0 / -2.3, subgoals 1.5 ahead -2.2 / -1.5), then +3.2 +- 0.7 / +2.3 +- 0.9 on seeds
-#   300-499, reaching the goal 4.3 / 2.4 steps sooner. Before the subgoals, 4 reached the goal sooner on umaze; guided toward the goal itself, large failed to reach it in 37
+#   300-499, reaching the goal 4.3 / 2.4 steps sooner. A second screen from 6: 8 +2.3 +- 0.6 / +0.8 +- 0.7 (6 with
+#   near-goal radius 1.5: +1.9 / +0.7) on seeds 100-299, then +1.2 +- 0.5 / +0.2 +- 1.1 on seeds 500-699, 1.7 / 0.0
+#   steps sooner: umaze guides with 8. Each step was taken by a rule fixed before its probes. Before the subgoals,
+#   4 reached the goal sooner on umaze; guided toward the goal itself, large failed to reach it in 37
 #   of 100 test episodes at 4 and kept 1 (2: 137.2 against 141.5), and medium's goal-conditioned model needed 1 too.
 #   Guided toward the data-graph subgoals (MAZE_SUBGOALS, below) a straight pull runs into fewer walls, and
 #   medium and large pull with 3.
@@ -72,7 +75,7 @@ _SHARED_DEFAULTS = dict(
 MAZE_PLANNER_DEFAULTS = {
     "umaze": dict(
         horizon_tokens=10,  # 20 before the data-graph subgoals (docs/diffusion_forcing.md)
-        guidance_scale=6.0,  # 4 before 2026-12-07's screen (below)
+        guidance_scale=8.0,  # 4 before 2026-12-07's screens (below)
         schedule="pyramid",  # autoregressive before the 4-token near-goal plans (below)
         mcg_samples=1,
         warm_start_level=0.75,

@@ -153,7 +153,7 @@ class Args:
     ddim_steps: int = 10
     """DDIM steps per token (10 scored as well as 20 on held-out episodes, in half the time)"""
     guidance_scale: float | None = None
-    """goal guidance step size (default: 6 on umaze, 3 on medium and large; 0: unguided)"""
+    """goal guidance step size (default: 8 on umaze, 3 on medium and large; 0: unguided)"""
     mcg_samples: int | None = None
     """Monte Carlo Guidance futures per plan (default: per maze)"""
     no_mcg: bool = False
