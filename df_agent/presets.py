@@ -23,6 +23,11 @@ from dataclasses import dataclass
 #   of 100 test episodes at 4 and kept 1 (2: 137.2 against 141.5), and medium's goal-conditioned model needed 1 too.
 #   Guided toward the data-graph subgoals (MAZE_SUBGOALS, below) a straight pull runs into fewer walls, and
 #   medium and large pull with 3.
+# - near_goal_guidance_scale on umaze: 64 since 2026-12-07, by a third screen (rule fixed in advance; against guidance
+#   8's defaults, seeds 100-299, single / multi-goal): near-goal scale 64 +0.0 +- 0.1 / +3.2 +- 0.7, replanning every
+#   2 steps near the goal -0.2 / +1.7, near-goal radius 1.5 +0.9 / +0.3, 8 near-goal futures -0.4 / +0.3, scale 256
+#   -0.2 / -1.5, 5-token near-goal plans -0.5 / -5.3; 64 on seeds 700-899: -0.1 +- 0.1 / +3.6 +- 0.7, all of it in
+#   staying (at guidance 4 on the way, 64 had scored 139.0 / 161.4 against 142.0 / 159.0).
 # - schedule, mcg_samples: on umaze the autoregressive matrix with plain guidance scored 129.6 +- 7.8 against the
 #   pyramid's 125.2 +- 9.2 (MCG 4) and 115.3 +- 10.3 (MCG 1); on medium the pyramid scored higher than the
 #   autoregressive matrix (65.4 against 51.5, MCG 1). With the near-goal plans, medium and large plan
@@ -80,7 +85,7 @@ MAZE_PLANNER_DEFAULTS = {
         mcg_samples=1,
         warm_start_level=0.75,
         min_guidance_weight=0.0,  # 0.2 reached the goal later (below)
-        near_goal_guidance_scale=128.0,
+        near_goal_guidance_scale=64.0,  # 128 before the staying screen of 2026-12-07 (below)
         **{**_SHARED_DEFAULTS, "near_goal_horizon_tokens": 4, "near_goal_mcg_samples": 4},  # below
     ),
     "medium": dict(

@@ -177,7 +177,7 @@ class Args:
     episodes, it did not help staying)"""
     near_goal_guidance_scale: float | None = None
     """guidance scale for plans that start within --near-goal-radius of the goal (0: the maze's scale everywhere;
-    default per maze: 128 on umaze, chosen on its held-out episodes; 8 on medium and large, whose
+    default per maze: 64 on umaze, chosen on its held-out episodes; 8 on medium and large, whose
     goal-conditioned models stay with a gentler pull, and whose positions spread 2-3x wider than umaze's, so that
     one scale pulls harder in the model's normalized units)"""
     near_goal_radius: float = 1.0
