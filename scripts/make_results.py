@@ -373,6 +373,12 @@ def _with_commands(lines: list[str], records: list[dict]) -> str:
     return "\n".join(lines) + "\n\nCommands:\n\n```bash\n" + "\n".join(commands) + "\n```\n"
 
 
+def _notes(records: list[dict]) -> list[str]:
+    """The records' distinct notes as list lines under their table, then a blank line (none without notes)."""
+    notes = list(dict.fromkeys(r["note"] for r in records if r.get("note")))
+    return [f"- {note}" for note in notes] + ([""] if notes else [])
+
+
 def staying_table(records: list[dict]) -> str:
     """``scripts/staying_trace.py`` records: the steps spent outside the goal radius after the first arrival, how
     many of them beside a wall, and how far the model's first predicted position lies from the point there."""
@@ -688,11 +694,7 @@ def main(args: Args) -> str:
             summary,
         ]
     for index, (name, group) in enumerate(sorted(groups.items(), key=lambda item: _table_rank(item[0]))):
-        lines += [f"## {name}", "", table(group)]
-        notes = [r["note"] for r in group if r.get("note")]
-        lines += [f"- {note}" for note in dict.fromkeys(notes)]
-        if notes:
-            lines.append("")
+        lines += [f"## {name}", "", table(group), *_notes(group)]
         stem = f"table{index}"
         score_figure(group, figures / f"{stem}_scores.png", name)
         time_to_goal_figure(group, figures / f"{stem}_time_to_goal.png", name)
@@ -751,7 +753,7 @@ def main(args: Args) -> str:
     if coverage:
         lines += ["## OGBench data at the test goals (diagnostic)", "", coverage_table(coverage)]
     if staying:
-        lines += ["## Where the staying score is lost (diagnostic)", "", staying_table(staying)]
+        lines += ["## Where the staying score is lost (diagnostic)", "", staying_table(staying), *_notes(staying)]
     plans = sorted(figures.glob("plan_*.png"))
     if plans:
         lines += [
