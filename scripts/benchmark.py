@@ -348,7 +348,8 @@ def entries(job: Job, args: Args) -> Iterator[Entry]:
             from df_agent.subgoals import SubgoalPolicy, TransitionGraph
             from envs.datasets import load_transitions
 
-            graph = TransitionGraph.from_transitions(load_transitions(job.tasks[0]), cell=script_settings.subgoal_cell)
+            cell = df_maze2d.subgoal_cell_for(script_settings, task)
+            graph = TransitionGraph.from_transitions(load_transitions(job.tasks[0]), cell=cell)
         for env_id in job.tasks:
             for row in job.rows:
                 agent = Agent.for_task(

@@ -224,8 +224,9 @@ class Args:
     """guide each plan toward a subgoal this far ahead (maze units) on the training data's own shortest way to the
     goal, a graph of its transitions (df_agent.subgoals; no map), instead of toward the goal itself (default per
     maze: df_agent.presets.MAZE_SUBGOALS; 0: off, guided toward the goal)"""
-    subgoal_cell: float = 0.25
-    """grid cell of that graph's nodes (maze units; every maze's preset is 0.25)"""
+    subgoal_cell: float | None = None
+    """grid cell of that graph's nodes (maze units; default per maze: df_agent.presets.MAZE_SUBGOALS, 0.25 on every
+    maze)"""
     subgoal_line_of_sight: bool | None = None
     """where the way bends around a wall, guide toward the farthest point of the way in sight instead of one behind
     the wall (TransitionGraph.subgoals(line_of_sight=True); True / False; default per maze:
@@ -331,6 +332,11 @@ def subgoal_distance_for(args: Args, task: envs.TaskSpec) -> float | None:
     if not args.subgoal_distance >= 0:
         raise SystemExit(f"--subgoal-distance must be >= 0 (0: off), got {args.subgoal_distance}")
     return args.subgoal_distance or None
+
+
+def subgoal_cell_for(args: Args, task: envs.TaskSpec) -> float:
+    """The cell of the subgoal graph's nodes (the command line's, or the maze's)."""
+    return MAZE_SUBGOALS[task.maze].cell if args.subgoal_cell is None else args.subgoal_cell
 
 
 def subgoal_line_of_sight_for(args: Args, task: envs.TaskSpec) -> bool:
@@ -544,7 +550,7 @@ def main(args: Args) -> dict:
     line_of_sight = subgoal_line_of_sight_for(args, task)
     if subgoal_distance is not None and args.eval_episodes > 0:
         data = load_transitions(task.env_id, source=args.dataset_source)
-        graph = TransitionGraph.from_transitions(data, cell=args.subgoal_cell)
+        graph = TransitionGraph.from_transitions(data, cell=subgoal_cell_for(args, task))
         print(f"subgoal graph: {graph.num_nodes:,} nodes, {graph.num_edges:,} edges from {len(data):,} transitions")
     summary = {"run": run_name, "train_steps": step}
     tasks = [task.env_id]

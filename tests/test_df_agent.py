@@ -358,6 +358,8 @@ def test_script_runs_end_to_end(data, tmp_path, load_script):
     assert script.subgoal_distance_for(script.Args(), large) == MAZE_SUBGOALS["large"].distance > 0
     assert script.subgoal_distance_for(script.Args(), umaze) == MAZE_SUBGOALS["umaze"].distance
     assert script.subgoal_distance_for(script.Args(subgoal_distance=0.0), large) is None
+    assert script.subgoal_cell_for(script.Args(), large) == MAZE_SUBGOALS["large"].cell
+    assert script.subgoal_cell_for(script.Args(subgoal_cell=0.5), large) == 0.5
     with pytest.raises(SystemExit, match="subgoal-distance"):
         script.subgoal_distance_for(script.Args(subgoal_distance=-1.0), large)
     # line of sight: on for umaze, off elsewhere, unless the command line says
