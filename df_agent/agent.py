@@ -60,8 +60,12 @@ class PlannerConfig:
     stay_radius: float = 1.0
     """goal-state guidance: distance scale of the gate exp(-(d / radius)^2) that turns the stay terms on"""
     stay_near_goal_only: bool = False
-    """apply the stay terms only to plans that start within ``near_goal_radius`` of the goal, so that they never
+    """apply the stay terms only to plans that start within ``stay_start_radius`` of the goal, so that they never
     slow the way there"""
+    stay_start_radius: float | None = None
+    """with ``stay_near_goal_only``, the distance to the goal within which a plan's start turns the stay terms on
+    (None: ``near_goal_radius``). The goal's own radius (0.5 on maze2d) asks only a point that has arrived to stop;
+    a wider one also brakes a point on its way in, short of the goal"""
     start_weight: float = 0.0
     """weight of the pull of each plan's first predicted observation toward the observation it starts at
     (``df_agent.guidance.start_cost``; 0: off). The goal pull alone can move a plan's first steps toward the goal,
@@ -80,6 +84,15 @@ class PlannerConfig:
     guide_actions_only: bool = False
     """apply the guidance step to the tokens' action slots only: the predicted observations then follow the
     guided actions through the model instead of being moved by the gradient themselves"""
+    near_goal_condition_distance: float | None = None
+    """a goal-conditioned model's goal *input* for plans that start within ``near_goal_radius`` of the goal: the
+    point on the ray from the point through the goal, this far from the point (None: the goal itself). The guidance
+    still pulls toward the goal. Trained on data whose goals are redrawn on arrival, the model has rarely started
+    beside its goal input, and there its estimate of the point's own motion is off (docs/diffusion_forcing.md)"""
+    near_goal_start_weight: float | None = None
+    """``start_weight`` for plans that start within ``near_goal_radius`` of the goal (None: as far from it)"""
+    near_goal_guide_actions_only: bool | None = None
+    """``guide_actions_only`` for plans that start within ``near_goal_radius`` of the goal (None: as far from it)"""
     horizon_tokens: int | None = 30
     """longest plan in tokens (None: to the episode's end, as in the paper; 30 scored better on maze2d-large)"""
     replan_every: int = 1
@@ -365,6 +378,8 @@ class Agent:
         guidance_scale: float | None = None,
         ddim_steps: int | None = None,
         min_guidance_weight: float | None = None,
+        guide_actions_only: bool | None = None,
+        start_weight: float | None = None,
         return_history: bool = False,
         warm_tokens: np.ndarray | None = None,
         warm_start_level: float | None = None,
@@ -374,10 +389,10 @@ class Agent:
     ) -> Plan:
         """Plan ``horizon`` steps (rounded up to whole tokens) from observations toward goals.
 
-        ``horizon``, ``schedule``, ``mcg_samples``, ``guidance_scale``, ``ddim_steps``, ``min_guidance_weight`` and
-        ``warm_start_level`` override the planner's settings for this call; None (the default) keeps the planner's. A
-        horizon of None plans ``horizon_tokens`` tokens (None: to the episode's end); a guidance scale of 0 plans
-        unguided.
+        ``horizon``, ``schedule``, ``mcg_samples``, ``guidance_scale``, ``ddim_steps``, ``min_guidance_weight``,
+        ``guide_actions_only``, ``start_weight`` and ``warm_start_level`` override the planner's settings for this
+        call; None (the default) keeps the planner's. A horizon of None plans ``horizon_tokens`` tokens (None: to the
+        episode's end); a guidance scale of 0 plans unguided.
 
         ``schedule`` is the name of a scheduling matrix (see ``df_agent.schedules``) or a matrix of denoising-step
         indices (rows, tokens) with entries in [0, ddim_steps], validated.
@@ -420,6 +435,8 @@ class Agent:
             "guidance_scale": guidance_scale,
             "ddim_steps": ddim_steps,
             "min_guidance_weight": min_guidance_weight,
+            "guide_actions_only": guide_actions_only,
+            "start_weight": start_weight,
             "warm_start_level": warm_start_level,
         }
         p = replace(self.planner, **{name: value for name, value in overrides.items() if value is not None})
@@ -468,8 +485,10 @@ class Agent:
             scale = np.where(near, p.near_goal_guidance_scale, scale).astype(np.float32)
         velocity_weight, action_weight = p.stay_velocity_weight, p.stay_action_weight
         if p.stay_near_goal_only:
-            velocity_weight = torch.as_tensor(np.where(near, velocity_weight, 0.0), dtype=torch.float32)
-            action_weight = torch.as_tensor(np.where(near, action_weight, 0.0), dtype=torch.float32)
+            start_radius = p.near_goal_radius if p.stay_start_radius is None else p.stay_start_radius
+            stays = np.linalg.norm(obs[:, :2] - goal, axis=-1) <= start_radius
+            velocity_weight = torch.as_tensor(np.where(stays, velocity_weight, 0.0), dtype=torch.float32)
+            action_weight = torch.as_tensor(np.where(stays, action_weight, 0.0), dtype=torch.float32)
         device = self.device
         steps_ahead = torch.arange(num_tokens * frame_stack, device=device)
         step_mask = (steps_ahead < horizon).float()[None].expand(len(obs), -1)
@@ -491,8 +510,17 @@ class Agent:
                 route_weight=p.route_weight,
             )
         action_mask = torch.as_tensor(self.tokenizer.action_mask(), device=device) if p.guide_actions_only else None
+        condition_goal = goal
+        if p.near_goal_condition_distance is not None and self.tokenizer.layout.goal_dim and near.any():
+            offset = goal - obs[:, :2]
+            length = np.linalg.norm(offset, axis=-1, keepdims=True)
+            direction = np.where(length > 1e-6, offset / np.maximum(length, 1e-6), np.array([1.0, 0.0]))
+            moved = obs[:, :2] + p.near_goal_condition_distance * direction
+            condition_goal = np.where(near[:, None], moved, goal).astype(np.float32)
         with torch.no_grad():
-            z0 = self.model.initial_latent(torch.as_tensor(self.tokenizer.condition(origin, goal), device=device))
+            z0 = self.model.initial_latent(
+                torch.as_tensor(self.tokenizer.condition(origin, condition_goal), device=device)
+            )
         result = sample(
             self.model,
             self.noise_schedule,
@@ -645,6 +673,8 @@ class Agent:
                 ("mcg_samples", p.near_goal_mcg_samples),
                 ("ddim_steps", p.near_goal_ddim_steps),
                 ("min_guidance_weight", p.near_goal_min_guidance_weight),
+                ("guide_actions_only", p.near_goal_guide_actions_only),
+                ("start_weight", p.near_goal_start_weight),
             )
             if value is not None
         }

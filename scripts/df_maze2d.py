@@ -171,6 +171,9 @@ class Args:
     """apply the goal-state terms only to plans that start within --near-goal-radius of the goal"""
     stay_radius: float = 1.0
     """goal-state guidance: distance scale of the gate exp(-(d / radius)^2) that turns the stay terms on"""
+    stay_start_radius: float | None = None
+    """with --stay-near-goal-only, the distance to the goal within which a plan's start turns the stay terms on
+    (default: --near-goal-radius; 0.5, the goal's radius: only after arrival; measured, it did not help staying)"""
     start_weight: float = 0.0
     """weight of the pull of each plan's first predicted observation toward the current observation, so a guided
     plan starts where the point is and as fast as it moves (PlannerConfig.start_weight; 0: off; measured on held-out
@@ -198,6 +201,15 @@ class Args:
     near_goal_horizon_tokens: int | None = None
     """plan length in tokens within --near-goal-radius of the goal (default per maze: 4 on umaze, 5 on medium and large;
     0: --horizon-tokens)"""
+    near_goal_start_weight: float | None = None
+    """--start-weight within --near-goal-radius of the goal (default: --start-weight; measured, it did not help
+    staying)"""
+    near_goal_guide_actions_only: bool = False
+    """guide only the tokens' action slots within --near-goal-radius of the goal (measured, it did not help staying)"""
+    near_goal_condition_distance: float | None = None
+    """goal-conditioned models: within --near-goal-radius of the goal, the model's goal input lies this far from the
+    point on its ray through the goal, the guidance still pulling toward the goal (default: the goal itself;
+    PlannerConfig.near_goal_condition_distance; measured, it did not help staying)"""
     shrink_horizon: bool = True
     """plan only to the episode's end, as the paper (planning past it scored lower on held-out episodes)"""
     horizon_tokens: int | None = None
@@ -301,7 +313,11 @@ def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
         stay_action_weight=args.stay_action_weight,
         stay_radius=args.stay_radius,
         stay_near_goal_only=args.stay_near_goal_only,
+        stay_start_radius=args.stay_start_radius,
         start_weight=args.start_weight,
+        near_goal_start_weight=args.near_goal_start_weight,
+        near_goal_guide_actions_only=args.near_goal_guide_actions_only or None,
+        near_goal_condition_distance=args.near_goal_condition_distance,
         near_goal_guidance_scale=per_maze("near_goal_guidance_scale"),
         near_goal_radius=args.near_goal_radius,
         near_goal_execute_steps=per_maze("near_goal_execute_steps"),
