@@ -4,10 +4,14 @@ After the point first comes within the goal radius (0.5), every step it spends o
 runs the shipped agent (its planner and data-graph subgoals, as ``df_maze2d.py --eval-only --checkpoint pretrained``
 runs it) on held-out episodes through the shared evaluation, records every position, and counts per episode the steps
 outside the radius after the first arrival: in all, and those spent beside a wall (within ``--wall-margin`` of a wall
-cell's edge, the point's own radius of 0.1 included). Then it replans, unguided, from up to ``--states`` of those
-positions beside a wall and from as many positions at the goal, and measures how far the model's first predicted
-position lies from the point: a model that imagines the point elsewhere plans actions for that other place. One record,
-``"benchmark": "diagnostic"``.
+cell's edge, the point's own radius of 0.1 included). Then it replans, unguided, from up to ``--states`` states of each
+kind (beside a wall after arrival, at the goal after arrival, circling it 0.5-1.0 away after arrival, and on the way,
+over 2.0 from the goal before arrival) and measures how far the model's first predicted position lies from the point
+and its first predicted velocity from the point's (one control step changes the velocity by under 0.1): a model that
+imagines the point elsewhere, or moving otherwise, plans actions for that other state. For a goal-conditioned model
+it measures the states at and around the goal again with the model's goal input moved ``--goal-input-distance`` from
+the point along its ray through the goal, which tells whether a goal input beside the point is what misleads it. One
+record, ``"benchmark": "diagnostic"``.
 
     python scripts/staying_trace.py --env maze2d-umaze-multi --seed 100 --episodes 200 \
         --record results/staying_trace.jsonl
@@ -46,7 +50,9 @@ class Args:
     wall_margin: float = 0.05
     """a position is beside a wall when the point's edge (radius 0.1) is within this of a wall cell's edge"""
     states: int = 64
-    """positions replanned from, per kind (beside a wall, at the goal), to measure the first predicted position"""
+    """states replanned from, per kind, to measure the first predicted position and velocity"""
+    goal_input_distance: float = 2.5
+    """goal-conditioned models: how far from the point the moved goal input lies (on its ray through the goal)"""
     num_threads: int = 1
     """torch threads"""
     record: str | None = None
@@ -85,12 +91,23 @@ def outside_after_arrival(distance: np.ndarray, radius: float = GOAL_RADIUS) -> 
     return after_arrival(distance, radius) & (distance > radius)
 
 
-def first_step_offset(agent: Agent, observations: np.ndarray, goals: np.ndarray) -> np.ndarray:
-    """(B,) distance from each point to its unguided plan's first predicted position."""
+def first_step_errors(agent: Agent, observations: np.ndarray, goals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B,) each: the distance from each point to its unguided plan's first predicted position, and from the point's
+    velocity to the plan's first predicted velocity. ``goals`` only condition a goal-conditioned model (unguided)."""
     if len(observations) == 0:
-        return np.zeros(0)
+        return np.zeros(0), np.zeros(0)
     plan = agent.plan(observations, goals, guidance_scale=0.0)
-    return np.linalg.norm(plan.positions[:, 0] - observations[:, :2], axis=-1)
+    offset = np.linalg.norm(plan.positions[:, 0] - observations[:, :2], axis=-1)
+    velocity = np.linalg.norm(plan.observations[:, 0, 2:4] - observations[:, 2:4], axis=-1)
+    return offset, velocity
+
+
+def moved_goal_input(points: np.ndarray, goals: np.ndarray, distance: float) -> np.ndarray:
+    """(B, 2): the point ``distance`` from each point on its ray through its goal (+x where the two coincide)."""
+    offset = goals - points
+    length = np.linalg.norm(offset, axis=-1, keepdims=True)
+    direction = np.where(length > 1e-6, offset / np.maximum(length, 1e-6), np.array([1.0, 0.0]))
+    return (points + distance * direction).astype(np.float32)
 
 
 def main(args: Args) -> dict:
@@ -128,8 +145,28 @@ def main(args: Args) -> dict:
         chosen = rng.permutation(len(episode))[: args.states]
         return observations[episode[chosen], step[chosen]].astype(np.float32), goals[episode[chosen], step[chosen]]
 
-    at_wall = first_step_offset(agent, *pick(walled))
-    at_goal = first_step_offset(agent, *pick(at_goal_after & ~beside_wall(maze, observations[..., :2], 0.0)))
+    kinds = {
+        "beside_wall": walled,
+        "at_goal": at_goal_after & ~beside_wall(maze, observations[..., :2], 0.0),
+        "circling": after_arrival(distance) & (distance > GOAL_RADIUS) & (distance < 2 * GOAL_RADIUS),
+        "on_the_way": ~after_arrival(distance) & (distance > 4 * GOAL_RADIUS),
+    }
+
+    def mean(values: np.ndarray) -> float | None:
+        return float(values.mean()) if len(values) else None
+
+    estimates = {}
+    for kind, mask in kinds.items():
+        states, state_goals = pick(mask)
+        offset, velocity = first_step_errors(agent, states, state_goals)
+        estimates[f"first_step_offset_{kind}"] = mean(offset)
+        estimates[f"first_step_velocity_error_{kind}"] = mean(velocity)
+        estimates[f"states_{kind}"] = len(states)
+        if agent.tokenizer.layout.goal_dim and kind in ("at_goal", "circling"):
+            moved = moved_goal_input(states[:, :2], state_goals, args.goal_input_distance)
+            offset, velocity = first_step_errors(agent, states, moved)
+            estimates[f"first_step_offset_{kind}_goal_input_moved"] = mean(offset)
+            estimates[f"first_step_velocity_error_{kind}_goal_input_moved"] = mean(velocity)
     outside_steps, walled_steps = outside.sum(axis=1), walled.sum(axis=1)
     metrics = {
         "normalized_score": float(result.normalized_scores.mean()),
@@ -137,10 +174,7 @@ def main(args: Args) -> dict:
         "steps_outside_beside_wall": float(walled_steps.mean()),
         "share_outside_beside_wall": float(walled_steps.sum() / max(1, outside_steps.sum())),
         "episodes_over_20_steps_outside": int((outside_steps > 20).sum()),
-        "first_step_offset_beside_wall": float(at_wall.mean()) if len(at_wall) else None,
-        "first_step_offset_at_goal": float(at_goal.mean()) if len(at_goal) else None,
-        "states_beside_wall": len(at_wall),
-        "states_at_goal": len(at_goal),
+        **estimates,
     }
     record = {
         "benchmark": "diagnostic",
@@ -158,6 +192,7 @@ def main(args: Args) -> dict:
             "checkpoint": args.checkpoint,
             "wall_margin": args.wall_margin,
             "states": args.states,
+            "goal_input_distance": args.goal_input_distance,
             **asdict(agent.planner),
             **policy.settings(),
         },
@@ -167,10 +202,21 @@ def main(args: Args) -> dict:
     }
     print(
         f"{task.env_id}: {metrics['steps_outside_after_arrival']:.1f} steps outside the goal after arrival per "
-        f"episode, {100 * metrics['share_outside_beside_wall']:.0f}% of them beside a wall; first predicted position "
-        f"{at_wall.mean() if len(at_wall) else float('nan'):.2f} from the point beside a wall "
-        f"({len(at_wall)} positions), {at_goal.mean() if len(at_goal) else float('nan'):.2f} at the goal"
+        f"episode, {100 * metrics['share_outside_beside_wall']:.0f}% of them beside a wall"
     )
+    for kind in kinds:
+        offset, velocity = metrics[f"first_step_offset_{kind}"], metrics[f"first_step_velocity_error_{kind}"]
+        if offset is not None:
+            print(
+                f"  {kind.replace('_', ' ')} ({metrics[f'states_{kind}']} states): first predicted position "
+                f"{offset:.2f} from the point, first predicted velocity {velocity:.2f} from its velocity"
+                + (
+                    f"; goal input moved out: {metrics[f'first_step_offset_{kind}_goal_input_moved']:.2f} / "
+                    f"{metrics[f'first_step_velocity_error_{kind}_goal_input_moved']:.2f}"
+                    if f"first_step_offset_{kind}_goal_input_moved" in metrics
+                    else ""
+                )
+            )
     if args.record:
         append_record(args.record, record)
     return record
