@@ -89,6 +89,10 @@ class PlannerConfig:
     point on the ray from the point through the goal, this far from the point (None: the goal itself). The guidance
     still pulls toward the goal. Trained on data whose goals are redrawn on arrival, the model has rarely started
     beside its goal input, and there its estimate of the point's own motion is off (docs/diffusion_forcing.md)"""
+    near_goal_warm_start_level: float | None = None
+    """``warm_start_level`` for plans that start within ``near_goal_radius`` of the goal (None: as far from it): each
+    near-goal replan starts from the previous plan, so consecutive plans near the goal agree, while the way there
+    keeps its own setting"""
     near_goal_start_weight: float | None = None
     """``start_weight`` for plans that start within ``near_goal_radius`` of the goal (None: as far from it)"""
     near_goal_guide_actions_only: bool | None = None
@@ -661,9 +665,11 @@ class Agent:
         # one sampler call per group of envs that share a plan length, a number of warm tokens (the tokens of their
         # last plan left after the steps executed since; none: cold) and the near-goal settings: a batch shares them
         warm = {env: None for env in envs}
-        if p.warm_start_level > 0:
+        near_warm = p.near_goal_warm_start_level
+        if p.warm_start_level > 0 or (near_warm or 0) > 0:
             for env in envs:
-                if not self._stalled[env]:
+                level = near_warm if near[env] and near_warm is not None else p.warm_start_level
+                if level > 0 and not self._stalled[env]:
                     warm[env] = self._shifted_tokens(env, math.ceil(horizons[env] / frame_stack), obs[env])
             self._stalled[envs] = False
         near_overrides = {
@@ -675,6 +681,7 @@ class Agent:
                 ("min_guidance_weight", p.near_goal_min_guidance_weight),
                 ("guide_actions_only", p.near_goal_guide_actions_only),
                 ("start_weight", p.near_goal_start_weight),
+                ("warm_start_level", p.near_goal_warm_start_level),
             )
             if value is not None
         }

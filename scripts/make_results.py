@@ -406,6 +406,39 @@ def staying_table(records: list[dict]) -> str:
             f"| {offset(m['first_step_offset_beside_wall'])} / {offset(m['first_step_offset_at_goal'])} "
             f"| {_episodes(r)} | {r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
         )
+    estimated = [r for r in records if "first_step_velocity_error_at_goal" in r["metrics"]]
+    if estimated:
+        kinds = ("on_the_way", "at_goal", "circling", "beside_wall")
+        lines += [
+            "",
+            "The model's state estimate, from the same traces: for each kind of state (on the way: over 2.0 from the",
+            "goal before arrival; after arrival: at the goal, circling it 0.5-1.0 away, beside a wall), the distance",
+            "from the point to an unguided plan's first predicted position / from the point's velocity to its first",
+            "predicted velocity (units, units/s; one step changes the velocity by under 0.1), and for goal-conditioned",
+            "models the same at the goal and circling with the model's goal input moved out along the ray through",
+            "the goal.",
+            "",
+            "| env | model | on the way | at the goal | circling | beside a wall | goal input moved: at the goal "
+            "/ circling | date, commit |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in estimated:
+            m = r["metrics"]
+            steps = (r.get("model") or {}).get("steps")
+            cells = [
+                f"{offset(m[f'first_step_offset_{k}'])} / {offset(m[f'first_step_velocity_error_{k}'])}" for k in kinds
+            ]
+            moved = [
+                f"{offset(m.get(f'first_step_offset_{k}_goal_input_moved'))} / "
+                f"{offset(m.get(f'first_step_velocity_error_{k}_goal_input_moved'))}"
+                for k in ("at_goal", "circling")
+            ]
+            moved_cell = "; ".join(moved) if "first_step_offset_at_goal_goal_input_moved" in m else "-"
+            lines.append(
+                f"| {r['env_id']} | {f'{steps:,} steps' if steps else r['settings']['checkpoint']} | "
+                + " | ".join(cells)
+                + f" | {moved_cell} | {r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
+            )
     return _with_commands(lines, records)
 
 
