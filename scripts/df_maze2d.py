@@ -201,6 +201,9 @@ class Args:
     near_goal_horizon_tokens: int | None = None
     """plan length in tokens within --near-goal-radius of the goal (default per maze: 4 on umaze, 5 on medium and large;
     0: --horizon-tokens)"""
+    near_goal_warm_start_level: float | None = None
+    """--warm-start-level within --near-goal-radius of the goal (default: as far from it; measured, it did not help
+    staying)"""
     near_goal_start_weight: float | None = None
     """--start-weight within --near-goal-radius of the goal (default: --start-weight; measured, it did not help
     staying)"""
@@ -316,6 +319,7 @@ def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
         stay_start_radius=args.stay_start_radius,
         start_weight=args.start_weight,
         near_goal_start_weight=args.near_goal_start_weight,
+        near_goal_warm_start_level=args.near_goal_warm_start_level,
         near_goal_guide_actions_only=args.near_goal_guide_actions_only or None,
         near_goal_condition_distance=args.near_goal_condition_distance,
         near_goal_guidance_scale=per_maze("near_goal_guidance_scale"),

@@ -130,3 +130,24 @@ def test_hindsight_goals_are_positions_reached_later_in_the_same_segment(data):
     assert np.ptp(distance) > 0.5  # goals at many distances, not one fixed offset
     with pytest.raises(ValueError, match="hindsight_steps must be at least 1"):
         WindowSampler.from_transitions(data, num_steps, hindsight_steps=0)
+
+
+def test_near_the_goal_the_goal_input_can_be_moved_out_along_the_ray_through_the_goal(data):
+    """near_goal_condition_distance=2.5: unguided (the goal then only conditions the model), a plan from a point
+    0.6 from its goal equals the plan conditioned on the point 2.5 away on the ray through the goal; a point 3 away
+    (beyond near_goal_radius) plans as without the setting."""
+    trainer = new_trainer(data)
+    base = PlannerConfig(ddim_steps=3, guidance_scale=0.0, mcg_samples=1, horizon_tokens=3, seed=5)
+    agent = Agent.from_trainer(trainer, base)
+    obs = data.observations[:1].astype(np.float32)
+    point = obs[0, :2]
+    near_goal = (point + [0.6, 0.0])[None].astype(np.float32)
+    far_goal = (point + [0.0, 3.0])[None].astype(np.float32)
+    moved = (point + [2.5, 0.0])[None].astype(np.float32)
+
+    def plan(goal, **settings):  # a fresh agent each time: the same seed, the same draws
+        return agent.with_planner(base, **settings).plan(obs, goal).actions
+
+    np.testing.assert_array_equal(plan(near_goal, near_goal_condition_distance=2.5), plan(moved))
+    assert not np.allclose(plan(near_goal, near_goal_condition_distance=2.5), plan(near_goal))
+    np.testing.assert_array_equal(plan(far_goal, near_goal_condition_distance=2.5), plan(far_goal))

@@ -400,3 +400,46 @@ def test_history_needs_a_layout_without_the_reward_slot(trained):
     with pytest.raises(ValueError, match="reward slot"):
         Agent(agent.model, tokenizer, agent.noise_schedule, planner(history_tokens=1))
     Agent(agent.model, tokenizer, agent.noise_schedule, planner())  # without history it is fine
+
+
+def test_near_the_goal_plans_can_have_their_own_warm_start_guidance_mask_and_start_pull(trained, monkeypatch):
+    """Cold far from the goal, warm near it (near_goal_warm_start_level=0.5): the far env's replans start from noise,
+    the near env's second plan from its first; near the goal the guidance is masked to the action slots and the first
+    planned step is pulled to the observation, far from it neither."""
+    calls = spy_on_sample(monkeypatch)
+    agent = Agent.from_trainer(
+        trained,
+        planner(
+            horizon_tokens=4,
+            ddim_steps=2,
+            near_goal_warm_start_level=0.5,
+            near_goal_guide_actions_only=True,
+            near_goal_start_weight=2.0,
+        ),
+    )
+    obs = {"observation": np.zeros((2, 4), np.float32), "desired_goal": np.array([[3.0, 3.0], [0.5, 0.0]], np.float32)}
+    for _ in range(6):  # plans at step 0 and, a token (5 steps) later, at step 5
+        agent.act(obs)
+    assert len(calls) == 4 and all(c["result"].shape[0] == 1 for c in calls)
+    near = [c for c in calls if c["gradient_mask"] is not None]
+    far = [c for c in calls if c["gradient_mask"] is None]
+    assert len(near) == 2 and len(far) == 2
+    assert "initial_tokens" not in near[0] and "initial_tokens" in near[1]
+    assert all("initial_tokens" not in c for c in far)
+    mask = near[0]["gradient_mask"].numpy()
+    np.testing.assert_array_equal(mask, agent.tokenizer.action_mask())
+    assert all(c["cost"].start_weight == 2.0 for c in near) and all(c["cost"].start_weight == 0.0 for c in far)
+
+
+def test_stay_terms_can_wait_for_a_plan_that_starts_inside_the_stay_start_radius(trained, monkeypatch):
+    """stay_near_goal_only with stay_start_radius=0.5: of two plans within near_goal_radius (1.0), the one that starts
+    0.8 from its goal gets no stay terms, the one 0.3 away does; without stay_start_radius both do."""
+    calls = spy_on_sample(monkeypatch)
+    obs = np.zeros((2, 4), np.float32)
+    goals = np.array([[0.8, 0.0], [0.3, 0.0]], np.float32)
+    settings = dict(stay_velocity_weight=2.0, stay_action_weight=1.0, stay_near_goal_only=True)
+    Agent.from_trainer(trained, planner(**settings, stay_start_radius=0.5)).plan(obs, goals)
+    Agent.from_trainer(trained, planner(**settings)).plan(obs, goals)
+    waiting, plain = calls[0]["cost"], calls[1]["cost"]
+    assert waiting.velocity_weight.tolist() == [0.0, 2.0] and waiting.action_weight.tolist() == [0.0, 1.0]
+    assert plain.velocity_weight.tolist() == [2.0, 2.0] and plain.action_weight.tolist() == [1.0, 1.0]
