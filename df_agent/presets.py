@@ -28,6 +28,13 @@ from dataclasses import dataclass
 #   2 steps near the goal -0.2 / +1.7, near-goal radius 1.5 +0.9 / +0.3, 8 near-goal futures -0.4 / +0.3, scale 256
 #   -0.2 / -1.5, 5-token near-goal plans -0.5 / -5.3; 64 on seeds 700-899: -0.1 +- 0.1 / +3.6 +- 0.7, all of it in
 #   staying (at guidance 4 on the way, 64 had scored 139.0 / 161.4 against 142.0 / 159.0).
+# - near_goal_radius on umaze: 1.5 since 2026-12-07, by a fourth screen (rule fixed in advance; against the defaults
+#   re-run at the same commit, single / multi-goal): 1.5 +1.10 +- 0.50 / +1.16 +- 0.57 and 1.25 +0.41 / +0.43 on seeds
+#   100-299; 1.5 on seeds 1100-1299: -0.05 +- 0.67 / +0.51 +- 0.50, 2.0 steps sooner to a multi-goal goal. It had
+#   been second in each earlier screen (+1.8 / +1.1, +1.9 / +0.7, +0.9 / +0.3). A wider radius hands the point to the
+#   short, strongly guided plans before it reaches the U's corner, so it turns toward a goal in the connecting cell
+#   instead of swinging wide into the outer wall (docs/diffusion_forcing.md). Medium and large keep 1.0 (1.5 was
+#   within noise there, in large's bullet below).
 # - schedule, mcg_samples: on umaze the autoregressive matrix with plain guidance scored 129.6 +- 7.8 against the
 #   pyramid's 125.2 +- 9.2 (MCG 4) and 115.3 +- 10.3 (MCG 1); on medium the pyramid scored higher than the
 #   autoregressive matrix (65.4 against 51.5, MCG 1). With the near-goal plans, medium and large plan
@@ -86,6 +93,7 @@ MAZE_PLANNER_DEFAULTS = {
         warm_start_level=0.75,
         min_guidance_weight=0.0,  # 0.2 reached the goal later (below)
         near_goal_guidance_scale=64.0,  # 128 before the staying screen of 2026-12-07 (below)
+        near_goal_radius=1.5,  # 1.0 before the corner screen of 2026-12-07 (above)
         **{**_SHARED_DEFAULTS, "near_goal_horizon_tokens": 4, "near_goal_mcg_samples": 4},  # below
     ),
     "medium": dict(
@@ -96,6 +104,7 @@ MAZE_PLANNER_DEFAULTS = {
         warm_start_level=0.0,
         min_guidance_weight=0.0,
         near_goal_guidance_scale=8.0,
+        near_goal_radius=1.0,
         **{**_SHARED_DEFAULTS, "near_goal_min_guidance_weight": 0.2},  # for act speed (below)
     ),
     "large": dict(
@@ -106,6 +115,7 @@ MAZE_PLANNER_DEFAULTS = {
         warm_start_level=0.0,
         min_guidance_weight=0.0,
         near_goal_guidance_scale=8.0,
+        near_goal_radius=1.0,
         **{**_SHARED_DEFAULTS, "near_goal_min_guidance_weight": 0.2},  # for act speed, as medium (below)
     ),
 }

@@ -183,8 +183,9 @@ class Args:
     default per maze: 64 on umaze, chosen on its held-out episodes; 8 on medium and large, whose
     goal-conditioned models stay with a gentler pull, and whose positions spread 2-3x wider than umaze's, so that
     one scale pulls harder in the model's normalized units)"""
-    near_goal_radius: float = 1.0
-    """distance to the goal within which --near-goal-guidance-scale applies"""
+    near_goal_radius: float | None = None
+    """distance to the goal within which --near-goal-guidance-scale and the other near-goal settings apply (default
+    per maze: 1.5 on umaze, 1.0 on medium and large)"""
     near_goal_execute_steps: int | None = None
     """control steps executed between replans within --near-goal-radius of the goal (default: 3 on every maze; 0:
     whole tokens, as far from it)"""
@@ -323,7 +324,7 @@ def planner_config(args: Args, task: envs.TaskSpec) -> PlannerConfig:
         near_goal_guide_actions_only=args.near_goal_guide_actions_only or None,
         near_goal_condition_distance=args.near_goal_condition_distance,
         near_goal_guidance_scale=per_maze("near_goal_guidance_scale"),
-        near_goal_radius=args.near_goal_radius,
+        near_goal_radius=per_maze("near_goal_radius"),
         near_goal_execute_steps=per_maze("near_goal_execute_steps"),
         near_goal_schedule=per_maze("near_goal_schedule"),
         near_goal_horizon_tokens=per_maze("near_goal_horizon_tokens"),
