@@ -33,8 +33,10 @@ from dataclasses import dataclass
 #   100-299; 1.5 on seeds 1100-1299: -0.05 +- 0.67 / +0.51 +- 0.50, 2.0 steps sooner to a multi-goal goal. It had
 #   been second in each earlier screen (+1.8 / +1.1, +1.9 / +0.7, +0.9 / +0.3). A wider radius hands the point to the
 #   short, strongly guided plans before it reaches the U's corner, so it turns toward a goal in the connecting cell
-#   instead of swinging wide into the outer wall (docs/diffusion_forcing.md). Medium and large keep 1.0 (1.5 was
-#   within noise there, in large's bullet below).
+#   instead of swinging wide into the outer wall (docs/diffusion_forcing.md). A second round from 1.5: 2.0 +3.21 +-
+#   0.53 / +1.10 +- 0.53, 1.75 +0.91 / -0.11, but at 2.0 nearly every plan is a near-goal plan (a subgoal lies at most
+#   2.0 ahead) and umaze acted at 84-87 control steps/s against 106-111 at 1.5: below real time, so 1.5 stays.
+#   Medium and large keep 1.0 (1.5 was within noise there, in large's bullet below).
 # - schedule, mcg_samples: on umaze the autoregressive matrix with plain guidance scored 129.6 +- 7.8 against the
 #   pyramid's 125.2 +- 9.2 (MCG 4) and 115.3 +- 10.3 (MCG 1); on medium the pyramid scored higher than the
 #   autoregressive matrix (65.4 against 51.5, MCG 1). With the near-goal plans, medium and large plan
