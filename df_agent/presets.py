@@ -36,7 +36,9 @@ from dataclasses import dataclass
 #   instead of swinging wide into the outer wall (docs/diffusion_forcing.md). A second round from 1.5: 2.0 +3.21 +-
 #   0.53 / +1.10 +- 0.53, 1.75 +0.91 / -0.11, but at 2.0 nearly every plan is a near-goal plan (a subgoal lies at most
 #   2.0 ahead) and umaze acted at 84-87 control steps/s against 106-111 at 1.5: below real time, so 1.5 stays.
-#   Medium and large keep 1.0 (1.5 was within noise there, in large's bullet below).
+#   Medium and large keep 1.0: the same day, 1.5 on medium +4.64 +- 1.70 / +1.87 +- 1.13 on seeds 100-299 but -0.04 /
+#   +0.19 on 300-499, and it acted at 98-105 control steps/s (one run under 100); on large -22.1 / -9.0 (86% / 94%
+#   success, seeds 150-349: the pull crosses walls). Earlier, on older planners, large's 1.5 was within noise (below).
 # - schedule, mcg_samples: on umaze the autoregressive matrix with plain guidance scored 129.6 +- 7.8 against the
 #   pyramid's 125.2 +- 9.2 (MCG 4) and 115.3 +- 10.3 (MCG 1); on medium the pyramid scored higher than the
 #   autoregressive matrix (65.4 against 51.5, MCG 1). With the near-goal plans, medium and large plan
