@@ -155,6 +155,15 @@ class PlannerConfig:
     seed: int = 0
 
 
+def goal_input_along_ray(points: np.ndarray, goals: np.ndarray, distance: float) -> np.ndarray:
+    """(B, 2): the point ``distance`` from each point (B, 2) on its ray through its goal (B, 2), +x where the two
+    coincide; ``PlannerConfig.near_goal_condition_distance`` conditions a goal-conditioned model on it."""
+    offset = np.asarray(goals, dtype=np.float64) - np.asarray(points, dtype=np.float64)
+    length = np.linalg.norm(offset, axis=-1, keepdims=True)
+    direction = np.where(length > 1e-6, offset / np.maximum(length, 1e-6), np.array([1.0, 0.0]))
+    return (np.asarray(points, dtype=np.float64) + distance * direction).astype(np.float32)
+
+
 def _planner_from_saved(saved: dict, path) -> PlannerConfig:
     """A saved agent's planner settings as a ``PlannerConfig``: a field that no longer exists is dropped (with a
     warning when it was on, since the agent now plans without it)."""
@@ -425,7 +434,7 @@ class Agent:
             history_start = np.asarray(history_start, dtype=np.float32)
             if history_start.shape != obs.shape:
                 raise ValueError(f"history_start must have shape {obs.shape}, got {history_start.shape}")
-            if self.planner.start_weight > 0:
+            if self.planner.start_weight > 0 or (start_weight or 0) > 0:
                 raise ValueError("start_weight pulls a plan's first step and is not supported with history")
             num_history = history.shape[1]
         origin = obs if num_history == 0 else history_start  # where the token sequence starts
@@ -516,10 +525,7 @@ class Agent:
         action_mask = torch.as_tensor(self.tokenizer.action_mask(), device=device) if p.guide_actions_only else None
         condition_goal = goal
         if p.near_goal_condition_distance is not None and self.tokenizer.layout.goal_dim and near.any():
-            offset = goal - obs[:, :2]
-            length = np.linalg.norm(offset, axis=-1, keepdims=True)
-            direction = np.where(length > 1e-6, offset / np.maximum(length, 1e-6), np.array([1.0, 0.0]))
-            moved = obs[:, :2] + p.near_goal_condition_distance * direction
+            moved = goal_input_along_ray(obs[:, :2], goal, p.near_goal_condition_distance)
             condition_goal = np.where(near[:, None], moved, goal).astype(np.float32)
         with torch.no_grad():
             z0 = self.model.initial_latent(

@@ -28,6 +28,7 @@ import tyro
 
 import envs
 from df_agent import Agent
+from df_agent.agent import goal_input_along_ray
 from df_agent.presets import maze_planner
 from df_agent.subgoals import SubgoalPolicy
 from envs.evaluation import evaluate
@@ -102,14 +103,6 @@ def first_step_errors(agent: Agent, observations: np.ndarray, goals: np.ndarray)
     return offset, velocity
 
 
-def moved_goal_input(points: np.ndarray, goals: np.ndarray, distance: float) -> np.ndarray:
-    """(B, 2): the point ``distance`` from each point on its ray through its goal (+x where the two coincide)."""
-    offset = goals - points
-    length = np.linalg.norm(offset, axis=-1, keepdims=True)
-    direction = np.where(length > 1e-6, offset / np.maximum(length, 1e-6), np.array([1.0, 0.0]))
-    return (points + distance * direction).astype(np.float32)
-
-
 def main(args: Args) -> dict:
     torch.set_num_threads(args.num_threads)
     task = envs.get_task(args.env)
@@ -163,7 +156,7 @@ def main(args: Args) -> dict:
         estimates[f"first_step_velocity_error_{kind}"] = mean(velocity)
         estimates[f"states_{kind}"] = len(states)
         if agent.tokenizer.layout.goal_dim and kind in ("at_goal", "circling"):
-            moved = moved_goal_input(states[:, :2], state_goals, args.goal_input_distance)
+            moved = goal_input_along_ray(states[:, :2], state_goals, args.goal_input_distance)
             offset, velocity = first_step_errors(agent, states, moved)
             estimates[f"first_step_offset_{kind}_goal_input_moved"] = mean(offset)
             estimates[f"first_step_velocity_error_{kind}_goal_input_moved"] = mean(velocity)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from df_agent.agent import Agent, PlannerConfig
+from df_agent.agent import Agent, PlannerConfig, goal_input_along_ray
 from df_agent.tokens import Tokenizer, TokenLayout
 from df_agent.training import TrainConfig, WindowSampler, make_trainer
 from envs.datasets import load_transitions
@@ -151,3 +151,10 @@ def test_near_the_goal_the_goal_input_can_be_moved_out_along_the_ray_through_the
     np.testing.assert_array_equal(plan(near_goal, near_goal_condition_distance=2.5), plan(moved))
     assert not np.allclose(plan(near_goal, near_goal_condition_distance=2.5), plan(near_goal))
     np.testing.assert_array_equal(plan(far_goal, near_goal_condition_distance=2.5), plan(far_goal))
+
+
+def test_the_moved_goal_input_lies_on_the_ray_from_the_point_through_the_goal():
+    points = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, -1.0]])
+    goals = np.array([[0.3, 0.4], [1.0, 0.5], [2.0, -1.0]])  # the last coincides with its point
+    moved = goal_input_along_ray(points, goals, 2.5)
+    np.testing.assert_allclose(moved, [[1.5, 2.0], [1.0, -1.5], [4.5, -1.0]], atol=1e-6)

@@ -40,11 +40,3 @@ def test_beside_wall_finds_the_wall_sides_of_a_free_cell(load_script):
     above, below = walls[row - 1, col], walls[row + 1, col]
     vertical = np.array([centre + [0.0, 0.42], centre + [0.0, -0.42]])
     assert script.beside_wall(maze, vertical, margin=0.05).tolist() == [bool(above), bool(below)]
-
-
-def test_moved_goal_input_lies_on_the_ray_from_the_point_through_the_goal(load_script):
-    script = load_script("staying_trace")
-    points = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, -1.0]])
-    goals = np.array([[0.3, 0.4], [1.0, 0.5], [2.0, -1.0]])  # the last coincides with its point
-    moved = script.moved_goal_input(points, goals, 2.5)
-    np.testing.assert_allclose(moved, [[1.5, 2.0], [1.0, -1.5], [4.5, -1.0]], atol=1e-6)
