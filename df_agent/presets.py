@@ -28,14 +28,18 @@ from dataclasses import dataclass
 #   2 steps near the goal -0.2 / +1.7, near-goal radius 1.5 +0.9 / +0.3, 8 near-goal futures -0.4 / +0.3, scale 256
 #   -0.2 / -1.5, 5-token near-goal plans -0.5 / -5.3; 64 on seeds 700-899: -0.1 +- 0.1 / +3.6 +- 0.7, all of it in
 #   staying (at guidance 4 on the way, 64 had scored 139.0 / 161.4 against 142.0 / 159.0).
-# - near_goal_radius on umaze: 1.5 since 2026-12-07, by a fourth screen (rule fixed in advance; against the defaults
-#   re-run at the same commit, single / multi-goal): 1.5 +1.10 +- 0.50 / +1.16 +- 0.57 and 1.25 +0.41 / +0.43 on seeds
-#   100-299; 1.5 on seeds 1100-1299: -0.05 +- 0.67 / +0.51 +- 0.50, 2.0 steps sooner to a multi-goal goal. It had
-#   been second in each earlier screen (+1.8 / +1.1, +1.9 / +0.7, +0.9 / +0.3). A wider radius hands the point to the
-#   short, strongly guided plans before it reaches the U's corner, so it turns toward a goal in the connecting cell
-#   instead of swinging wide into the outer wall (docs/diffusion_forcing.md). A second round from 1.5: 2.0 +3.21 +-
-#   0.53 / +1.10 +- 0.53, 1.75 +0.91 / -0.11, but at 2.0 nearly every plan is a near-goal plan (a subgoal lies at most
-#   2.0 ahead) and umaze acted at 84-87 control steps/s against 106-111 at 1.5: below real time, so 1.5 stays.
+# - near_goal_radius on umaze: 2.0 since 2026-12-07 (1.0, then 1.5 before), by three rounds of a fourth screen (rules
+#   fixed in advance; against the defaults re-run at the same commit, single / multi-goal). Round 1: 1.5 +1.10 +- 0.50
+#   / +1.16 +- 0.57 and 1.25 +0.41 / +0.43 on seeds 100-299; 1.5 on seeds 1100-1299: -0.05 +- 0.67 / +0.51 +- 0.50,
+#   2.0 steps sooner to a multi-goal goal. It had been second in each earlier screen (+1.8 / +1.1, +1.9 / +0.7, +0.9 /
+#   +0.3). A wider radius hands the point to the short, strongly guided plans before it reaches the U's corner, so it
+#   turns toward a goal in the connecting cell instead of swinging wide into the outer wall (docs/diffusion_forcing.md).
+#   Round 2, from 1.5: 2.0 +3.21 +- 0.53 / +1.10 +- 0.53, 1.75 +0.91 / -0.11, but at 2.0 nearly every plan is a
+#   near-goal plan (a subgoal lies at most 2.0 ahead) and umaze acted at 84-87 control steps/s against 106-111 at 1.5:
+#   below real time. Round 3 (seeds 100-299, against 1.5 with 4 near-goal futures): radius 2.0 with 2 near-goal
+#   futures +2.45 +- 0.55 / +0.14 +- 0.64, with 1 future +1.58 / -0.38; 2.0 with 2 futures acted at 101 / 105 / 108
+#   control steps/s (the defaults 120 / 125 / 124, alternating) and on seeds 1500-1699 scored +2.03 +- 0.50 / +0.11 +-
+#   0.46, 2.7 / 0.3 steps sooner: umaze plans near its goal within 2.0, with 2 futures.
 #   Medium and large keep 1.0: the same day, 1.5 on medium +4.64 +- 1.70 / +1.87 +- 1.13 on seeds 100-299 but -0.04 /
 #   +0.19 on 300-499, and it acted at 98-105 control steps/s (one run under 100); on large -22.1 / -9.0 (86% / 94%
 #   success, seeds 150-349: the pull crosses walls). Earlier, on older planners, large's 1.5 was within noise (below).
@@ -97,8 +101,9 @@ MAZE_PLANNER_DEFAULTS = {
         warm_start_level=0.75,
         min_guidance_weight=0.0,  # 0.2 reached the goal later (below)
         near_goal_guidance_scale=64.0,  # 128 before the staying screen of 2026-12-07 (below)
-        near_goal_radius=1.5,  # 1.0 before the corner screen of 2026-12-07 (above)
-        **{**_SHARED_DEFAULTS, "near_goal_horizon_tokens": 4, "near_goal_mcg_samples": 4},  # below
+        near_goal_radius=2.0,  # 1.0 before the corner screens of 2026-12-07, then 1.5 (above)
+        # 4 near-goal futures before the third corner screen (above), which traded two of them for radius 2.0
+        **{**_SHARED_DEFAULTS, "near_goal_horizon_tokens": 4, "near_goal_mcg_samples": 2},  # below
     ),
     "medium": dict(
         horizon_tokens=30,

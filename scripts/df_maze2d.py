@@ -185,14 +185,14 @@ class Args:
     one scale pulls harder in the model's normalized units)"""
     near_goal_radius: float | None = None
     """distance to the goal within which --near-goal-guidance-scale and the other near-goal settings apply (default
-    per maze: 1.5 on umaze, 1.0 on medium and large)"""
+    per maze: 2.0 on umaze, 1.0 on medium and large)"""
     near_goal_execute_steps: int | None = None
     """control steps executed between replans within --near-goal-radius of the goal (default: 3 on every maze; 0:
     whole tokens, as far from it)"""
     near_goal_schedule: str | None = None
     """scheduling matrix within --near-goal-radius of the goal (default: pyramid on every maze)"""
     near_goal_mcg_samples: int | None = None
-    """Monte Carlo Guidance futures within --near-goal-radius of the goal (default per maze: 4 on umaze, as far from it
+    """Monte Carlo Guidance futures within --near-goal-radius of the goal (default per maze: 2 on umaze, as far from it
     on medium and large)"""
     near_goal_ddim_steps: int | None = None
     """DDIM steps per token within --near-goal-radius of the goal (default per maze: --ddim-steps)"""
