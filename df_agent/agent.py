@@ -493,13 +493,14 @@ class Agent:
             initial_tokens = torch.as_tensor(initial, device=self.device)
             initial_mask = torch.as_tensor(mask, device=self.device)
         scale = p.guidance_scale
-        near = np.linalg.norm(obs[:, :2] - goal, axis=-1) <= p.near_goal_radius
+        distance = np.linalg.norm(obs[:, :2] - goal, axis=-1)  # each plan's start to its goal
+        near = distance <= p.near_goal_radius
         if p.near_goal_guidance_scale is not None:
             scale = np.where(near, p.near_goal_guidance_scale, scale).astype(np.float32)
         velocity_weight, action_weight = p.stay_velocity_weight, p.stay_action_weight
         if p.stay_near_goal_only:
             start_radius = p.near_goal_radius if p.stay_start_radius is None else p.stay_start_radius
-            stays = np.linalg.norm(obs[:, :2] - goal, axis=-1) <= start_radius
+            stays = distance <= start_radius
             velocity_weight = torch.as_tensor(np.where(stays, velocity_weight, 0.0), dtype=torch.float32)
             action_weight = torch.as_tensor(np.where(stays, action_weight, 0.0), dtype=torch.float32)
         device = self.device

@@ -396,11 +396,14 @@ def staying_table(records: list[dict]) -> str:
     def offset(value):
         return "-" if value is None else f"{value:.2f}"
 
+    def model(record: dict) -> str:  # the model's training steps, or its checkpoint where they are not recorded
+        steps = (record.get("model") or {}).get("steps")
+        return f"{steps:,} steps" if steps else record["settings"]["checkpoint"]
+
     for r in records:
         m = r["metrics"]
-        steps = (r.get("model") or {}).get("steps")
         lines.append(
-            f"| {r['env_id']} | {f'{steps:,} steps' if steps else r['settings']['checkpoint']} "
+            f"| {r['env_id']} | {model(r)} "
             f"| {m['normalized_score']:.1f} | {m['steps_outside_after_arrival']:.1f} "
             f"| {100 * m['share_outside_beside_wall']:.0f}% | {m['episodes_over_20_steps_outside']} "
             f"| {offset(m['first_step_offset_beside_wall'])} / {offset(m['first_step_offset_at_goal'])} "
@@ -424,7 +427,6 @@ def staying_table(records: list[dict]) -> str:
         ]
         for r in estimated:
             m = r["metrics"]
-            steps = (r.get("model") or {}).get("steps")
             cells = [
                 f"{offset(m[f'first_step_offset_{k}'])} / {offset(m[f'first_step_velocity_error_{k}'])}" for k in kinds
             ]
@@ -435,7 +437,7 @@ def staying_table(records: list[dict]) -> str:
             ]
             moved_cell = "; ".join(moved) if "first_step_offset_at_goal_goal_input_moved" in m else "-"
             lines.append(
-                f"| {r['env_id']} | {f'{steps:,} steps' if steps else r['settings']['checkpoint']} | "
+                f"| {r['env_id']} | {model(r)} | "
                 + " | ".join(cells)
                 + f" | {moved_cell} | {r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
             )

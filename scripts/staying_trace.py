@@ -199,17 +199,18 @@ def main(args: Args) -> dict:
     )
     for kind in kinds:
         offset, velocity = metrics[f"first_step_offset_{kind}"], metrics[f"first_step_velocity_error_{kind}"]
-        if offset is not None:
-            print(
-                f"  {kind.replace('_', ' ')} ({metrics[f'states_{kind}']} states): first predicted position "
-                f"{offset:.2f} from the point, first predicted velocity {velocity:.2f} from its velocity"
-                + (
-                    f"; goal input moved out: {metrics[f'first_step_offset_{kind}_goal_input_moved']:.2f} / "
-                    f"{metrics[f'first_step_velocity_error_{kind}_goal_input_moved']:.2f}"
-                    if f"first_step_offset_{kind}_goal_input_moved" in metrics
-                    else ""
-                )
+        if offset is None:  # no state of this kind
+            continue
+        line = (
+            f"  {kind.replace('_', ' ')} ({metrics[f'states_{kind}']} states): first predicted position "
+            f"{offset:.2f} from the point, first predicted velocity {velocity:.2f} from its velocity"
+        )
+        if metrics.get(f"first_step_offset_{kind}_goal_input_moved") is not None:
+            line += (
+                f"; goal input moved out: {metrics[f'first_step_offset_{kind}_goal_input_moved']:.2f} / "
+                f"{metrics[f'first_step_velocity_error_{kind}_goal_input_moved']:.2f}"
             )
+        print(line)
     if args.record:
         append_record(args.record, record)
     return record
