@@ -75,6 +75,15 @@ class PlannerConfig:
     ``route`` (``df_agent.guidance.route_distance_cost``; 0: off). With ``df_agent.subgoals.SubgoalPolicy(...,
     route=True)`` the route is the training data's own way toward the subgoal, which keeps a plan in the corridor
     where a straight pull toward the subgoal would cut through a wall"""
+    guide_implied_positions: bool = False
+    """measure the goal cost on the positions the plan's actions lead to, each step adding ``action_step`` times the
+    action from the point's position (``df_agent.guidance.implied_positions``, walls ignored), instead of on the
+    model's predicted positions. Guidance can move the predicted positions to the goal while the executed actions
+    stay on the data's course; this pulls the actions themselves. For points moved kinematically (OGBench), and for
+    the last stretch to a goal (``near_goal_guide_implied_positions``), where no wall lies between"""
+    action_step: float | None = None
+    """displacement per unit of action in one control step, for ``guide_implied_positions``
+    (``df_agent.guidance.fit_action_step`` on the training data; OGBench's pointmaze: 0.2)"""
     near_goal_guidance_scale: float | None = None
     """guidance scale for plans that start within ``near_goal_radius`` of the goal (None: ``guidance_scale``).
     Strong guidance far from the goal can pull a plan through walls, near it there is no wall to cross: a
@@ -97,6 +106,9 @@ class PlannerConfig:
     """``start_weight`` for plans that start within ``near_goal_radius`` of the goal (None: as far from it)"""
     near_goal_guide_actions_only: bool | None = None
     """``guide_actions_only`` for plans that start within ``near_goal_radius`` of the goal (None: as far from it)"""
+    near_goal_guide_implied_positions: bool | None = None
+    """``guide_implied_positions`` for plans that start within ``near_goal_radius`` of the goal (None: as far from
+    it)"""
     horizon_tokens: int | None = 30
     """longest plan in tokens (None: to the episode's end, as in the paper; 30 scored better on maze2d-large)"""
     replan_every: int = 1
@@ -393,6 +405,7 @@ class Agent:
         min_guidance_weight: float | None = None,
         guide_actions_only: bool | None = None,
         start_weight: float | None = None,
+        guide_implied_positions: bool | None = None,
         return_history: bool = False,
         warm_tokens: np.ndarray | None = None,
         warm_start_level: float | None = None,
@@ -403,9 +416,9 @@ class Agent:
         """Plan ``horizon`` steps (rounded up to whole tokens) from observations toward goals.
 
         ``horizon``, ``schedule``, ``mcg_samples``, ``guidance_scale``, ``ddim_steps``, ``min_guidance_weight``,
-        ``guide_actions_only``, ``start_weight`` and ``warm_start_level`` override the planner's settings for this
-        call; None (the default) keeps the planner's. A horizon of None plans ``horizon_tokens`` tokens (None: to the
-        episode's end); a guidance scale of 0 plans unguided.
+        ``guide_actions_only``, ``start_weight``, ``guide_implied_positions`` and ``warm_start_level`` override the
+        planner's settings for this call; None (the default) keeps the planner's. A horizon of None plans
+        ``horizon_tokens`` tokens (None: to the episode's end); a guidance scale of 0 plans unguided.
 
         ``schedule`` is the name of a scheduling matrix (see ``df_agent.schedules``) or a matrix of denoising-step
         indices (rows, tokens) with entries in [0, ddim_steps], validated.
@@ -439,6 +452,12 @@ class Agent:
             num_history = history.shape[1]
         origin = obs if num_history == 0 else history_start  # where the token sequence starts
         route_tensor = self._route(route, len(obs)) if self.planner.route_weight > 0 else None
+        implied = self.planner.guide_implied_positions if guide_implied_positions is None else guide_implied_positions
+        if implied and self.planner.action_step is None:
+            raise ValueError(
+                "guide_implied_positions needs the planner's action_step, the displacement per unit of action in one "
+                "step (df_agent.guidance.fit_action_step on the training data; OGBench's pointmaze: 0.2)"
+            )
         for name, value in (("horizon", horizon), ("ddim_steps", ddim_steps), ("mcg_samples", mcg_samples)):
             if value is not None and not value >= 1:
                 raise ValueError(f"{name} must be at least 1 (None: the planner's), got {value}")
@@ -450,6 +469,7 @@ class Agent:
             "min_guidance_weight": min_guidance_weight,
             "guide_actions_only": guide_actions_only,
             "start_weight": start_weight,
+            "guide_implied_positions": guide_implied_positions,
             "warm_start_level": warm_start_level,
         }
         p = replace(self.planner, **{name: value for name, value in overrides.items() if value is not None})
@@ -522,6 +542,7 @@ class Agent:
                 origin=torch.as_tensor(origin, dtype=torch.float32, device=device),
                 route=route_tensor,
                 route_weight=p.route_weight,
+                implied_step=p.action_step if p.guide_implied_positions else None,
             )
         action_mask = torch.as_tensor(self.tokenizer.action_mask(), device=device) if p.guide_actions_only else None
         condition_goal = goal
@@ -688,6 +709,7 @@ class Agent:
                 ("min_guidance_weight", p.near_goal_min_guidance_weight),
                 ("guide_actions_only", p.near_goal_guide_actions_only),
                 ("start_weight", p.near_goal_start_weight),
+                ("guide_implied_positions", p.near_goal_guide_implied_positions),
                 ("warm_start_level", p.near_goal_warm_start_level),
             )
             if value is not None

@@ -57,6 +57,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from df_agent.agent import Agent, PlannerConfig
+from df_agent.guidance import fit_action_step
 from df_agent.subgoals import SubgoalPolicy, TransitionGraph
 from df_agent.tokens import TokenLayout
 from df_agent.training import TrainConfig, Trainer, WindowSampler, make_trainer
@@ -298,9 +299,17 @@ def subgoal_policy(args: Args, task: OGBenchTask, agent: Agent) -> SubgoalPolicy
 
 
 def planner_config(args: Args, task: OGBenchTask) -> PlannerConfig:
-    """``args.planner`` with the episode length of the evaluation and the run's seed."""
+    """``args.planner`` with the episode length of the evaluation and the run's seed, and, when the goal cost is to
+    be measured on the positions the actions lead to without an ``action_step``, the step fitted on the task's
+    training data (``fit_action_step``)."""
     episode_length = args.eval_max_steps or task.max_episode_steps
-    return replace(args.planner, episode_length=int(episode_length), seed=args.seed)
+    planner = replace(args.planner, episode_length=int(episode_length), seed=args.seed)
+    implied = planner.guide_implied_positions or planner.near_goal_guide_implied_positions
+    if implied and planner.action_step is None:
+        data = load_ogbench_transitions(task.env_id, args.dataset_dir)
+        planner = replace(planner, action_step=fit_action_step(data.observations, data.next_observations, data.actions))
+        print(f"action step fitted on the training data: {planner.action_step:.4f}")
+    return planner
 
 
 def train(args: Args, task: OGBenchTask, writer: SummaryWriter, run_dir: Path, device: torch.device) -> Trainer:

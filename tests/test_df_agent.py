@@ -215,6 +215,24 @@ def test_a_route_keeps_guided_plans_near_it(trained):
     assert agent.act(obs, goal, route=np.stack([route] * 4)).shape == (4, 2)
 
 
+def test_guiding_implied_positions_brings_where_the_actions_lead_nearer_the_goal(trained):
+    """PlannerConfig.guide_implied_positions: the goal cost measures the positions the plan's actions lead to
+    (action_step per unit of action per step), so the actions themselves are pulled toward the goal; per call with
+    plan(guide_implied_positions=...). Without an action_step the agent says what is missing."""
+    obs = np.array([[1.0, 1.0, 0.0, 0.0]] * 8, np.float32)
+    goal = np.array([[1.0, 3.0]] * 8, np.float32)
+    agent = Agent.from_trainer(trained, planner(horizon_tokens=4, guidance_scale=30.0, action_step=0.05))
+
+    def implied_distance(implied):
+        actions = agent.plan(obs, goal, guide_implied_positions=implied).actions
+        reached = obs[:, None, :2] + 0.05 * np.cumsum(actions, axis=1)
+        return np.linalg.norm(reached[:, -1] - goal, axis=-1).mean()
+
+    assert implied_distance(True) < implied_distance(False) - 0.1
+    with pytest.raises(ValueError, match="action_step"):
+        Agent.from_trainer(trained, planner(guide_implied_positions=True)).plan(obs, goal)
+
+
 def test_act_in_a_plain_gymnasium_loop(trained):
     """In a Gymnasium loop, act() executes the plan made from the observation it was given when its queue ran out:
     a twin agent (same weights, same seed) asked for a plan of 2 tokens from that observation every token (5 steps)

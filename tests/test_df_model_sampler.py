@@ -5,8 +5,10 @@ import torch
 from df_agent.diffusion import NoiseSchedule
 from df_agent.guidance import (
     GoalCost,
+    fit_action_step,
     goal_distance_cost,
     goal_state_cost,
+    implied_positions,
     predicted_reward_cost,
     route_distance_cost,
     start_cost,
@@ -185,6 +187,46 @@ def test_the_route_cost_pulls_each_step_to_the_nearest_point_of_the_route():
     assert routed(torch.cat([tokens, tokens])).detach().numpy() == pytest.approx([routed(tokens).item()] * 2)
     with pytest.raises(ValueError, match="route"):
         GoalCost(tokenizer, goal, route_weight=1.0)
+
+
+def test_the_goal_cost_on_implied_positions_pulls_the_actions_not_the_predicted_positions():
+    layout = TokenLayout(frame_stack=2)
+    tokenizer = Tokenizer(layout, np.zeros(layout.step_dim), np.ones(layout.step_dim))
+    steps = torch.zeros(2, 4, layout.step_dim)  # [ax, ay, x, y, vx, vy] per step
+    steps[:, :, 0] = 0.5  # every action pushes right at half strength
+    steps[:, :, 2:4] = torch.tensor([3.0, 1.0])  # the predicted positions sit 1 from the goal (3, 0) all along
+    tokens = steps.reshape(2, 2, layout.token_dim).requires_grad_(True)
+    origin = torch.zeros(2, 4)
+    goal = torch.tensor([[3.0, 0.0]] * 2)
+    actions = tokenizer.decode(tokens, origin)["actions"]
+    # from (0, 0), each step moves by 0.5 x the action: (0.25, 0), (0.5, 0), (0.75, 0), (1, 0)
+    np.testing.assert_allclose(
+        implied_positions(origin[:, :2], actions, 0.5)[0, :, 0].detach().numpy(), [0.25, 0.5, 0.75, 1]
+    )
+    # plan 0 is measured on where its actions lead (2.75 + 2.5 + 2.25 + 2 = 9.5), plan 1 (NaN) on its predictions
+    cost = GoalCost(tokenizer, goal, origin=origin, implied_step=torch.tensor([0.5, float("nan")]))
+    np.testing.assert_allclose(cost(tokens).detach().numpy(), [9.5, 4.0], rtol=1e-6)
+    # plan 0's gradient moves only its actions, the earliest most (each moves every later position): -0.5 x (4 - k)
+    cost(tokens).sum().backward()
+    grad = tokens.grad.reshape(2, 4, layout.step_dim)
+    np.testing.assert_allclose(grad[0, :, 0].numpy(), [-2.0, -1.5, -1.0, -0.5], atol=1e-6)
+    assert torch.count_nonzero(grad[0, :, 1:]) == 0
+    assert torch.count_nonzero(grad[1, :, :2]) == 0 and torch.count_nonzero(grad[1, :, 2:4]) > 0
+    # Monte Carlo Guidance futures of a plan keep its choice and step
+    stacked = cost(torch.cat([tokens, tokens])).detach().numpy()
+    np.testing.assert_allclose(stacked, [9.5, 4.0, 9.5, 4.0], rtol=1e-6)
+    with pytest.raises(ValueError, match="origin"):
+        GoalCost(tokenizer, goal, implied_step=0.5)
+
+
+def test_the_fitted_action_step_is_the_displacement_per_unit_of_action():
+    rng = np.random.default_rng(0)
+    positions = rng.uniform(-5, 5, (1000, 2))
+    actions = rng.uniform(-1, 1, (1000, 2))
+    assert fit_action_step(positions, positions + 0.2 * actions, actions) == pytest.approx(0.2)
+    blocked = positions + 0.2 * actions
+    blocked[:10] = positions[:10]  # a wall stopped the point on 1% of the steps
+    assert 0.19 < fit_action_step(positions, blocked, actions) < 0.2
 
 
 @pytest.mark.parametrize("schedule_name", ["pyramid", "full_sequence", "autoregressive"])

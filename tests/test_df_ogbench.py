@@ -143,6 +143,20 @@ def recorded_actions(monkeypatch):
     return runs
 
 
+def test_the_planner_fits_the_action_step_when_the_goal_cost_measures_implied_positions(load_script, dataset_dir):
+    """planner_config: asked to measure the (near-goal) goal cost on the positions the actions lead to, without an
+    action_step, the script fits it on the task's training data (OGBench moves the point by 0.2 x the action); a
+    given step is kept, and without implied positions nothing is fitted."""
+    script = load_script("df_ogbench")
+    task = script.get_ogbench_task(ENV)
+    args = script.Args(env=ENV, dataset_dir=str(dataset_dir))
+    assert script.planner_config(args, task).action_step is None
+    near = replace(args, planner=replace(args.planner, near_goal_guide_implied_positions=True))
+    assert script.planner_config(near, task).action_step == pytest.approx(0.2, abs=0.005)
+    given = replace(args, planner=replace(args.planner, guide_implied_positions=True, action_step=0.3))
+    assert script.planner_config(given, task).action_step == 0.3
+
+
 def test_the_command_line_takes_the_defaults_of_the_env_s_maze_and_dataset(load_script):
     script = load_script("df_ogbench")
     navigate = script.cli([])  # the default env, medium-navigate: the plain model, subgoals and short plans
