@@ -465,7 +465,42 @@ def continuity_table(records: list[dict]) -> str:
             f"{s['schedule']} | {m['first_step_median']:.3f} | {m['inside_step_median']:.3f} "
             f"| {m['boundary_step_median']:.3f} | {m['boundary_to_inside']:.1f}x "
             f"| {m['final_distance_to_goal_median']:.2f} "
-            f"| {s['starts']} from seed {s['seed']} | {r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
+            f"| {_continuity_starts(s)} | {r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
+        )
+    return _with_commands(lines, records)
+
+
+def _continuity_starts(settings: dict) -> str:
+    """Where a plan_continuity record's plans start: held-out episodes' starts, or one given point (toward one goal)."""
+    if settings.get("start"):
+        x, y = settings["start"]
+        goal = f" toward ({settings['goal'][0]:g}, {settings['goal'][1]:g})" if settings.get("goal") else ""
+        return f"{settings['starts']} from ({x:g}, {y:g}){goal}"
+    return f"{settings['starts']} from seed {settings['seed']}"
+
+
+def action_gap_table(records: list[dict]) -> str:
+    """``scripts/plan_continuity.py --action-step`` records: how far a plan's last predicted position lies from the
+    position its own actions lead to, and each one's distance to the goal (medians over the plans)."""
+    lines = [
+        "Where guided plans' actions lead (`plan_continuity.py --action-step`): the last predicted position's",
+        "distance to the goal, the distance between it and the position the plan's actions lead to (the start plus the",
+        "action step times the actions' sum, walls ignored), and that position's distance to the goal; medians over",
+        "the plans.",
+        "The goal cost is measured on the predicted positions, or on where the actions lead",
+        "(`PlannerConfig.guide_implied_positions`).",
+        "",
+        "| env | checkpoint | plans | goal cost on | guidance | predicted end to goal | actions' end to predicted end "
+        "| actions' end to goal | date, commit |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        m, s = r["metrics"], r["settings"]
+        measured = "where the actions lead" if s.get("guide_implied_positions") else "predicted positions"
+        lines.append(
+            f"| {r['env_id']} | {s['checkpoint']} | {_continuity_starts(s)}, {s['horizon_tokens']} tokens | {measured} "
+            f"| {s['guidance_scale']:g} | {m['final_distance_to_goal_median']:.2f} | {m['action_gap_median']:.2f} "
+            f"| {m['implied_final_distance_to_goal_median']:.2f} | {r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
         )
     return _with_commands(lines, records)
 
@@ -687,6 +722,15 @@ OGBENCH_FIGURES = (
         "planner's own actions cross the giant maze along the data graph's way, composed from 4-cell pieces, and end "
         "just short of the goal at the 1000-step limit (docs/ogbench.md).",
     ),
+    (
+        "ogbench_implied_*.png",
+        "goal cost on where the actions lead",
+        "Made by `python scripts/plot_plan.py --env pointmaze-medium-stitch-v0 --checkpoint runs/<run>/agent.pt "
+        "--task-id 1 --seed 1000 --subgoal-distance 8`, a held-out episode of the plain stitch model with the navigate "
+        "planner: with the goal cost on the predicted positions (`_predicted`) the point hovers beside the goal in "
+        "its dead end from step 160 to the limit; with the near-goal cost measured on where the actions lead "
+        "(`--planner.near-goal-guide-implied-positions True`, round 5 in docs/ogbench.md) it arrives after 239 steps.",
+    ),
 )
 
 
@@ -785,6 +829,9 @@ def main(args: Args) -> str:
                 lines += [caption, "", f"![{alt}]({Path(args.figures) / figure.name})", ""]
     if continuity:
         lines += ["## Plan continuity (diagnostic)", "", continuity_table(continuity)]
+        gaps = [r for r in continuity if r["settings"].get("action_step") is not None]
+        if gaps:
+            lines += ["", "### Where the actions lead", "", action_gap_table(gaps)]
     if coverage:
         lines += ["## OGBench data at the test goals (diagnostic)", "", coverage_table(coverage)]
     if staying:

@@ -5,12 +5,17 @@ apart; between tokens, and between the current observation and the plan's first 
 them. This script plans from held-out starts toward their goals at several guidance scales and measures, per plan,
 the distance between consecutive predicted positions: inside tokens, at token boundaries, and from the current
 position to the first predicted one. A boundary or first step much longer than an inside step means the plan
-jumps (and may cross walls), so its first actions belong to a path the point is not on. One record per guidance
-scale, ``"benchmark": "diagnostic"``.
+jumps (and may cross walls), so its first actions belong to a path the point is not on. With ``--action-step`` (a
+point moved kinematically, OGBench: 0.2) it also measures how far the plan's last predicted position lies from the
+position its own actions lead to (``df_agent.guidance.implied_positions``): guidance can move the one without the
+other. One record per guidance scale, ``"benchmark": "diagnostic"``.
 
     python scripts/plan_continuity.py --env maze2d-large --guidance-scales 0 1 --record results/plan_continuity.jsonl
     python scripts/plan_continuity.py --env pointmaze-giant-navigate-v0 --checkpoint runs/<run>/agent.pt \
         --guidance-scales 0 0.25 1 --record results/plan_continuity.jsonl
+    python scripts/plan_continuity.py --env pointmaze-medium-stitch-v0 --checkpoint runs/<run>/agent.pt --starts 64 \
+        --start 21 17.4 --goal 20 20 --horizon-tokens 10 --guidance-scales 0 4 16 --action-step 0.2 \
+        [--guide-implied-positions]
 """
 
 from __future__ import annotations
@@ -42,6 +47,16 @@ class Args:
     """guidance scales measured, one record each (0: unguided)"""
     guide_actions_only: bool = False
     """guide only the plans' action components (PlannerConfig.guide_actions_only)"""
+    guide_implied_positions: bool = False
+    """measure the goal cost on the positions the actions lead to (PlannerConfig.guide_implied_positions; needs
+    --action-step)"""
+    action_step: float | None = None
+    """displacement per unit of action in one step (OGBench: 0.2): also measure the gap between each plan's last
+    predicted position and the one its actions lead to, and that position's distance to the goal"""
+    start: tuple[float, float] | None = None
+    """OGBench only: plan from this (x, y) instead of the episodes' starts, e.g. where an evaluation episode stalls"""
+    goal: tuple[float, float] | None = None
+    """OGBench only: plan toward this (x, y) instead of the episodes' goals"""
     horizon_tokens: int | None = None
     """plan length in tokens (default: the agent's planner's)"""
     num_threads: int = 1
@@ -83,7 +98,14 @@ def starts_and_goals(args: Args) -> tuple[Agent, np.ndarray, np.ndarray, np.ndar
             positions.append(position)
             goals.append(info["goal"])
         positions = np.asarray(positions, dtype=np.float32)
-        return agent, position_observation(positions, agent.tokenizer.layout.obs_dim), positions, np.asarray(goals)
+        if args.start is not None:
+            positions[:] = args.start
+        goals = np.asarray(goals)
+        if args.goal is not None:
+            goals[:] = args.goal
+        return agent, position_observation(positions, agent.tokenizer.layout.obs_dim), positions, goals
+    if args.start is not None or args.goal is not None:
+        raise SystemExit("--start and --goal are for OGBench ids (a maze2d state has a velocity too)")
     task = envs.get_task(args.env)
     agent = Agent.for_task(args.checkpoint, task.env_id)
     env = envs.make(task.env_id)
@@ -101,18 +123,32 @@ def main(args: Args) -> list[dict]:
     agent, observations, positions, goals = starts_and_goals(args)
     frame_stack = agent.tokenizer.layout.frame_stack
     tokens = args.horizon_tokens or agent.planner.horizon_tokens or 30
+    if args.guide_implied_positions and args.action_step is None:
+        raise SystemExit("--guide-implied-positions needs --action-step (OGBench: 0.2)")
     results = []
     for scale in args.guidance_scales:
         started = time.perf_counter()
-        plan = agent.with_planner(guidance_scale=float(scale), guide_actions_only=args.guide_actions_only).plan(
-            observations, goals, horizon=tokens * frame_stack
+        planner = agent.with_planner(
+            guidance_scale=float(scale),
+            guide_actions_only=args.guide_actions_only,
+            guide_implied_positions=args.guide_implied_positions,
+            action_step=args.action_step,
+            near_goal_guidance_scale=None,  # the scale measured applies everywhere
+            route_weight=0.0,  # plans toward the goal itself, with no data-graph route
         )
+        plan = planner.plan(observations, goals, horizon=tokens * frame_stack)
         stats = continuity(positions, plan.positions, frame_stack)
         metrics = {f"{name}_median": float(np.median(value)) for name, value in stats.items()}
         metrics["boundary_to_inside"] = metrics["boundary_step_median"] / metrics["inside_step_median"]
         metrics["final_distance_to_goal_median"] = float(
             np.median(np.linalg.norm(plan.positions[:, -1] - goals, axis=-1))
         )
+        if args.action_step is not None:
+            reached = positions + args.action_step * plan.actions.sum(axis=1)  # where the actions lead, walls ignored
+            stats["action_gap"] = np.linalg.norm(plan.positions[:, -1] - reached, axis=-1)
+            stats["implied_final_distance"] = np.linalg.norm(reached - goals, axis=-1)
+            metrics["action_gap_median"] = float(np.median(stats["action_gap"]))
+            metrics["implied_final_distance_to_goal_median"] = float(np.median(stats["implied_final_distance"]))
         record = {
             "benchmark": "diagnostic",
             "kind": "plan_continuity",
@@ -124,6 +160,10 @@ def main(args: Args) -> list[dict]:
                 "checkpoint": args.checkpoint,
                 "guidance_scale": float(scale),
                 "guide_actions_only": args.guide_actions_only,
+                "guide_implied_positions": args.guide_implied_positions,
+                "action_step": args.action_step,
+                "start": list(args.start) if args.start is not None else None,
+                "goal": list(args.goal) if args.goal is not None else None,
                 "horizon_tokens": tokens,
                 "frame_stack": frame_stack,
                 "schedule": agent.planner.schedule,
@@ -139,6 +179,12 @@ def main(args: Args) -> list[dict]:
             f"{metrics['inside_step_median']:.3f}, at token boundaries {metrics['boundary_step_median']:.3f} "
             f"({metrics['boundary_to_inside']:.1f}x), final distance to the goal "
             f"{metrics['final_distance_to_goal_median']:.2f}"
+            + (
+                f"; actions lead {metrics['action_gap_median']:.2f} from the last predicted position, "
+                f"{metrics['implied_final_distance_to_goal_median']:.2f} from the goal"
+                if args.action_step is not None
+                else ""
+            )
         )
         if args.record:
             append_record(args.record, record)

@@ -1,5 +1,6 @@
 import json
 import warnings
+from dataclasses import replace
 
 import gymnasium as gym
 import numpy as np
@@ -602,6 +603,24 @@ def test_plan_continuity_records_the_plans_an_agent_makes_from_held_out_starts(t
     np.testing.assert_allclose(records[1]["plans"]["first_step"], expected, rtol=1e-4, atol=1e-5)
     table = load_script("make_results").continuity_table(records)  # RESULTS.md's table of these records
     assert table.count("| maze2d-umaze |") == 2 and f"| {records[1]['metrics']['first_step_median']:.3f} |" in table
+    # with an action step it also reports how far each plan's actions lead from its last predicted position, here
+    # with the goal cost measured on where the actions lead
+    implied = replace(args, guidance_scales=(2.0,), action_step=0.05, guide_implied_positions=True, record=None)
+    (record,) = script.main(implied)
+    agent = Agent.for_task(path, "maze2d-umaze-v1", guidance_scale=2.0, guide_implied_positions=True, action_step=0.05)
+    plan = agent.plan(observations, goals, horizon=3 * agent.tokenizer.layout.frame_stack)
+    reached = observations[:, :2] + 0.05 * plan.actions.sum(axis=1)
+    gap = np.linalg.norm(plan.positions[:, -1] - reached, axis=-1)
+    np.testing.assert_allclose(record["plans"]["action_gap"], gap, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        record["plans"]["implied_final_distance"], np.linalg.norm(reached - goals, axis=-1), rtol=1e-4
+    )
+    gaps = load_script("make_results").action_gap_table([record])
+    assert f"| {record['metrics']['action_gap_median']:.2f} |" in gaps and "where the actions lead" in gaps
+    with pytest.raises(SystemExit, match="action-step"):
+        script.main(replace(implied, action_step=None))
+    with pytest.raises(SystemExit, match="OGBench"):
+        script.main(replace(args, start=(1.0, 1.0)))
 
 
 def test_planner_settings_are_immutable_and_with_planner_gives_a_new_agent(trained, tmp_path):
