@@ -247,8 +247,9 @@ def _episodes(record: dict) -> str:
 
 def _ogbench_method(record: dict) -> str:
     """The method, with a DF planner's matrix, MCG futures, plan length and guidance (scale, actions only, near the
-    goal, start pull, goal-conditioned model, relative positions, subgoals, route pull, warm start, replanning, balanced
-    training windows: the settings its held-out rows compare)."""
+    goal and how plans are made there, the goal cost on where the actions lead, start pull, goal-conditioned or plain
+    model, relative positions, subgoals, route pull, warm start, replanning, balanced training windows: the settings
+    its held-out rows compare)."""
     s = record.get("settings", {})
     if "schedule" not in s:
         return record["method"]
@@ -265,6 +266,17 @@ def _ogbench_method(record: dict) -> str:
                 "of the goal",
                 s.get("near_goal_guidance_scale") is not None,
             ),
+            (
+                f", near the goal {s.get('near_goal_horizon_tokens')}-token plans",
+                s.get("near_goal_horizon_tokens") is not None,
+            ),
+            (
+                f", near the goal replanned every {s.get('near_goal_execute_steps')} steps",
+                s.get("near_goal_execute_steps") is not None,
+            ),
+            (", goal cost on where the actions lead", s.get("guide_implied_positions")),
+            (", near-goal cost on where the actions lead", s.get("near_goal_guide_implied_positions")),
+            (", line-of-sight subgoals (flag removed since)", s.get("subgoal_line_of_sight")),
             (f", start pull {s.get('start_weight', 0):g}", s.get("start_weight")),
             (", goal-conditioned", s.get("goal_conditioned")),
             (", relative positions", s.get("relative_positions")),
@@ -281,6 +293,8 @@ def _ogbench_method(record: dict) -> str:
         )
         if on
     )
+    if s.get("goal_conditioned") is False and "stitch" in record.get("env_id", ""):
+        extras += ", plain model"  # stitch's default model is goal-conditioned
     balance = record.get("model", {}).get("window_balance")
     if balance:  # how the model's training windows were drawn (df_ogbench --window-balance)
         extras += f", windows balanced (power {balance['power']:g}, cell {balance['cell']:g})"
