@@ -70,10 +70,11 @@ def implied_positions(start: torch.Tensor, actions: torch.Tensor, action_step: f
     (B, L, 2) for actions (B, L, 2).
 
     A goal cost on the model's predicted positions can move them to the goal while the actions, which are what is
-    executed, stay on the data's own course: unguided the two agree (0.2-0.6 units apart after 100 steps on
-    medium-stitch), guided toward a goal in a dead end they end 6-10 units apart, and the point hovers beside the
-    goal (docs/ogbench.md). A goal cost on these positions pulls the actions themselves. Walls are ignored, so it is
-    meant for the last stretch, where nothing lies between the point and its goal."""
+    executed, stay on the data's own course: from a spot beside a medium-stitch goal in a dead end, unguided plans
+    end 0.5 units from where their actions lead, plans guided at scale 16-64 7.5-8 units (``scripts/plan_continuity.py
+    --action-step``, results/plan_continuity.jsonl), and the point hovers beside the goal (docs/ogbench.md). A goal
+    cost on these positions pulls the actions themselves. Walls are ignored, so it is meant for the last stretch,
+    where nothing lies between the point and its goal."""
     return start[:, None, :] + action_step * torch.cumsum(actions, dim=1)
 
 
