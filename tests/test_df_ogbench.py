@@ -167,13 +167,19 @@ def test_the_command_line_takes_the_defaults_of_the_env_s_maze_and_dataset(load_
     assert giant_navigate.subgoal_distance is None and giant_navigate.planner.horizon_tokens == 10
     long_plans = script.cli(["--env", "pointmaze-large-navigate-v0", "--planner.horizon-tokens", "60"])
     assert long_plans.planner.horizon_tokens == 60
-    # stitch: the goal-conditioned recipe, with the maze's subgoal distance
+    # stitch on large and giant: the goal-conditioned recipe, with the maze's subgoal distance
+    recipe = script.cli(["--env", "pointmaze-large-stitch-v0"])
+    assert recipe.goal_conditioned and recipe.hindsight_goal_steps == 200 and recipe.subgoal_distance == 8.0
+    # medium-stitch: the plain model with the navigate planner, and near the subgoal short plans, replanned often,
+    # whose goal cost is measured on where the actions lead, and a gentle route pull
     stitch = script.cli(["--env", "pointmaze-medium-stitch-v0"])
-    assert stitch.goal_conditioned and stitch.hindsight_goal_steps == 200
-    assert stitch.subgoal_distance == script.STITCH_SUBGOAL_DISTANCE["medium"] == 4.0
+    assert "medium" in script.STITCH_PLAIN_MAZES and not stitch.goal_conditioned and stitch.hindsight_goal_steps is None
+    assert stitch.subgoal_distance == script.STITCH_SUBGOAL_DISTANCE["medium"] == 8.0
     planner = stitch.planner
-    assert (planner.guidance_scale, planner.near_goal_guidance_scale, planner.near_goal_radius) == (0.5, 8.0, 3.0)
-    assert planner.route_weight == script.STITCH_ROUTE_WEIGHT["medium"] == 2.0  # the route pull: medium's only
+    assert (planner.guidance_scale, planner.near_goal_guidance_scale, planner.near_goal_radius) == (4.0, 16.0, 4.0)
+    assert (planner.near_goal_horizon_tokens, planner.near_goal_execute_steps) == (3, 2)
+    assert planner.near_goal_guide_implied_positions and not planner.guide_implied_positions
+    assert planner.route_weight == script.STITCH_ROUTE_WEIGHT["medium"] == 0.25  # the route pull: medium's only
     assert script.cli(["--env", "pointmaze-giant-stitch-v0"]).planner.route_weight == 0.0
     # balanced training windows: medium and large, not giant; navigate never
     assert script.cli(["--env", "pointmaze-large-stitch-v0"]).window_balance == script.STITCH_WINDOW_BALANCE["large"]
@@ -195,7 +201,7 @@ def test_the_command_line_takes_the_defaults_of_the_env_s_maze_and_dataset(load_
     partial = script.cli(["--env", "pointmaze-large-stitch-v0", "--no-goal-conditioned", "--subgoal-distance", "None"])
     assert partial.planner.horizon_tokens == 10  # without the planner flags, the recipe's short plans stay
     unrouted = script.cli(["--env", "pointmaze-medium-stitch-v0", "--planner.route-weight", "0"])
-    assert unrouted.planner.route_weight == 0.0 and unrouted.subgoal_distance == 4.0
+    assert unrouted.planner.route_weight == 0.0 and unrouted.subgoal_distance == 8.0
     large = script.cli(["--env", "pointmaze-large-stitch-v0", "--planner.guidance-scale", "2"])  # an explicit flag wins
     assert large.planner.horizon_tokens == script.STITCH_SHORT_PLANS["large"]["horizon_tokens"] == 10
     assert script.HORIZON_TOKENS["large"] == 60
