@@ -452,12 +452,6 @@ class Agent:
             num_history = history.shape[1]
         origin = obs if num_history == 0 else history_start  # where the token sequence starts
         route_tensor = self._route(route, len(obs)) if self.planner.route_weight > 0 else None
-        implied = self.planner.guide_implied_positions if guide_implied_positions is None else guide_implied_positions
-        if implied and self.planner.action_step is None:
-            raise ValueError(
-                "guide_implied_positions needs the planner's action_step, the displacement per unit of action in one "
-                "step (df_agent.guidance.fit_action_step on the training data; OGBench's pointmaze: 0.2)"
-            )
         for name, value in (("horizon", horizon), ("ddim_steps", ddim_steps), ("mcg_samples", mcg_samples)):
             if value is not None and not value >= 1:
                 raise ValueError(f"{name} must be at least 1 (None: the planner's), got {value}")
@@ -473,6 +467,11 @@ class Agent:
             "warm_start_level": warm_start_level,
         }
         p = replace(self.planner, **{name: value for name, value in overrides.items() if value is not None})
+        if p.guide_implied_positions and p.action_step is None:
+            raise ValueError(
+                "guide_implied_positions needs the planner's action_step, the displacement per unit of action in one "
+                "step (df_agent.guidance.fit_action_step on the training data; OGBench's pointmaze: 0.2)"
+            )
         frame_stack = self.tokenizer.layout.frame_stack
         if horizon is None:
             horizon = (p.horizon_tokens or math.ceil(p.episode_length / frame_stack)) * frame_stack

@@ -46,6 +46,7 @@ chosen on held-out episodes (see docs/ogbench.md):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import time
@@ -64,6 +65,7 @@ from df_agent.guidance import fit_action_step
 from df_agent.subgoals import SubgoalPolicy, TransitionGraph
 from df_agent.tokens import TokenLayout
 from df_agent.training import TrainConfig, Trainer, WindowSampler, make_trainer
+from envs.datasets import Transitions
 from envs.evaluation import log_evaluation
 from envs.ogbench_datasets import load_ogbench_transitions, position_observation
 from envs.ogbench_eval import DEFAULT_EPISODES_PER_GOAL, OGBenchEvalResult, evaluate_ogbench
@@ -304,6 +306,13 @@ class AgentPolicy:
         return self.act(obs)
 
 
+@functools.lru_cache(maxsize=1)
+def training_transitions(env_id: str, dataset_dir: str | None) -> Transitions:
+    """The task's training transitions in OGBench's (x, y) layout, read once per process: the subgoal graph and the
+    fitted action step both need them."""
+    return load_ogbench_transitions(env_id, dataset_dir)
+
+
 def subgoal_policy(args: Args, task: OGBenchTask, agent: Agent) -> SubgoalPolicy | None:
     """``args.subgoal_distance``'s ``SubgoalPolicy`` over the graph of the task's training transitions, or None."""
     if args.subgoal_distance is None:
@@ -313,7 +322,7 @@ def subgoal_policy(args: Args, task: OGBenchTask, agent: Agent) -> SubgoalPolicy
                 f"route pull off with --planner.route-weight 0 (the stitch defaults per maze: {STITCH_ROUTE_WEIGHT})"
             )
         return None
-    data = load_ogbench_transitions(task.env_id, args.dataset_dir)
+    data = training_transitions(task.env_id, args.dataset_dir)
     graph = TransitionGraph.from_transitions(data, cell=args.subgoal_cell)
     print(f"subgoal graph: {graph.num_nodes:,} nodes, {graph.num_edges:,} edges from {len(data):,} transitions")
     return SubgoalPolicy(agent, graph, args.subgoal_distance, route=args.planner.route_weight > 0)
@@ -327,7 +336,7 @@ def planner_config(args: Args, task: OGBenchTask) -> PlannerConfig:
     planner = replace(args.planner, episode_length=int(episode_length), seed=args.seed)
     implied = planner.guide_implied_positions or planner.near_goal_guide_implied_positions
     if implied and planner.action_step is None:
-        data = load_ogbench_transitions(task.env_id, args.dataset_dir)
+        data = training_transitions(task.env_id, args.dataset_dir)
         planner = replace(planner, action_step=fit_action_step(data.observations, data.next_observations, data.actions))
         print(f"action step fitted on the training data: {planner.action_step:.4f}")
     return planner

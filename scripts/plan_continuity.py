@@ -29,6 +29,7 @@ import tyro
 
 import envs
 from df_agent import Agent
+from df_agent.guidance import implied_positions
 from envs.ogbench_tasks import get_ogbench_task, is_ogbench_id
 from envs.records import append_record, provenance
 
@@ -144,7 +145,9 @@ def main(args: Args) -> list[dict]:
             np.median(np.linalg.norm(plan.positions[:, -1] - goals, axis=-1))
         )
         if args.action_step is not None:
-            reached = positions + args.action_step * plan.actions.sum(axis=1)  # where the actions lead, walls ignored
+            reached = implied_positions(  # where the actions lead, walls ignored: the guidance's own definition
+                torch.as_tensor(positions), torch.as_tensor(plan.actions), args.action_step
+            )[:, -1].numpy()
             stats["action_gap"] = np.linalg.norm(plan.positions[:, -1] - reached, axis=-1)
             stats["implied_final_distance"] = np.linalg.norm(reached - goals, axis=-1)
             metrics["action_gap_median"] = float(np.median(stats["action_gap"]))
@@ -174,18 +177,18 @@ def main(args: Args) -> list[dict]:
             "seconds": time.perf_counter() - started,
             **provenance(),
         }
-        print(
+        line = (
             f"{args.env} guidance {scale:g}: first step {metrics['first_step_median']:.3f}, inside tokens "
             f"{metrics['inside_step_median']:.3f}, at token boundaries {metrics['boundary_step_median']:.3f} "
             f"({metrics['boundary_to_inside']:.1f}x), final distance to the goal "
             f"{metrics['final_distance_to_goal_median']:.2f}"
-            + (
+        )
+        if args.action_step is not None:
+            line += (
                 f"; actions lead {metrics['action_gap_median']:.2f} from the last predicted position, "
                 f"{metrics['implied_final_distance_to_goal_median']:.2f} from the goal"
-                if args.action_step is not None
-                else ""
             )
-        )
+        print(line)
         if args.record:
             append_record(args.record, record)
         results.append(record)
