@@ -167,45 +167,48 @@ def test_the_command_line_takes_the_defaults_of_the_env_s_maze_and_dataset(load_
     assert giant_navigate.subgoal_distance is None and giant_navigate.planner.horizon_tokens == 10
     long_plans = script.cli(["--env", "pointmaze-large-navigate-v0", "--planner.horizon-tokens", "60"])
     assert long_plans.planner.horizon_tokens == 60
-    # stitch on large and giant: the goal-conditioned recipe, with the maze's subgoal distance
-    recipe = script.cli(["--env", "pointmaze-large-stitch-v0"])
+    # giant-stitch: the goal-conditioned recipe, with the maze's subgoal distance and short plans
+    recipe = script.cli(["--env", "pointmaze-giant-stitch-v0"])
     assert recipe.goal_conditioned and recipe.hindsight_goal_steps == 200 and recipe.subgoal_distance == 8.0
-    # medium-stitch: the plain model with the navigate planner, and near the subgoal short plans, replanned often,
-    # whose goal cost is measured on where the actions lead, and a gentle route pull
-    stitch = script.cli(["--env", "pointmaze-medium-stitch-v0"])
-    assert "medium" in script.STITCH_PLAIN_MAZES and not stitch.goal_conditioned and stitch.hindsight_goal_steps is None
-    assert stitch.subgoal_distance == script.STITCH_SUBGOAL_DISTANCE["medium"] == 8.0
-    planner = stitch.planner
-    assert (planner.guidance_scale, planner.near_goal_guidance_scale, planner.near_goal_radius) == (4.0, 16.0, 4.0)
-    assert (planner.near_goal_horizon_tokens, planner.near_goal_execute_steps) == (3, 2)
-    assert planner.near_goal_guide_implied_positions and not planner.guide_implied_positions
-    assert planner.route_weight == script.STITCH_ROUTE_WEIGHT["medium"] == 0.25  # the route pull: medium's only
-    assert script.cli(["--env", "pointmaze-giant-stitch-v0"]).planner.route_weight == 0.0
-    # balanced training windows: medium and large, not giant; navigate never
-    assert script.cli(["--env", "pointmaze-large-stitch-v0"]).window_balance == script.STITCH_WINDOW_BALANCE["large"]
-    assert script.STITCH_WINDOW_BALANCE["large"] == 1.0 and stitch.window_balance == 1.0
-    assert script.cli(["--env", "pointmaze-giant-stitch-v0"]).window_balance == 0.0
-    # short plans on every stitch maze, each with its own guidance
-    giant = script.cli(["--env", "pointmaze-giant-stitch-v0"]).planner
+    giant = recipe.planner
     assert (giant.horizon_tokens, giant.guidance_scale, giant.near_goal_guidance_scale) == (10, 2.0, None)
-    assert script.cli(["--env", "pointmaze-large-stitch-v0"]).planner.guidance_scale == 8.0
-    assert planner.horizon_tokens == 10 and script.HORIZON_TOKENS["medium"] == 30
+    assert giant.route_weight == 0.0 and giant.history_tokens == 0 and recipe.window_balance == 0.0
+    # medium- and large-stitch: the plain model with the navigate planner, and near the subgoal short plans, replanned
+    # often, whose goal cost is measured on where the actions lead, and a route pull; on large with history
+    assert script.STITCH_PLAIN_MAZES == ("medium", "large")
+    per_maze = {"medium": (4.0, 0.25, 0), "large": (6.0, 1.0, 2)}  # near-goal radius, route pull, history tokens
+    for maze, (radius, route, history) in per_maze.items():
+        stitch = script.cli(["--env", f"pointmaze-{maze}-stitch-v0"])
+        assert not stitch.goal_conditioned and stitch.hindsight_goal_steps is None and stitch.window_balance == 1.0
+        assert stitch.subgoal_distance == script.STITCH_SUBGOAL_DISTANCE[maze] == 8.0
+        planner = stitch.planner
+        assert (planner.horizon_tokens, planner.guidance_scale, planner.near_goal_guidance_scale) == (10, 4.0, 16.0)
+        assert (planner.near_goal_horizon_tokens, planner.near_goal_execute_steps) == (3, 2)
+        assert planner.near_goal_guide_implied_positions and not planner.guide_implied_positions
+        assert (planner.near_goal_radius, planner.route_weight, planner.history_tokens) == (radius, route, history)
+    assert script.HORIZON_TOKENS["medium"] == 30 and script.HORIZON_TOKENS["large"] == 60
     assert navigate.window_balance == 0.0
     # plain DF on stitch: the flags the docs give switch the recipe and its short plans off
-    plain = script.cli(["--env", "pointmaze-large-stitch-v0", "--no-goal-conditioned", "--subgoal-distance", "None",
+    plain = script.cli(["--env", "pointmaze-giant-stitch-v0", "--no-goal-conditioned", "--subgoal-distance", "None",
                         "--planner.guidance-scale", "1", "--planner.near-goal-guidance-scale", "None",
                         "--planner.horizon-tokens", "60", "--window-balance", "0"])  # fmt: skip
     assert not plain.goal_conditioned and plain.subgoal_distance is None and plain.window_balance == 0.0
-    base = script.default_planner("large")  # the recipe's near-goal radius stays, inert without a near-goal scale
+    base = script.default_planner("giant")  # the recipe's near-goal radius stays, inert without a near-goal scale
     assert replace(plain.planner, near_goal_radius=base.near_goal_radius) == base
-    partial = script.cli(["--env", "pointmaze-large-stitch-v0", "--no-goal-conditioned", "--subgoal-distance", "None"])
+    plain_large = script.cli(["--env", "pointmaze-large-stitch-v0", "--no-goal-conditioned", "--subgoal-distance",
+                              "None", "--planner.route-weight", "0", "--planner.guidance-scale", "1",
+                              "--planner.near-goal-guidance-scale", "None", "--planner.horizon-tokens", "60",
+                              "--window-balance", "0", "--planner.near-goal-guide-implied-positions", "None",
+                              "--planner.near-goal-execute-steps", "None", "--planner.near-goal-horizon-tokens", "None",
+                              "--planner.near-goal-radius", "1", "--planner.history-tokens", "0"])  # fmt: skip
+    assert plain_large.planner == script.default_planner("large") and plain_large.window_balance == 0.0
+    partial = script.cli(["--env", "pointmaze-giant-stitch-v0", "--no-goal-conditioned", "--subgoal-distance", "None"])
     assert partial.planner.horizon_tokens == 10  # without the planner flags, the recipe's short plans stay
     unrouted = script.cli(["--env", "pointmaze-medium-stitch-v0", "--planner.route-weight", "0"])
     assert unrouted.planner.route_weight == 0.0 and unrouted.subgoal_distance == 8.0
-    large = script.cli(["--env", "pointmaze-large-stitch-v0", "--planner.guidance-scale", "2"])  # an explicit flag wins
-    assert large.planner.horizon_tokens == script.STITCH_SHORT_PLANS["large"]["horizon_tokens"] == 10
-    assert script.HORIZON_TOKENS["large"] == 60
-    assert large.planner.guidance_scale == 2.0 and large.planner.mcg_samples == script.default_planner().mcg_samples
+    giant = script.cli(["--env", "pointmaze-giant-stitch-v0", "--planner.guidance-scale", "3"])  # an explicit flag wins
+    assert giant.planner.horizon_tokens == script.STITCH_SHORT_PLANS["giant"]["horizon_tokens"] == 10
+    assert giant.planner.guidance_scale == 3.0 and giant.planner.mcg_samples == script.default_planner().mcg_samples
     explicit = script.cli(["--env=pointmaze-giant-navigate-v0", "--planner.horizon-tokens", "45"])
     assert explicit.planner.horizon_tokens == 45 and explicit.env == "pointmaze-giant-navigate-v0"
     with pytest.raises(SystemExit, match="pointmaze-medium-navigate-v0"):  # an unknown id names the valid ones
