@@ -289,12 +289,13 @@ def _ogbench_method(record: dict) -> str:
             ),
             (f", support pull {s.get('support_weight', 0):g} (removed since)", s.get("support_weight")),
             (f", replans every {s.get('replan_every', 1)} tokens", s.get("replan_every", 1) != 1),
+            (f", plans carry the last {s.get('history_tokens')} executed tokens", s.get("history_tokens")),
             (", planning ended episodes too", s.get("plan_ended")),
         )
         if on
     )
     if s.get("goal_conditioned") is False and "stitch" in record.get("env_id", ""):
-        extras += ", plain model"  # stitch's default model is goal-conditioned
+        extras += ", plain model"  # the stitch recipe's model (giant's default) is goal-conditioned
     balance = record.get("model", {}).get("window_balance")
     if balance:  # how the model's training windows were drawn (df_ogbench --window-balance)
         extras += f", windows balanced (power {balance['power']:g}, cell {balance['cell']:g})"
@@ -744,6 +745,16 @@ OGBENCH_FIGURES = (
         "planner: with the goal cost on the predicted positions (`_predicted`) the point hovers beside the goal in "
         "its dead end from step 160 to the limit; with the near-goal cost measured on where the actions lead "
         "(`--planner.near-goal-guide-implied-positions True`, round 5 in docs/ogbench.md) it arrives after 239 steps.",
+    ),
+    (
+        "ogbench_history_*.png",
+        "plans that carry their history",
+        "Made by `python scripts/plot_plan.py --env pointmaze-large-stitch-v0 --checkpoint <saved agent> --task-id 2 "
+        "--seed 1010 --subgoal-distance 8`, a held-out episode of large-stitch's goal 2 in its dead end: without "
+        "history (`_without`, route pull 1 and the implied cost within 6) the point hovers at the foot of the last "
+        "corridor from about step 500 to the limit; with the last 2 executed tokens as each plan's history "
+        "(`--planner.history-tokens 2`, the default since 2026-12-08) it goes up the corridor and arrives after 681 "
+        'steps (docs/ogbench.md, "History on large-stitch").',
     ),
 )
 

@@ -174,9 +174,9 @@ def test_the_command_line_takes_the_defaults_of_the_env_s_maze_and_dataset(load_
     assert (giant.horizon_tokens, giant.guidance_scale, giant.near_goal_guidance_scale) == (10, 2.0, None)
     assert giant.route_weight == 0.0 and giant.history_tokens == 0 and recipe.window_balance == 0.0
     # medium- and large-stitch: the plain model with the navigate planner, and near the subgoal short plans, replanned
-    # often, whose goal cost is measured on where the actions lead, and a route pull; on large with history
+    # often, whose goal cost is measured on where the actions lead, a route pull, and plans that carry their history
     assert script.STITCH_PLAIN_MAZES == ("medium", "large")
-    per_maze = {"medium": (4.0, 0.25, 0), "large": (6.0, 1.0, 2)}  # near-goal radius, route pull, history tokens
+    per_maze = {"medium": (4.0, 0.25, 2), "large": (6.0, 1.0, 2)}  # near-goal radius, route pull, history tokens
     for maze, (radius, route, history) in per_maze.items():
         stitch = script.cli(["--env", f"pointmaze-{maze}-stitch-v0"])
         assert not stitch.goal_conditioned and stitch.hindsight_goal_steps is None and stitch.window_balance == 1.0
