@@ -35,8 +35,8 @@ chosen on held-out episodes (see docs/ogbench.md):
   guidance 16 whose goal cost is measured on where the actions lead (STITCH_NEAR_GOAL_ACTIONS;
   --planner.near-goal-guide-implied-positions True); a route pull (STITCH_ROUTE_WEIGHT: 0.25 on medium, 1 on large);
   each plan carries the last 2 executed tokens as its history (--planner.history-tokens 2; STITCH_PLAIN_PER_MAZE).
-  Test success: medium 31.6% (plain DF) -> 69.6% (the recipe) -> 86.0% (without history) -> the test in
-  docs/ogbench.md; large 16.8% -> 67.2% (the recipe) -> 98.4%. The actions stay the plan's own. Plain DF on stitch:
+  Test success: medium 31.6% (plain DF) -> 69.6% (the recipe) -> 86.0% (without history) -> 99.2%; large 16.8% ->
+  67.2% (the recipe) -> 98.4%. The actions stay the plan's own. Plain DF on stitch:
   --no-goal-conditioned --subgoal-distance None --planner.route-weight 0 --planner.guidance-scale 1
   --planner.near-goal-guidance-scale None --planner.horizon-tokens <30 | 60> --window-balance 0
   (on medium and large also --planner.near-goal-guide-implied-positions None --planner.near-goal-execute-steps None
