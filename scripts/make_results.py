@@ -318,34 +318,51 @@ def _best_quoted(env_id: str) -> tuple[str, int] | None:
     return max(quoted.items(), key=lambda item: item[1]) if quoted else None
 
 
-def ogbench_latest_tests(records: list[dict]) -> str:
-    """The latest test of Diffusion Forcing per OGBench dataset: OGBench's full protocol (250 episodes, seeds 0-249),
-    the most recent record, with the best published number beside; '' if there is none."""
+def _latest_full_tests(records: list[dict], method: str) -> dict[str, dict]:
+    """Per OGBench dataset, the most recent record of ``method`` (its name or a prefix of it) on OGBench's full test
+    protocol (250 episodes, seeds 0-249)."""
     latest: dict[str, dict] = {}
     for r in records:
         seeds = r["episodes"]["seeds"]
-        if not r["method"].startswith("Diffusion Forcing") or len(seeds) != 250 or min(seeds) != 0:
+        if not r["method"].startswith(method) or len(seeds) != 250 or min(seeds) != 0:
             continue
         if r["env_id"] not in latest or r["date"] >= latest[r["env_id"]]["date"]:
             latest[r["env_id"]] = r
+    return latest
+
+
+def ogbench_latest_tests(records: list[dict]) -> str:
+    """The latest test of Diffusion Forcing per OGBench dataset: OGBench's full protocol (250 episodes, seeds 0-249),
+    the most recent record, with our goal-conditioned IQL's latest test (run through the same evaluation) and the
+    published numbers beside; '' if there is none."""
+    latest = _latest_full_tests(records, "Diffusion Forcing")
     if not latest:
         return ""
+    iql = _latest_full_tests([r for r in records if r["method"] == "IQL"], "IQL")
     lines = [
         "The latest test of Diffusion Forcing per dataset (250 episodes, seeds 0-249; the script's defaults when it",
-        "was recorded, named in the method column of the full table below, which also holds every earlier test):",
+        "was recorded, named in the method column of the full table below, which also holds every earlier test),",
+        "beside the latest test of our goal-conditioned IQL (`baselines/iql.py`, the same evaluation; its training",
+        "time in brackets) and OGBench's published numbers (quoted, not run here):",
         "",
-        "| dataset | success | per goal 1-5 | time to goal | quoted: best | date, commit |",
-        "|---|---|---|---|---|---|",
+        "| dataset | DF success | per goal 1-5 | time to goal | GC-IQL (ours) | quoted: best / GCIQL | date, commit |",
+        "|---|---|---|---|---|---|---|",
     ]
     order = list(OGBENCH_QUOTED) + sorted(set(latest) - set(OGBENCH_QUOTED))
     for env_id in (e for e in order if e in latest):
         r = latest[env_id]
         m = r["metrics"]
         best = _best_quoted(env_id)
+        quoted = f"{best[0]} {best[1]}% / {OGBENCH_QUOTED[env_id]['GCIQL']}%" if best else "-"
+        baseline = "-"
+        if env_id in iql:
+            minutes = training_minutes(iql[env_id])
+            baseline = f"{100 * iql[env_id]['metrics']['success_rate']:.1f}%" + (
+                f" ({minutes:.0f} min)" if minutes is not None else ""
+            )
         lines.append(
             f"| {env_id} | {100 * m['success_rate']:.1f} ± {100 * m['success_rate_stderr']:.1f}% | {_per_goal(m)} "
-            f"| {m['time_to_goal']:.0f} | {f'{best[0]} {best[1]}%' if best else '-'} "
-            f"| {r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
+            f"| {m['time_to_goal']:.0f} | {baseline} | {quoted} | {r['date'][:10]}, {(r.get('commit') or '')[:7]} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -263,5 +263,13 @@ def test_make_results_summarises_the_latest_full_test_of_df_per_dataset():
     oracle = record("oracle (reference)", 1.0, "2026-12-04T00:00:00", range(250))
     text = make_results.ogbench_latest_tests([older, newer, held_out, oracle])
     rows = [line for line in text.splitlines() if line.startswith(f"| {MEDIUM}")]
-    assert rows == [f"| {MEDIUM} | 75.0 ± 1.0% | 75 / 75 / 75 / 75 / 75 | 300 | QRL 82% | 2026-12-02, abcdef0 |"]
+    assert rows == [
+        f"| {MEDIUM} | 75.0 ± 1.0% | 75 / 75 / 75 / 75 / 75 | 300 | - | QRL 82% / 53% | 2026-12-02, abcdef0 |"
+    ]
     assert make_results.ogbench_latest_tests([held_out, oracle]) == ""
+    # our IQL's latest full test on the dataset goes beside, with its training time; its held-out runs do not
+    iql = {**record("IQL", 0.2, "2026-12-05T00:00:00", range(250)), "train_minutes": 25.0}
+    iql_held_out = record("IQL", 0.9, "2026-12-06T00:00:00", range(1000, 1050))
+    text = make_results.ogbench_latest_tests([newer, iql, iql_held_out])
+    (row,) = [line for line in text.splitlines() if line.startswith(f"| {MEDIUM}")]
+    assert "| 300 | 20.0% (25 min) | QRL 82% / 53% |" in row
