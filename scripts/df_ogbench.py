@@ -142,7 +142,7 @@ STITCH_SHORT_PLANS = {  # medium's was {"horizon_tokens": 10, "guidance_scale": 
 # heads up the corridor (the data's moves there: 32% up) and guidance could not turn them. With the last two tokens
 # executed as the plan's history (PlannerConfig.history_tokens: the latent summarises the past, paper Section 3), the
 # model sees the point coming up the corridor and plans on: 98% (goal 2: 90%) on seeds 1000-1049, 99.6% on seeds
-# 1250-1499. Medium with the same history: 98% / 97.6% (from 96% / 83.2%), in 278 steps instead of 418.
+# 1250-1499. Medium with the same history: 98% / 97.6% (from 96% / 83.2%), in 277 steps instead of 418.
 STITCH_PLAIN_MAZES = ("medium", "large")
 STITCH_NEAR_GOAL_ACTIONS = {
     "near_goal_guidance_scale": 16.0,
@@ -508,9 +508,11 @@ def main(args: Args) -> dict:
 
 def default_args(env: str) -> Args:
     """The defaults for ``env``: the maze's planner (``default_planner``) with, on navigate datasets, subgoals and short
-    plans (``NAVIGATE_PLANNER``, ``NAVIGATE_SUBGOAL_DISTANCE``) and, on stitch datasets, the stitch recipe
-    (``STITCH_TRAINING``, ``STITCH_PLANNER`` and the maze's ``STITCH_SUBGOAL_DISTANCE``, ``STITCH_ROUTE_WEIGHT``,
-    ``STITCH_WINDOW_BALANCE`` and ``STITCH_SHORT_PLANS``)."""
+    plans (``NAVIGATE_PLANNER``, ``NAVIGATE_SUBGOAL_DISTANCE``); on the stitch datasets of ``STITCH_PLAIN_MAZES``
+    (medium, large), the plain model with the navigate planner, the near-goal settings (``STITCH_NEAR_GOAL_ACTIONS``,
+    ``STITCH_PLAIN_PER_MAZE``); on the other stitch datasets (giant), the stitch recipe (``STITCH_TRAINING``,
+    ``STITCH_PLANNER``, ``STITCH_SHORT_PLANS``); on every stitch dataset the maze's ``STITCH_SUBGOAL_DISTANCE``,
+    ``STITCH_ROUTE_WEIGHT`` and ``STITCH_WINDOW_BALANCE``."""
     task = get_ogbench_task(env)
     args = Args(env=env, planner=default_planner(task.maze))
     if task.dataset_kind == "navigate":
